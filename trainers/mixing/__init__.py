@@ -1,0 +1,40 @@
+"""Mixing policies: each takes a batch and a ``torch.Generator`` and returns a ``MixedBatch``.
+
+``POLICIES`` maps the names used in sweep specs to the policies, a plain dict. The static
+policies of the paper (Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix) are here; the
+dynamic ones (PuzzleMix, AutoMix, SAMix) join them in later issues.
+"""
+
+from trainers.mixing.base import MixedBatch, MixingPolicy
+from trainers.mixing.cutmix import cutmix
+from trainers.mixing.fmix import fmix
+from trainers.mixing.manifoldmix import manifoldmix
+from trainers.mixing.mixup import interpolate, mixup
+from trainers.mixing.resizemix import resizemix
+from trainers.mixing.saliencymix import saliencymix
+
+POLICIES: dict[str, MixingPolicy] = {
+    "mixup": mixup,
+    "cutmix": cutmix,
+    "manifoldmix": manifoldmix,
+    "saliencymix": saliencymix,
+    "fmix": fmix,
+    "resizemix": resizemix,
+}
+
+# Appendix A.3: Mixup and ManifoldMix interpolate; every other policy cuts and pastes.
+INTERPOLATION_BASED = frozenset({"mixup", "manifoldmix"})
+
+__all__ = [
+    "INTERPOLATION_BASED",
+    "POLICIES",
+    "MixedBatch",
+    "MixingPolicy",
+    "cutmix",
+    "fmix",
+    "interpolate",
+    "manifoldmix",
+    "mixup",
+    "resizemix",
+    "saliencymix",
+]

@@ -1,0 +1,71 @@
+"""FMix (Harris et al., 2020): a binary mask from thresholded low-frequency Fourier noise.
+
+Per sample: complex Gaussian noise in the frequency domain, attenuated by ``1 / f ** decay_power``
+(FMix's default 3, which leaves large smooth blobs), back to the image domain; the ``round(lam *
+H * W)`` highest pixels of that map come from the "a" image and the rest from the partner, with
+``lam ~ Beta(alpha, alpha)``. ``lam`` is then the mask's exact mean.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from trainers.mixing.base import MixedBatch, check_batch, draw_permutation, mixed_batch, sample_beta
+
+DECAY_POWER = 3.0
+
+
+def low_frequency_noise(
+    n: int,
+    height: int,
+    width: int,
+    *,
+    decay_power: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> Tensor:
+    """Real noise maps (n, H, W) whose spectrum falls off as ``1 / f ** decay_power``."""
+    freq_y = torch.fft.fftfreq(height, device=device)[:, None]
+    freq_x = torch.fft.rfftfreq(width, device=device)[None, :]
+    freq = torch.sqrt(freq_y**2 + freq_x**2).clamp(min=1.0 / max(height, width))
+    amplitude = freq.pow(-decay_power)
+    shape = (n, height, width // 2 + 1)
+    real = torch.randn(shape, generator=generator, device=device)
+    imag = torch.randn(shape, generator=generator, device=device)
+    return torch.fft.irfft2(torch.complex(real, imag) * amplitude, s=(height, width))
+
+
+def top_fraction_mask(scores: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row of ``scores`` (N, P): True at its ``round(lam * P)`` highest entries.
+
+    Returns the mask and the exact fraction of True entries per row.
+    """
+    pixels = scores.shape[1]
+    keep = torch.round(lam * pixels).long()
+    order = scores.argsort(dim=1, descending=True)
+    ranks_kept = torch.arange(pixels, device=scores.device)[None, :] < keep[:, None]
+    mask = torch.zeros_like(ranks_kept).scatter_(1, order, ranks_kept)
+    return mask, keep.double() / pixels
+
+
+def fmix(
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    alpha: float,
+    generator: torch.Generator,
+    decay_power: float = DECAY_POWER,
+) -> MixedBatch:
+    """Mix each image with its partner through its own Fourier-noise mask of mean ``lam``."""
+    check_batch(inputs, targets, generator, images=True, alpha=alpha)
+    n, _, height, width = inputs.shape
+    device = inputs.device
+    lam = sample_beta(alpha, n, generator, device)
+    noise = low_frequency_noise(
+        n, height, width, decay_power=decay_power, generator=generator, device=device
+    )
+    perm = draw_permutation(n, generator, device)
+    mask, lam = top_fraction_mask(noise.flatten(1), lam)
+    mixed = torch.where(mask.view(n, 1, height, width), inputs, inputs[perm])
+    return mixed_batch(mixed, targets, lam, perm)
