@@ -370,10 +370,17 @@ def _args(n=4, c=5):
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda z, a, b: losses.dm_ce(z, a, b, 0.5, eta=-0.1), r"eta must be a number >= 0"),
+        (lambda z, a, b: losses.dm_ce(z, a, b, 0.5, eta=-0.1), r"eta must be a finite number >= 0"),
+        (
+            lambda z, a, b: losses.dm_ce(z, a, b, 0.5, eta=float("inf")),
+            r"eta must be a finite number >= 0; got inf",
+        ),
         (lambda z, a, b: losses.dm_bce(z, a, b, 0.5, xi=0.0, t=1), r"xi must lie within \(0, 1\]"),
         (lambda z, a, b: losses.dm_bce(z, a, b, 0.5, xi=1.2, t=1), r"xi must lie within \(0, 1\]"),
-        (lambda z, a, b: losses.dm_bce(z, a, b, 0.5, xi=1, t=-1), r"t must be a number >= 0"),
+        (
+            lambda z, a, b: losses.dm_bce(z, a, b, 0.5, xi=1, t=-1),
+            r"t must be a finite number >= 0",
+        ),
         (lambda z, a, b: losses.mce(z, a, b, 1.5), r"lam must lie within \[0, 1\]; got 1.5"),
         (lambda z, a, b: losses.mce(z, a, b, -0.1), r"lam must lie within \[0, 1\]"),
         (

@@ -93,8 +93,12 @@ def _as_lambda(lam: Lambda, logits: Tensor) -> Tensor:
 
 
 def _check_nonnegative(value: float, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ValueError(f"{name} must be a number >= 0; got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 <= value < float("inf")
+    ):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value!r}")
 
 
 def _check_xi(xi: float) -> None:
