@@ -1,8 +1,9 @@
 """The demo grid: every cell of a small grid trained in this process, on synthetic data.
 
 The grid is a YAML file (``search_spaces/demo.yaml``) read into :class:`DemoGrid`; each cell is
-one (policy, loss) pair trained by ``trainers.smoke.train_cell``, and the result is the
-paper-style comparison of MCE and DM(CE) per policy.
+one (policy, loss) pair, a ``TrainConfig`` trained by the one training loop
+(``trainers.loop.run``), and the result is the paper-style comparison of MCE and DM(CE) per
+policy.
 """
 
 from __future__ import annotations
@@ -10,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from trainers.data.synthetic import synthetic
+from trainers.config import TrainConfig, load_yaml_model
+from trainers.loop import run
 from trainers.mixing import POLICIES
 from trainers.objectives import LOSSES
-from trainers.smoke import CellResult, CellSettings, train_cell
 
 
 class DataSettings(BaseModel):
@@ -60,19 +60,27 @@ class DemoGrid(BaseModel):
             raise ValueError(f"unknown loss {unknown[0]!r}; allowed: {', '.join(LOSSES)}")
         return losses
 
-    def cells(self) -> list[CellSettings]:
-        """One cell per (policy, loss), policies outermost."""
+    def cells(self) -> list[TrainConfig]:
+        """One trial per (policy, loss), policies outermost, on the `smoke` recipe."""
+        data = {
+            "name": "synthetic",
+            "num_classes": self.data.num_classes,
+            "image_size": self.data.image_size,
+            "synthetic_images": {"train": self.data.train_images, "test": self.data.val_images},
+        }
         return [
-            CellSettings(
-                policy=policy,
-                loss=loss,
-                alpha=self.alpha,
-                loss_options=options,
-                backbone=self.backbone,
-                epochs=self.epochs,
-                batch_size=self.batch_size,
-                lr=self.lr,
-                seed=self.seed,
+            TrainConfig.model_validate(
+                {
+                    "data": data,
+                    "backbone": {"name": self.backbone},
+                    "mixing": {"method": policy, "alpha": self.alpha},
+                    "loss": {"name": loss, **options},
+                    "recipe": "smoke",
+                    "recipe_overrides": {"lr": self.lr, "batch_size": self.batch_size},
+                    "epochs": self.epochs,
+                    "seed": self.seed,
+                    "checkpoint_every": self.epochs,
+                }
             )
             for policy in self.policies
             for loss, options in self.losses.items()
@@ -81,37 +89,27 @@ class DemoGrid(BaseModel):
 
 def load_grid(path: Path) -> DemoGrid:
     """Read and validate a grid file; errors name the file and the failing fields."""
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML: {error}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
-    try:
-        return DemoGrid.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}"
-            for e in error.errors()
-        )
-        raise ValueError(f"{path}: {problems}") from None
+    return load_yaml_model(path, DemoGrid)
 
 
 def run_grid(
     grid: DemoGrid,
-    on_cell_start: Callable[[CellSettings], None] | None = None,
-    on_epoch: Callable[[int, float], None] | None = None,
-) -> list[tuple[CellSettings, CellResult]]:
-    """Train every cell of the grid on one synthetic data set (train and validation split)."""
-    data = grid.data
-    shape = {"num_classes": data.num_classes, "image_size": data.image_size, "seed": grid.seed}
-    train = synthetic(data.train_images, split="train", **shape)
-    val = synthetic(data.val_images, split="val", **shape)
+    on_cell_start: Callable[[TrainConfig], None] | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> list[tuple[TrainConfig, dict[str, float]]]:
+    """Train every cell of the grid; return each cell's final metrics (seconds summed)."""
     results = []
     for cell in grid.cells():
         if on_cell_start is not None:
             on_cell_start(cell)
-        results.append((cell, train_cell(train, val, cell, on_epoch=on_epoch)))
+        seconds = 0.0
+
+        def report(metrics: dict[str, float], checkpoint: str | None) -> None:
+            nonlocal seconds
+            seconds += metrics["epoch_time_s"]
+            if on_epoch is not None:
+                on_epoch(metrics)
+
+        final = run(cell, report)
+        results.append((cell, {**final, "train_seconds": seconds}))
     return results

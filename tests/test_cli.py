@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,6 +60,8 @@ def test_the_shipped_demo_grid_is_valid():
 
 
 def test_bad_grid_files_get_a_clear_error(tmp_path):
+    from service.demo import load_grid
+
     cases = {
         "policies: [mixup, puzzle]": "unknown policy 'puzzle'; allowed: mixup, cutmix",
         "alpha: -1": "alpha: Input should be greater than 0",
@@ -66,11 +70,111 @@ def test_bad_grid_files_get_a_clear_error(tmp_path):
     for change, message in cases.items():
         key, value = change.split(": ", 1)
         path = tiny_grid(tmp_path, **{key: yaml.safe_load(value)})
-        result = dmsweep("demo", str(path))
-        assert result.returncode == 2
-        assert message in result.stdout
-    missing = dmsweep("demo", str(tmp_path / "nope.yaml"))
-    assert missing.returncode == 2 and "no such file" in missing.stdout
+        with pytest.raises(ValueError, match=message):
+            load_grid(path)
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    listed = dmsweep("demo", str(tmp_path / "list.yaml"))
-    assert listed.returncode == 2 and "expected a mapping of settings, got list" in listed.stdout
+    with pytest.raises(ValueError, match="expected a mapping of settings, got list"):
+        load_grid(tmp_path / "list.yaml")
+    with pytest.raises(ValueError, match="no such file"):
+        load_grid(tmp_path / "nope.yaml")
+    result = dmsweep("demo", str(path))
+    assert result.returncode == 2
+    assert "colour: Extra inputs are not permitted" in result.stdout
+
+
+def test_train_runs_one_trial_and_keeps_what_it_reports(tmp_path):
+    trial = yaml.safe_load((REPO / "search_spaces/trials/synthetic_smoke.yaml").read_text())
+    trial["data"]["synthetic_images"] = {"train": 200, "test": 100}
+    trial["data"]["image_size"] = 16
+    trial["epochs"] = 2
+    path = tmp_path / "trial.yaml"
+    path.write_text(yaml.safe_dump(trial))
+    out = tmp_path / "out"
+    result = dmsweep("train", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "final metrics" in result.stdout and "top1_median_last10" in result.stdout
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [yaml.safe_load(line)["epoch"] for line in lines] == [1, 2]
+    assert (out / "checkpoint_0002" / "state.pt").is_file()
+    # A longer run resumed from the last checkpoint continues where it stopped.
+    trial["epochs"] = 3
+    path.write_text(yaml.safe_dump(trial))
+    resumed = dmsweep(
+        "train", str(path), "--out", str(out), "--resume", str(out / "checkpoint_0002")
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [yaml.safe_load(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_the_shipped_trials_are_valid():
+    from trainers.config import load_train_config
+
+    for path in sorted((REPO / "search_spaces/trials").glob("*.yaml")):
+        load_train_config(path)
+
+
+def test_train_names_what_is_wrong_with_a_trial(tmp_path):
+    from trainers.config import load_train_config
+
+    trial = yaml.safe_load((REPO / "search_spaces/trials/synthetic_smoke.yaml").read_text())
+    cases = [
+        ({"loss": {"name": "dm_ce"}}, "loss: Value error, loss 'dm_ce' takes eta: missing eta"),
+        ({"mixing": {"method": "puzzlemix", "alpha": 1}}, "unknown method 'puzzlemix'"),
+        ({"loss": {"name": "dm_bce", "xi": 0, "t": 1}}, "loss.xi: Input should be greater than 0"),
+        ({"recipe": "imagenet"}, "unknown recipe 'imagenet'"),
+        ({"recipe_overrides": {"lrr": 0.1}}, "lrr"),
+        ({"loss": {"name": "ce"}}, "loss 'ce' ignores mixed labels"),
+        ({"recipe": "rsb_a3"}, "use loss mbce, mbce_two or dm_bce, not 'dm_ce'"),
+        ({"recipe": "finegrained"}, "set backbone.weights to a local file"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
+    ]
+    path = tmp_path / "bad.yaml"
+    for change, message in cases:
+        path.write_text(yaml.safe_dump({**trial, **change}))
+        with pytest.raises(ValueError) as error:
+            load_train_config(path)
+        assert str(path) in str(error.value)
+        assert message in str(error.value)
+    # Through the command line: exit status 2 and the same message, nothing trained.
+    result = dmsweep("train", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2
+    assert "colour: Extra inputs are not permitted" in " ".join(result.stdout.split())
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_prepare_converts_a_layout_to_parquet(tmp_path):
+    from PIL import Image
+
+    from trainers.data import ParquetShards
+
+    src = tmp_path / "folder"
+    for split, count in (("train", 3), ("test", 2)):
+        for name, shade in (("cat", 40), ("dog", 200)):
+            (src / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.new("RGB", (12, 12), (shade, i * 10, 0)).save(src / split / name / f"{i}.png")
+    out = tmp_path / "shards"
+    result = dmsweep(
+        "data",
+        "prepare",
+        "imagefolder",
+        str(src),
+        "--out",
+        str(out),
+        "--format",
+        "parquet",
+        "--image-size",
+        "12",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    train = ParquetShards(out, "train")
+    assert train.classes == ["cat", "dog"] and len(train) == 6
+    assert train.read(torch.arange(6)).shape == (6, 3, 12, 12)
+    again = dmsweep(
+        "data", "prepare", "imagefolder", str(src), "--out", str(out), "--format", "parquet"
+    )
+    assert again.returncode == 2 and "overwrite" in again.stdout
+    unknown = dmsweep("data", "prepare", "imagenet21k", str(src), "--out", str(out))
+    assert unknown.returncode == 2 and "cifar10" in unknown.stdout

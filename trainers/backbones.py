@@ -1,17 +1,235 @@
-"""Backbone networks: ``build_backbone(name, num_classes, image_size)``.
+"""Backbone networks of the paper's benchmarks: ``build_backbone(name, num_classes, image_size)``.
 
-``smallnet`` is a small, fast CNN for CPU runs, the demo and tests (not a network of the paper);
-any other name goes to ``timm.create_model`` with random weights. Backbones that support
-ManifoldMix take ``forward(x, mix=None, mix_stage=0)`` and apply ``mix`` to the features that
-enter stage ``mix_stage`` (stage 0 is the input itself); ``mix_stages`` says how many there are.
+Names are timm model names (``resnet18``, ``resnet34``, ``resnet50``, ``resnext50_32x4d``,
+``deit_small_patch16_224``, ``swin_tiny_patch4_window7_224`` in the paper, any other timm name
+too) or one of the networks timm lacks, listed in ``DMSWEEP_BACKBONES``:
+
+* ``resnet18_cifar``, ``resnext50_cifar``: ResNet-18 and ResNeXt-50 (32x4d) with the CIFAR stem
+  of the DM paper's section 4.1 (Tables 1 and 8 on CIFAR-100 and Tiny-ImageNet);
+* ``wrn28_2``, ``wrn28_8``: Wide-ResNet-28-k (Zagoruyko & Komodakis, 2016), the WRN-28-8 of
+  Table 1 and the WRN-28-2 / WRN-28-8 of the semi-supervised Table 7;
+* ``smallnet``: a small, fast CNN for CPU runs, the demo and tests; not a network of the paper.
+
+Every backbone built here supports ManifoldMix (Verma et al., 2019): ``forward(x, mix=None,
+mix_stage=0)`` replaces the features entering stage ``mix_stage`` by ``mix(features)``, where
+stage 0 is the input image, and ``mix_stages`` says how many stages there are:
+
+* ResNet / ResNeXt (timm's and the CIFAR variants): 3 stages; 0 = input, 1, 2 = the output
+  of ``layer1``, ``layer2``. That is the ManifoldMix paper's k in {0, 1, 2} and OpenMixup's
+  ``layer=(0, 3)`` (an exclusive range), the DM paper's codebase; mixing after ``layer3`` too
+  would be a choice neither made.
+* Wide-ResNet: 3 stages; 0 = input, 1, 2 = the output of groups 1 and 2, as in ManifoldMix.
+* SmallNet: 3 stages; 0 = input, 1, 2 = the output of blocks 1 and 2.
+* Any other timm model (DeiT, Swin, ...): 1 stage, the input only.
+
+timm models come wrapped (``StagedResNet`` for ResNets, ``TimmBackbone`` for the rest), the timm
+model itself as ``.model``; ``weights=path`` loads into that model, so a timm state dict fits.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import warnings
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import timm
+import torch.nn.functional as F
+from timm.models import get_pretrained_cfg
+from timm.models import load_state_dict as timm_load_state_dict
+from timm.models.resnet import ResNet
 from torch import Tensor, nn
+
+Mix = Callable[[Tensor], Tensor]
+
+PAPER_TIMM_BACKBONES = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnext50_32x4d",
+    "deit_small_patch16_224",
+    "swin_tiny_patch4_window7_224",
+)
+"""The ImageNet-layout networks of the paper's Tables 2-6 and 9, by timm name."""
+
+
+def _check_stage(model: nn.Module, mix_stage: int) -> None:
+    stages = model.mix_stages
+    if not 0 <= mix_stage < stages:
+        allowed = ", ".join(str(stage) for stage in range(stages))
+        raise ValueError(
+            f"mix_stage must be one of {allowed} for {type(model).__name__}; got {mix_stage}"
+        )
+
+
+# --- timm models ---------------------------------------------------------------------------
+
+
+class TimmBackbone(nn.Module):
+    """A timm model under ``.model`` with the ManifoldMix signature; mixes the input only.
+
+    Its parameters are named ``model.<timm name>``; ``no_weight_decay`` and ``pretrained_cfg``
+    are the timm model's, so timm's optimizer factory and data config still see them.
+    """
+
+    mix_stages: int = 1
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The timm model's pretrained config (input size, mean and std, classifier name)."""
+        return self.model.pretrained_cfg
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters timm exempts from weight decay (position embeddings, ...), named as here."""
+        names = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else ()
+        return {f"model.{name}" for name in names}
+
+    def forward(self, x: Tensor, mix: Mix | None = None, mix_stage: int = 0) -> Tensor:
+        """Logits; with ``mix``, the input is mixed first (stage 0 is the only stage)."""
+        if mix is not None:
+            _check_stage(self, mix_stage)
+            x = mix(x)
+        return self.model(x)
+
+
+class StagedResNet(TimmBackbone):
+    """timm's ResNet / ResNeXt run stage by stage, so ManifoldMix can mix hidden features.
+
+    Stages: 0 = input, 1 / 2 = output of ``layer1`` / ``layer2`` (ManifoldMix's k in {0, 1, 2}).
+    Without ``mix`` the logits are those of the timm model's own forward.
+    """
+
+    mix_stages: int = 3
+
+    def __init__(self, model: ResNet) -> None:
+        if not isinstance(model, ResNet):
+            raise ValueError(f"StagedResNet wraps timm's ResNet; got {type(model).__name__}")
+        super().__init__(model)
+
+    def forward(self, x: Tensor, mix: Mix | None = None, mix_stage: int = 0) -> Tensor:
+        """Logits; with ``mix``, features entering stage ``mix_stage`` are mixed first."""
+        if mix is not None:
+            _check_stage(self, mix_stage)
+            if mix_stage == 0:
+                x = mix(x)
+        m = self.model
+        x = m.maxpool(m.act1(m.bn1(m.conv1(x))))
+        for stage, layer in enumerate((m.layer1, m.layer2, m.layer3, m.layer4), start=1):
+            x = layer(x)
+            if mix is not None and stage == mix_stage:
+                x = mix(x)
+        return m.forward_head(x)
+
+
+def _wrap(model: nn.Module) -> TimmBackbone:
+    return StagedResNet(model) if isinstance(model, ResNet) else TimmBackbone(model)
+
+
+def _cifar_resnet(timm_name: str, num_classes: int, **options: Any) -> StagedResNet:
+    """A timm ResNet with a 3x3 stride-1 conv stem and no max-pool (DM paper, section 4.1).
+
+    On 32 px images the ImageNet stem (7x7 stride-2 conv, then max-pool) would leave 8x8 maps
+    for ``layer1``; the CIFAR stem keeps the full resolution there.
+    """
+    model = timm.create_model(timm_name, num_classes=num_classes, **options)
+    model.conv1 = nn.Conv2d(
+        model.conv1.in_channels, model.conv1.out_channels, 3, padding=1, bias=False
+    )
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # timm's
+    model.maxpool = nn.Identity()
+    return StagedResNet(model)
+
+
+# --- Wide-ResNet ---------------------------------------------------------------------------
+
+
+class WideBasicBlock(nn.Module):
+    """Pre-activation basic block of WRN: BN-ReLU-conv3x3, BN-ReLU-dropout-conv3x3, plus a skip."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int, drop_rate: float) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.drop_rate = drop_rate
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The block's output, ``x`` plus the residual."""
+        out = F.relu(self.bn1(x))
+        # A projection shortcut takes the pre-activated input, as in the WRN reference code.
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = F.relu(self.bn2(self.conv1(out)))
+        out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return self.conv2(out) + shortcut
+
+
+class WideResNet(nn.Module):
+    """WRN-depth-k in the CIFAR layout of Zagoruyko & Komodakis (2016).
+
+    A 3x3 conv with 16 channels, three groups of (depth - 4) / 6 pre-activation basic blocks
+    with widths 16k, 32k, 64k and strides 1, 2, 2, a final BN-ReLU, global average pooling and
+    a linear head. WRN-28-2 has 1.47M parameters, WRN-28-8 23.4M, WRN-28-10 36.5M. ManifoldMix
+    stages: 0 = input, 1 / 2 = output of group 1 / 2.
+    """
+
+    classifier_name = "fc"
+    mix_stages: int = 3
+
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 28,
+        widen_factor: int = 2,
+        drop_rate: float = 0.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4 with n >= 1; got {depth}")
+        blocks = (depth - 4) // 6
+        widths = [16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.num_classes, self.num_features = num_classes, widths[-1]
+        self.stem = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
+        groups, in_channels = [], 16
+        for width, stride in zip(widths, (1, 2, 2), strict=True):
+            first = WideBasicBlock(in_channels, width, stride, drop_rate)
+            rest = [WideBasicBlock(width, width, 1, drop_rate) for _ in range(blocks - 1)]
+            groups.append(nn.Sequential(first, *rest))
+            in_channels = width
+        self.groups = nn.ModuleList(groups)
+        self.bn = nn.BatchNorm2d(widths[-1])
+        self.fc = nn.Linear(widths[-1], num_classes)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor, mix: Mix | None = None, mix_stage: int = 0) -> Tensor:
+        """Logits; with ``mix``, features entering stage ``mix_stage`` are mixed first."""
+        if mix is not None:
+            _check_stage(self, mix_stage)
+            if mix_stage == 0:
+                x = mix(x)
+        x = self.stem(x)
+        for stage, group in enumerate(self.groups, start=1):
+            x = group(x)
+            if mix is not None and stage == mix_stage:
+                x = mix(x)
+        return self.fc(F.relu(self.bn(x)).mean(dim=(2, 3)))
+
+
+# --- SmallNet ------------------------------------------------------------------------------
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -27,7 +245,12 @@ def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class SmallNet(nn.Module):
-    """Three conv blocks (width w, 2w, 4w, each halving the resolution), pooling, a linear head."""
+    """Three conv blocks (width w, 2w, 4w, each halving the resolution), pooling, a linear head.
+
+    Not a network of the paper: it makes CPU runs, the demo and tests fast.
+    """
+
+    classifier_name = "head"
 
     def __init__(self, num_classes: int, in_channels: int = 3, width: int = 16) -> None:
         super().__init__()
@@ -45,10 +268,10 @@ class SmallNet(nn.Module):
         """ManifoldMix may mix the input (stage 0) or the output of any block but the last."""
         return len(self.stages)
 
-    def forward(
-        self, x: Tensor, mix: Callable[[Tensor], Tensor] | None = None, mix_stage: int = 0
-    ) -> Tensor:
+    def forward(self, x: Tensor, mix: Mix | None = None, mix_stage: int = 0) -> Tensor:
         """Logits; with ``mix``, features entering stage ``mix_stage`` are mixed first."""
+        if mix is not None:
+            _check_stage(self, mix_stage)
         for index, stage in enumerate(self.stages):
             if mix is not None and index == mix_stage:
                 x = mix(x)
@@ -56,9 +279,145 @@ class SmallNet(nn.Module):
         return self.head(x.mean(dim=(2, 3)))
 
 
-def build_backbone(name: str, num_classes: int, image_size: int) -> nn.Module:
-    """A backbone by name with randomly initialised weights."""
-    del image_size  # the CIFAR variants of the backbone issue use it to pick their stem
-    if name == "smallnet":
-        return SmallNet(num_classes)
-    return timm.create_model(name, num_classes=num_classes, pretrained=False)
+# --- building and loading ------------------------------------------------------------------
+
+_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18_cifar": partial(_cifar_resnet, "resnet18"),
+    "resnext50_cifar": partial(_cifar_resnet, "resnext50_32x4d"),
+    "wrn28_2": partial(WideResNet, depth=28, widen_factor=2),
+    "wrn28_8": partial(WideResNet, depth=28, widen_factor=8),
+    "smallnet": SmallNet,
+}
+
+DMSWEEP_BACKBONES = tuple(_BUILDERS)
+"""The names ``build_backbone`` builds itself; every other name must be a timm model name."""
+
+
+def build_backbone(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    pretrained: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """A backbone by name with the ManifoldMix signature, randomly initialised by default.
+
+    ``weights`` loads a local file (see ``load_weights``); ``pretrained`` asks timm to download
+    its weights (timm names only, needs network). ``options`` go to the network's constructor
+    (timm's, e.g. ``drop_path_rate``, or ``drop_rate`` for Wide-ResNet). Fixed-size timm models
+    (ViT, DeiT, Swin) are built for ``image_size``; the other networks take any size.
+    """
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_size must be a positive int; got {image_size!r}")
+    if weights is not None and pretrained:
+        raise ValueError("pass either weights (a local file) or pretrained=True, not both")
+    if name in _BUILDERS:
+        if pretrained:
+            raise ValueError(f"{name} has no downloadable weights; pass weights=<local file>")
+        model = _BUILDERS[name](num_classes, **options)
+    elif timm.is_model(name):
+        cfg = get_pretrained_cfg(name)
+        if cfg is not None and cfg.fixed_input_size:
+            # Position embeddings and attention windows are sized for one input size.
+            options.setdefault("img_size", image_size)
+        model = _wrap(
+            timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **options)
+        )
+    else:
+        raise ValueError(
+            f"unknown backbone {name!r}: dmsweep builds {', '.join(DMSWEEP_BACKBONES)}; "
+            "any other name must be a timm model name (see timm.list_models())"
+        )
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    try:
+        # timm's reader: safetensors or torch files, picks state_dict_ema / model_ema /
+        # state_dict / model from a checkpoint and strips DDP's ``module.`` prefix.
+        state = timm_load_state_dict(str(path), use_ema=True)
+    except Exception as error:
+        raise ValueError(f"could not read weights from {path}: {error}") from error
+    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no state dict of tensors")
+    return dict(state)
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    names = getattr(model, "classifier_name", None)
+    if names is None:
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    names = (names,) if isinstance(names, str) else tuple(names or ())
+    return tuple(f"{name}." for name in names)
+
+
+def _few(keys: list[str], limit: int = 5) -> str:
+    more = f" (and {len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a local state dict or checkpoint into a backbone built by ``build_backbone``.
+
+    The file holds a plain state dict or a timm-style checkpoint dict (``state_dict_ema``,
+    ``model_ema``, ``state_dict`` or ``model``, EMA weights first); prefixes of DDP
+    (``module.``) and of this module's wrappers (``model.``) are stripped. Keys are those of
+    the timm model (or of the dmsweep network). When the file's classifier does not fit
+    ``num_classes``, everything else is loaded and the fresh classifier kept, with a warning:
+    the way fine-grained recipes start from ImageNet weights. Any other missing, unexpected or
+    mis-shaped key is a ValueError.
+    """
+    path = Path(path)
+    target = model.model if isinstance(model, TimmBackbone) else model
+    state = _read_state_dict(path)
+    expected = target.state_dict()
+    if all(k.startswith("model.") for k in state) and not any(
+        k.startswith("model.") for k in expected
+    ):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+
+    head = _classifier_prefixes(target)
+    file_head = sorted(k for k in state if k.startswith(head)) if head else []
+    model_head = sorted(k for k in expected if k.startswith(head)) if head else []
+    fresh_head = file_head != model_head or any(
+        state[k].shape != expected[k].shape for k in model_head
+    )
+    if fresh_head:
+        shapes = [f"{k} {tuple(state.pop(k).shape)}" for k in file_head]
+        fresh = [f"{k} {tuple(expected[k].shape)}" for k in model_head]
+        warnings.warn(
+            f"{path}: the classifier does not fit this model (file: {', '.join(shapes) or '-'}; "
+            f"model: {', '.join(fresh) or '-'}); loaded everything else and kept the freshly "
+            "initialised classifier",
+            stacklevel=2,
+        )
+
+    body = set(expected) - set(model_head) if fresh_head else set(expected)
+    # BatchNorm fills in num_batches_tracked itself (torchvision's files lack it).
+    missing = sorted(k for k in body - set(state) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or mismatched:
+        problems = [
+            f"{label}: {_few(keys)}"
+            for label, keys in (
+                ("missing keys", missing),
+                ("unexpected keys", unexpected),
+                ("shape mismatches (file vs model)", mismatched),
+            )
+            if keys
+        ]
+        raise ValueError(
+            f"weights {path} do not fit {type(target).__name__}; " + "; ".join(problems)
+        )
+    target.load_state_dict(state, strict=not fresh_head)

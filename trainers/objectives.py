@@ -1,4 +1,4 @@
-"""Loss names as used in sweep specs, bound to their hyperparameters.
+"""Loss names as used in sweep specs and trial configs, bound to their hyperparameters.
 
 ``objective("dm_ce", eta=0.1)`` returns ``fn(logits, batch) -> loss`` for a ``MixedBatch``; the
 training loop needs nothing else to know which loss of the paper it trains with.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from trainers import losses
@@ -15,20 +16,17 @@ from trainers.mixing import MixedBatch
 
 Objective = Callable[[Tensor, MixedBatch], Tensor]
 
-# Names of the grid's `loss` axis: MCE and DM(CE) (Sec. 2.1, 3.1), one- and two-hot MBCE and
-# DM(BCE) (Sec. 3.3).
-LOSSES = ("mce", "dm_ce", "mbce", "mbce_two", "dm_bce")
+# Names of the grid's `loss` axis: plain CE (no mixing), MCE and DM(CE) (Sec. 2.1, 3.1), one- and
+# two-hot MBCE and DM(BCE) (Sec. 3.3).
+LOSSES = ("ce", "mce", "dm_ce", "mbce", "mbce_two", "dm_bce")
+SOFTMAX_LOSSES = frozenset({"ce", "mce", "dm_ce"})
+_NEEDS = {"dm_ce": {"eta"}, "dm_bce": {"xi", "t"}}
 
 
-def objective(
-    name: str, *, eta: float | None = None, xi: float | None = None, t: float | None = None
-) -> Objective:
-    """The loss ``name`` with its hyperparameters bound; unused ones must be left out."""
-    needs = {"dm_ce": {"eta"}, "dm_bce": {"xi", "t"}}
+def _check_hyperparameters(name: str, given: set[str]) -> None:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
-    given = {k for k, v in {"eta": eta, "xi": xi, "t": t}.items() if v is not None}
-    required = needs.get(name, set())
+    required = _NEEDS.get(name, set())
     if given != required:
         missing, extra = sorted(required - given), sorted(given - required)
         detail = "; ".join(
@@ -39,9 +37,13 @@ def objective(
             )
             if part
         )
-        raise ValueError(
-            f"loss {name!r} takes {sorted(required) or 'no hyperparameters'}: {detail}"
-        )
+        takes = ", ".join(sorted(required)) or "no hyperparameters"
+        raise ValueError(f"loss {name!r} takes {takes}: {detail}")
+
+
+def _unsmoothed(name: str, eta: float | None, xi: float | None, t: float | None) -> Objective:
+    if name == "ce":
+        return lambda z, b: losses.ce(z, b.y_a)
     if name == "mce":
         return lambda z, b: losses.mce(z, b.y_a, b.y_b, b.lam)
     if name == "dm_ce":
@@ -51,3 +53,36 @@ def objective(
     if name == "mbce_two":
         return lambda z, b: losses.mbce(z, b.y_a, b.y_b, b.lam, two_hot=True)
     return lambda z, b: losses.dm_bce(z, b.y_a, b.y_b, b.lam, xi=xi, t=t)
+
+
+def objective(
+    name: str,
+    *,
+    eta: float | None = None,
+    xi: float | None = None,
+    t: float | None = None,
+    label_smoothing: float = 0.0,
+) -> Objective:
+    """The loss ``name`` with its hyperparameters bound; unused ones must be left out.
+
+    ``label_smoothing`` (the DeiT recipe's 0.1, Table 10) smooths the mixed label of the softmax
+    losses: the MCE part becomes the cross-entropy against ``(1 - eps) y_mix + eps / C``, which is
+    ``(1 - eps) MCE + eps * mean_c(-log p_c)``; the decoupled term of DM is left as it is.
+    """
+    given = {k for k, v in {"eta": eta, "xi": xi, "t": t}.items() if v is not None}
+    _check_hyperparameters(name, given)
+    if not 0 <= label_smoothing < 1:
+        raise ValueError(f"label_smoothing must lie within [0, 1); got {label_smoothing!r}")
+    loss = _unsmoothed(name, eta, xi, t)
+    if label_smoothing == 0:
+        return loss
+    if name not in SOFTMAX_LOSSES:
+        raise ValueError(f"label smoothing applies to {sorted(SOFTMAX_LOSSES)}, not to {name!r}")
+    mce = _unsmoothed("mce", None, None, None)
+    eps = label_smoothing
+
+    def smoothed(z: Tensor, batch: MixedBatch) -> Tensor:
+        uniform = -F.log_softmax(z.float(), dim=1).mean()
+        return loss(z, batch) + eps * (uniform - mce(z, batch))
+
+    return smoothed

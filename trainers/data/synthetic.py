@@ -8,22 +8,15 @@ seed: the same arguments give the same images on every machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SPLITS = ("train", "val", "test")
+# ImageSet lives in base.py now (it is the in-memory ImageSource); imported here so that
+# ``from trainers.data.synthetic import ImageSet`` keeps working.
+from trainers.data.base import SPLITS, ImageSet
 
-
-@dataclass(frozen=True)
-class ImageSet:
-    """uint8 images (N, C, H, W), int64 labels (N,) and the class names."""
-
-    images: Tensor
-    labels: Tensor
-    classes: list[str]
+__all__ = ["SPLITS", "ImageSet", "synthetic"]
 
 
 def _smooth_templates(count: int, size: int, generator: torch.Generator) -> Tensor:

@@ -1,0 +1,181 @@
+"""The training loop end to end, in this process and under torch.distributed: what it reports,
+that it learns, that a resumed run is the same run, and that it stops on a broken loss."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from trainers.config import TrainConfig
+from trainers.loop import NonFiniteLossError, load_checkpoint, run
+
+EPOCH_METRICS = {
+    "epoch",
+    "train_loss",
+    "val_top1",
+    "val_top5",
+    "mixed_top1",
+    "mixed_top2",
+    "lr",
+    "epoch_time_s",
+    "images_per_s",
+}
+
+
+def synthetic_trial(**changes) -> TrainConfig:
+    trial = {
+        "data": {
+            "name": "synthetic",
+            "num_classes": 5,
+            "image_size": 16,
+            "synthetic_images": {"train": 400, "test": 200},
+        },
+        "backbone": {"name": "smallnet"},
+        "mixing": {"method": "cutmix", "alpha": 1.0},
+        "loss": {"name": "dm_ce", "eta": 0.1},
+        "recipe": "smoke",
+        "epochs": 3,
+        "batch_size": 32,
+        "seed": 0,
+    }
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(trial.get(key), dict):
+            trial[key] = {**trial[key], **value}
+        else:
+            trial[key] = value
+    return TrainConfig.model_validate(trial)
+
+
+class Recorder:
+    """A report callback that keeps the metrics and copies every checkpoint it is handed."""
+
+    def __init__(self, keep: Path | None = None, stop_after: int | None = None):
+        self.metrics: list[dict] = []
+        self.checkpoints: list[Path] = []
+        self.keep, self.stop_after = keep, stop_after
+
+    def __call__(self, metrics, checkpoint):
+        self.metrics.append(dict(metrics))
+        if checkpoint is not None:
+            assert (Path(checkpoint) / "state.pt").is_file()
+            if self.keep is not None:
+                target = self.keep / f"epoch{metrics['epoch']}"
+                shutil.copytree(checkpoint, target)
+                self.checkpoints.append(target)
+        if self.stop_after is not None and metrics["epoch"] == self.stop_after:
+            raise KeyboardInterrupt(f"interrupted after epoch {metrics['epoch']}")
+
+
+def test_reports_every_epoch_and_learns(tmp_path):
+    recorder = Recorder(keep=tmp_path)
+    final = run(synthetic_trial(), recorder)
+    assert [m["epoch"] for m in recorder.metrics] == [1, 2, 3]
+    for metrics in recorder.metrics:
+        assert set(metrics) >= EPOCH_METRICS
+        assert 0 <= metrics["mixed_top2"] <= metrics["mixed_top1"] <= 100
+        assert metrics["val_top1"] <= metrics["val_top5"] <= 100
+    assert {"top1_median_last10", "top1_best"} <= set(final)
+    assert final["top1_best"] == max(m["val_top1"] for m in recorder.metrics)
+    assert final["top1_median_last10"] == sorted(m["val_top1"] for m in recorder.metrics)[1]
+    assert final["val_top1"] > 40  # chance is 20%
+    assert recorder.metrics[-1]["train_loss"] < recorder.metrics[0]["train_loss"]
+    # A checkpoint each epoch (checkpoint_every=1); the loop's own folders are gone after report.
+    assert len(recorder.checkpoints) == 3
+    assert load_checkpoint(recorder.checkpoints[-1])["epoch"] == 3
+
+
+@pytest.mark.parametrize(
+    ("method", "loss"),
+    [
+        ("vanilla", {"name": "ce", "eta": None}),
+        ("mixup_cutmix", {"name": "mbce", "eta": None}),
+        ("manifoldmix", {"name": "dm_bce", "eta": None, "xi": 1.0, "t": 0.5}),
+        ("resizemix", {"name": "mbce_two", "eta": None}),
+    ],
+)
+def test_every_kind_of_method_trains(method, loss):
+    alpha = None if method in ("vanilla", "mixup_cutmix", "resizemix") else 1.0
+    trial = synthetic_trial(mixing={"method": method, "alpha": alpha}, loss=loss, epochs=1)
+    recorder = Recorder()
+    run(trial, recorder)
+    assert recorder.metrics[-1]["train_loss"] > 0
+
+
+def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        trial = synthetic_trial(epochs=4, checkpoint_every=1)
+        whole = Recorder(keep=tmp_path / "whole")
+        run(trial, whole)
+        interrupted = Recorder(keep=tmp_path / "interrupted", stop_after=2)
+        with pytest.raises(KeyboardInterrupt):
+            run(trial, interrupted)
+        resumed = Recorder(keep=tmp_path / "resumed")
+        run(trial, resumed, resume_from=interrupted.checkpoints[-1])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert [m["epoch"] for m in resumed.metrics] == [3, 4]
+    for a, b in zip(whole.metrics[2:], resumed.metrics, strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_top1"] == b["val_top1"]
+    expected = load_checkpoint(whole.checkpoints[-1])["model"]
+    got = load_checkpoint(resumed.checkpoints[-1])["model"]
+    assert expected.keys() == got.keys()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_a_diverging_loss_stops_the_run_naming_the_step():
+    trial = synthetic_trial(recipe_overrides={"lr": 1e30}, epochs=2)
+    with pytest.raises(NonFiniteLossError, match=r"at step \d+ \(epoch 1\)"):
+        run(trial, Recorder())
+
+
+def test_fgsm_error_is_reported_when_asked():
+    recorder = Recorder()
+    final = run(synthetic_trial(epochs=1, eval={"fgsm": True}), recorder)
+    assert 0 <= final["fgsm_error"] <= 100
+    # An attack cannot do better than no attack on the same images.
+    assert final["fgsm_error"] >= 100 - final["val_top1"] - 1e-9
+
+
+# --------------------------------------------------------------------------- torch.distributed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        recorder = Recorder(keep=Path(out) / f"rank{rank}")
+        final = run(synthetic_trial(epochs=2, batch_size=32), recorder)
+        torch.save({"metrics": recorder.metrics, "final": final}, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_train_one_model(tmp_path):
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "rank0.pt")
+    rank1 = torch.load(tmp_path / "rank1.pt")
+    # Loss and accuracy are reduced across ranks; the mixed accuracies are computed by each rank
+    # on the same fixed batch with its own weights, so they agree only if the weights do.
+    for a, b in zip(rank0["metrics"], rank1["metrics"], strict=True):
+        for key in ("train_loss", "val_top1", "val_top5", "mixed_top1", "mixed_top2"):
+            assert a[key] == b[key]
+    # Only rank 0 writes checkpoints.
+    assert (tmp_path / "rank0" / "epoch2").is_dir()
+    assert not (tmp_path / "rank1").exists()
+    assert rank0["final"]["val_top1"] > 30

@@ -1,0 +1,184 @@
+"""The data sets a sweep can name, and :func:`open_dataset`, the one way the loop opens one."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.data.base import SPLITS, ImageSource
+from trainers.data.cifar import CIFAR_SPLITS, IMAGE_SIZE, load_cifar
+from trainers.data.imagefolder import ImageFiles, hold, list_imagefolder
+from trainers.data.parquet import ParquetShards
+from trainers.data.sampling import label_fraction as keep_labels
+from trainers.data.sampling import subset as keep_images
+from trainers.data.sampling import subset_indices
+from trainers.data.synthetic import synthetic as make_synthetic
+
+ROOT_VARIABLE = "DMSWEEP_DATA_ROOT"
+SOURCES = ("synthetic", "cifar", "imagefolder", "parquet")
+# The splits each source can have (an ImageFolder or Parquet data set may lack some of them).
+SOURCE_SPLITS = {
+    "synthetic": SPLITS,
+    "cifar": CIFAR_SPLITS,
+    "imagefolder": SPLITS,
+    "parquet": SPLITS,
+}
+SYNTHETIC_IMAGES = {"train": 5000, "val": 1000, "test": 1000}
+SYNTHETIC_OPTIONS = ("num_classes", "images", "noise", "distractor", "max_shift")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What dmsweep knows about a data set before opening it.
+
+    ``image_size`` is the native size (CIFAR, Tiny-ImageNet) or the default load size (224 px
+    for the photo data sets, whose images vary in size).
+    """
+
+    num_classes: int
+    default_source: str
+    image_size: int
+    sources: tuple[str, ...]
+
+
+_FILES = ("imagefolder", "parquet")
+DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(10, "cifar", 32, ("cifar", *_FILES)),
+    "cifar100": DatasetInfo(100, "cifar", 32, ("cifar", *_FILES)),
+    "tiny_imagenet": DatasetInfo(200, "imagefolder", 64, _FILES),
+    "cub200": DatasetInfo(200, "imagefolder", 224, _FILES),
+    "aircraft": DatasetInfo(100, "imagefolder", 224, _FILES),
+    "cars": DatasetInfo(196, "imagefolder", 224, _FILES),
+    "imagenet": DatasetInfo(1000, "imagefolder", 224, _FILES),
+    # Classes and size come from the arguments; these are the defaults.
+    "synthetic": DatasetInfo(10, "synthetic", 32, ("synthetic",)),
+}
+
+
+def default_root(name: str) -> Path:
+    """``$DMSWEEP_DATA_ROOT/<name>``; an error naming the variable when it is not set."""
+    base = os.environ.get(ROOT_VARIABLE)
+    if not base:
+        raise ValueError(
+            f"no root given for data set {name!r} and {ROOT_VARIABLE} is not set: pass root= "
+            f"or set {ROOT_VARIABLE} to the folder that holds {name}/"
+        )
+    return Path(base).expanduser() / name
+
+
+def _synthetic(
+    split: str, image_size: int | None, seed: int, options: Mapping[str, Any] | None
+) -> ImageSource:
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(SYNTHETIC_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"unknown synthetic option(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(SYNTHETIC_OPTIONS)}"
+        )
+    images = options.pop("images", None) or {}
+    count = images if isinstance(images, int) else {**SYNTHETIC_IMAGES, **images}.get(split)
+    return make_synthetic(
+        count,
+        split=split,
+        num_classes=options.pop("num_classes", None) or DATASETS["synthetic"].num_classes,
+        image_size=image_size or DATASETS["synthetic"].image_size,
+        seed=seed,
+        **options,
+    )
+
+
+def _fixed_size(name: str, source: str, found: int, image_size: int | None) -> None:
+    if image_size is not None and image_size != found:
+        raise ValueError(
+            f"{name} from the {source} source has {found} px images; image_size={image_size} "
+            f"is not available (leave it unset or {found}; resize on the device instead)"
+        )
+
+
+def open_dataset(
+    name: str,
+    split: str,
+    *,
+    source: str | None = None,
+    root: str | Path | None = None,
+    image_size: int | None = None,
+    subset: int | None = None,
+    label_fraction: float | int | None = None,
+    seed: int = 0,
+    in_memory: bool | None = None,
+    synthetic: Mapping[str, Any] | None = None,
+) -> ImageSource:
+    """One split of a data set of :data:`DATASETS`, as an :class:`ImageSource`.
+
+    ``source`` defaults to the data set's own (:class:`DatasetInfo`); ``root`` to
+    ``$DMSWEEP_DATA_ROOT/<name>`` (synthetic data needs none). ``image_size`` is the load size
+    of ImageFolder data (default: the data set's); CIFAR and Parquet images have a fixed size.
+    ``subset`` then ``label_fraction`` are applied to the train split only, drawn with ``seed``
+    (the same arguments can open every split). ``in_memory`` forces how an ImageFolder split is
+    held (see :mod:`trainers.data.imagefolder`). ``synthetic`` holds the synthetic data set's
+    options: ``num_classes``, ``images`` (a count, or counts per split, default train 5000,
+    val and test 1000), ``noise``, ``distractor``, ``max_shift``.
+
+    Everything that can be checked is checked here, before training: names, folders, files,
+    labels (see the sources). A class count other than the data set's (a wrong folder, a
+    trimmed copy) gives a warning, not an error, so that small copies stay usable.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+    info = DATASETS[name]
+    source = source or info.default_source
+    if source not in info.sources:
+        kind = "unknown source" if source not in SOURCES else "source"
+        raise ValueError(
+            f"{kind} {source!r} for data set {name!r}; allowed: {', '.join(info.sources)}"
+        )
+    if split not in SOURCE_SPLITS[source]:
+        raise ValueError(
+            f"unknown split {split!r} for the {source} source; allowed: "
+            f"{', '.join(SOURCE_SPLITS[source])}"
+        )
+    if synthetic is not None and source != "synthetic":
+        raise ValueError(f"synthetic options were given for data set {name!r}; only synthetic")
+    if image_size is not None and image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+
+    data: ImageSource
+    if source == "synthetic":
+        data = _synthetic(split, image_size, seed, synthetic)
+    else:
+        folder = Path(root).expanduser() if root is not None else default_root(name)
+        if source == "cifar":
+            _fixed_size(name, source, IMAGE_SIZE, image_size)
+            data = load_cifar(folder, name, split)
+        elif source == "imagefolder":
+            paths, labels, classes = list_imagefolder(folder, split)
+            files = ImageFiles(paths, labels, classes, image_size or info.image_size)
+            if split == "train" and subset is not None:
+                # Choose the subset from the labels, then decode only the kept files: the same
+                # images as decoding all and then choosing, since the draw depends on labels only.
+                keep = subset_indices(files, subset, seed)
+                files = ImageFiles(
+                    [paths[i] for i in keep.tolist()], labels[keep], classes, files.image_size
+                )
+                subset = None
+            data = hold(files, in_memory)
+        else:
+            data = ParquetShards(folder, split)
+            _fixed_size(name, source, data.image_size, image_size)
+        if len(data.classes) != info.num_classes:
+            warnings.warn(
+                f"{name} {split} in {folder} has {len(data.classes)} classes; {name} has "
+                f"{info.num_classes}",
+                stacklevel=2,
+            )
+    if split == "train":
+        if subset is not None:
+            data = keep_images(data, subset, seed)
+        if label_fraction is not None:
+            data = keep_labels(data, label_fraction, seed)
+    return data

@@ -1,0 +1,411 @@
+"""Parquet shards: a split as ``<split>-00000.parquet``, ``<split>-00001.parquet``, ...
+
+Each shard has two columns, ``image`` (binary) and ``label`` (int64), and the schema metadata
+says how to read them: ``classes`` (a JSON list of the class names), ``image_size``,
+``channels`` and ``encoding``:
+
+* ``raw``: the uint8 CHW pixels of one image, 3 * image_size**2 bytes. A shard is decoded with
+  one ``np.frombuffer`` over the whole column (no per-image Python), so reading is about as fast
+  as the disk. The default for small images (CIFAR, Tiny-ImageNet).
+* ``png`` / ``jpeg``: one encoded image per row, already at the load size; decoded per image,
+  only for the rows a batch asks for. JPEG keeps 224 px data sets (and ImageNet) small.
+
+Reading is lazy: opening a split reads each shard's footer and its (small) label column, which
+also checks every label up front; ``read(indices)`` opens only the shards holding those indices
+and keeps the most recently used shards in an LRU cache, so a worker can stream its part of a
+split from a shared volume. Order the reads shard by shard (:func:`shard_local_order`) when the
+split is bigger than the cache, or every batch loads many shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torch import Tensor
+
+from trainers.data.base import SPLITS, ImageSource, IndexLike, as_index
+from trainers.data.imagefolder import parallel_fill
+
+ENCODINGS = ("raw", "png", "jpeg")
+SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<number>\d{5})\.parquet$")
+# Default shard size: 128 MiB of decoded pixels (43,690 CIFAR images, 891 at 224 px).
+SHARD_BYTES = 128 << 20
+# Default cache: as many decoded shards as fit in 1 GiB, never fewer than two.
+CACHE_BYTES = 1 << 30
+# Arrow's binary type has int32 offsets: one raw shard must stay below 2 GiB.
+_MAX_COLUMN_BYTES = (1 << 31) - 1
+
+
+def shard_path(out_dir: Path, split: str, number: int) -> Path:
+    """Where shard ``number`` of ``split`` lives."""
+    return out_dir / f"{split}-{number:05d}.parquet"
+
+
+def find_shards(root: Path, split: str) -> list[Path]:
+    """The shard files of ``split`` in ``root``, in order (unchecked)."""
+    found = []
+    for entry in os.scandir(root):
+        match = SHARD_NAME.match(entry.name)
+        if match and match["split"] == split:
+            found.append((int(match["number"]), Path(entry.path)))
+    return [path for _, path in sorted(found)]
+
+
+def _encode(image: np.ndarray, encoding: str, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    pil = Image.fromarray(image.transpose(1, 2, 0))
+    if encoding == "png":
+        pil.save(buffer, format="PNG", compress_level=6)
+    else:
+        pil.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _image_column(images: Tensor, encoding: str, quality: int, workers: int | None) -> pa.Array:
+    pixels = images.contiguous().numpy()
+    count, per_image = len(pixels), pixels[0].size if len(pixels) else 0
+    if encoding == "raw":
+        # One binary array over the tensor's own bytes: no per-image Python, no copy.
+        offsets = np.arange(count + 1, dtype=np.int32) * per_image
+        return pa.Array.from_buffers(
+            pa.binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(pixels.reshape(-1))]
+        )
+    encoded: list[bytes] = [b""] * count
+
+    def fill(i: int) -> None:
+        encoded[i] = _encode(pixels[i], encoding, quality)
+
+    parallel_fill(count, fill, workers, chunk=64)
+    return pa.array(encoded, type=pa.binary())
+
+
+def write_parquet_shards(
+    source: ImageSource,
+    out_dir: str | Path,
+    *,
+    split: str = "train",
+    images_per_shard: int | None = None,
+    encoding: str = "raw",
+    jpeg_quality: int = 95,
+    compression: str | None = None,
+    workers: int | None = None,
+) -> list[Path]:
+    """Write every image of ``source`` as shards ``out_dir/<split>-NNNNN.parquet``.
+
+    ``images_per_shard`` defaults to 128 MiB of decoded pixels per shard. ``compression`` is
+    Parquet's page compression: ``none`` for png/jpeg (already compressed), ``zstd`` for raw
+    by default. Shards of ``split`` already in ``out_dir`` are replaced; each shard is written
+    under a temporary name and renamed, so a reader never sees half a shard. Returns the paths.
+    """
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; allowed: {', '.join(ENCODINGS)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    size = source.image_size
+    per_image = 3 * size * size
+    if images_per_shard is None:
+        images_per_shard = max(1, SHARD_BYTES // per_image)
+    if images_per_shard < 1:
+        raise ValueError(f"images_per_shard must be >= 1, got {images_per_shard}")
+    if encoding == "raw" and images_per_shard * per_image > _MAX_COLUMN_BYTES:
+        raise ValueError(
+            f"{images_per_shard} raw images of {size} px per shard exceed 2 GiB; "
+            f"use at most {_MAX_COLUMN_BYTES // per_image} images per shard"
+        )
+    labels = source.labels
+    classes = list(source.classes)
+    if len(labels) and (int(labels.min()) < -1 or int(labels.max()) >= len(classes)):
+        raise ValueError(
+            f"labels of the source lie in {int(labels.min())}..{int(labels.max())}; allowed: "
+            f"-1 (no label) and 0..{len(classes) - 1}"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in find_shards(out, split):
+        stale.unlink()
+    metadata = {
+        "classes": json.dumps(classes),
+        "image_size": str(size),
+        "channels": "3",
+        "encoding": encoding,
+    }
+    schema = pa.schema([("image", pa.binary()), ("label", pa.int64())], metadata=metadata)
+    compression = compression or ("zstd" if encoding == "raw" else "none")
+    paths = []
+    for number, start in enumerate(range(0, len(source), images_per_shard)):
+        index = torch.arange(start, min(start + images_per_shard, len(source)))
+        images = source.read(index)
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(
+                f"source.read gave {images.dtype} images of shape {tuple(images.shape)}; "
+                f"expected uint8 (N, 3, {size}, {size})"
+            )
+        column = _image_column(images, encoding, jpeg_quality, workers)
+        table = pa.Table.from_arrays([column, pa.array(labels[index].numpy())], schema=schema)
+        path = shard_path(out, split, number)
+        partial = path.with_name(path.name + ".partial")
+        pq.write_table(table, partial, compression=compression)
+        os.replace(partial, path)
+        paths.append(path)
+    return paths
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as error:
+        raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
+    raw = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    missing = [k for k in ("classes", "image_size", "channels", "encoding") if k not in raw]
+    columns = {"image": pa.binary(), "label": pa.int64()}
+    wrong = [
+        f"{name} ({schema.field(name).type if name in schema.names else 'missing'})"
+        for name, kind in columns.items()
+        if name not in schema.names or schema.field(name).type != kind
+    ]
+    if missing or wrong:
+        raise ValueError(
+            f"{path} is not a dmsweep image shard: metadata lacks {missing}, columns {wrong}; "
+            "expected columns image (binary), label (int64) and metadata classes, image_size, "
+            "channels, encoding (see write_parquet_shards)"
+        )
+    meta = {
+        "classes": json.loads(raw["classes"]),
+        "image_size": int(raw["image_size"]),
+        "channels": int(raw["channels"]),
+        "encoding": raw["encoding"],
+    }
+    if meta["encoding"] not in ENCODINGS or meta["channels"] != 3:
+        raise ValueError(
+            f"{path}: encoding {meta['encoding']!r} with {meta['channels']} channels; "
+            f"allowed: encodings {', '.join(ENCODINGS)} with 3 channels"
+        )
+    return meta
+
+
+class ParquetShards:
+    """One split of Parquet shards, read lazily shard by shard (see the module docstring).
+
+    ``cache_shards`` is how many shards the LRU cache keeps (default: as many as fit in
+    1 GiB of decoded pixels, at least two). ``shard_loads`` lists the shard numbers in the order
+    they were read from disk: how a test (or a throughput check) sees what was opened.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        *,
+        cache_shards: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        root = Path(root)
+        if cache_shards is not None and cache_shards < 1:
+            raise ValueError(f"cache_shards must be >= 1, got {cache_shards}")
+        if not root.is_dir():
+            raise FileNotFoundError(f"Parquet data folder {root} does not exist")
+        self.root, self.split, self.workers = root, split, workers
+        self.shards = find_shards(root, split)
+        if not self.shards:
+            found = sorted(
+                {m["split"] for e in os.scandir(root) if (m := SHARD_NAME.match(e.name))}
+            )
+            raise FileNotFoundError(
+                f"no Parquet shards {split}-NNNNN.parquet in {root}; splits with shards there: "
+                f"{', '.join(found) or 'none'}"
+            )
+        for number, path in enumerate(self.shards):
+            if path != shard_path(root, split, number):
+                raise FileNotFoundError(
+                    f"shard {shard_path(root, split, number)} is missing (found {path.name} "
+                    "after it): shards of a split are numbered 00000, 00001, ... without gaps"
+                )
+        meta = _metadata(self.shards[0])
+        self.classes: list[str] = meta["classes"]
+        self.image_size: int = meta["image_size"]
+        self.encoding: str = meta["encoding"]
+        labels, counts = [], []
+        for path in self.shards:
+            if path != self.shards[0] and _metadata(path) != meta:
+                raise ValueError(
+                    f"{path}: metadata differs from {self.shards[0]} (classes, image size or "
+                    "encoding); a split's shards must be written together"
+                )
+            shard_labels = self._labels(path)
+            labels.append(shard_labels)
+            counts.append(len(shard_labels))
+        self.labels = torch.from_numpy(np.concatenate(labels))
+        self.starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        per_image = 3 * self.image_size**2
+        self.cache_shards = cache_shards or max(2, CACHE_BYTES // (per_image * max(counts)))
+        self.shard_loads: list[int] = []
+        self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _labels(self, path: Path) -> np.ndarray:
+        try:
+            labels = pq.read_table(path, columns=["label"]).column("label")
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
+        if labels.null_count:
+            raise ValueError(f"Parquet shard {path}: {labels.null_count} labels are null")
+        values = labels.to_numpy().astype(np.int64)
+        bad = (values < -1) | (values >= len(self.classes))
+        if bad.any():
+            raise ValueError(
+                f"Parquet shard {path}: label {int(values[bad][0])} is outside the "
+                f"{len(self.classes)} classes (allowed: -1 for no label, "
+                f"0..{len(self.classes) - 1})"
+            )
+        return values
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __repr__(self) -> str:
+        return (
+            f"ParquetShards({self.root}, {self.split!r}: {len(self)} images in "
+            f"{len(self.shards)} shards, {self.encoding}, {self.image_size}px)"
+        )
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Sent to another process (a Ray worker): paths and labels travel, the cache does not.
+        state = self.__dict__.copy()
+        state["_cache"], state["_lock"] = OrderedDict(), None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def shard_of(self, indices: IndexLike) -> np.ndarray:
+        """The shard number holding each index."""
+        index = as_index(indices, len(self)).numpy()
+        return np.searchsorted(self.starts, index, side="right") - 1
+
+    def _load(self, number: int) -> Any:
+        path = self.shards[number]
+        try:
+            column = pq.read_table(path, columns=["image"]).column("image").combine_chunks()
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
+        count = int(self.starts[number + 1] - self.starts[number])
+        if len(column) != count or column.null_count:
+            raise ValueError(
+                f"Parquet shard {path}: {len(column)} images ({column.null_count} null) for "
+                f"{count} labels"
+            )
+        buffers = column.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int32)[column.offset :][: count + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] else np.empty(0, np.uint8)
+        if self.encoding != "raw":
+            return offsets, data
+        size = self.image_size
+        if (np.diff(offsets) != 3 * size * size).any():
+            raise ValueError(
+                f"Parquet shard {path}: a raw image is not {3 * size * size} bytes "
+                f"(3 x {size} x {size} uint8)"
+            )
+        # One frombuffer over the whole column; the copy gives torch memory it may own (Arrow's
+        # buffers are read-only) and lets the Arrow table go.
+        pixels = data[offsets[0] : offsets[-1]].reshape(count, 3, size, size)
+        return torch.from_numpy(pixels.copy())
+
+    def _shard(self, number: int) -> Any:
+        with self._lock:
+            if number in self._cache:
+                self._cache.move_to_end(number)
+                return self._cache[number]
+        loaded = self._load(number)
+        with self._lock:
+            self.shard_loads.append(number)
+            self._cache[number] = loaded
+            while len(self._cache) > self.cache_shards:
+                self._cache.popitem(last=False)
+        return loaded
+
+    def _decode_rows(self, number: int, shard: Any, rows: np.ndarray) -> Tensor:
+        offsets, data = shard
+        size = self.image_size
+        images = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
+        out = images.numpy()
+
+        def fill(i: int) -> None:
+            row = int(rows[i])
+            try:
+                with Image.open(io.BytesIO(data[offsets[row] : offsets[row + 1]])) as pil:
+                    pixels = np.asarray(pil.convert("RGB"))
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ValueError(
+                    f"Parquet shard {self.shards[number]}: cannot decode image in row {row}: "
+                    f"{error}"
+                ) from error
+            if pixels.shape != (size, size, 3):
+                raise ValueError(
+                    f"Parquet shard {self.shards[number]}: image in row {row} is "
+                    f"{pixels.shape[1]}x{pixels.shape[0]}, the metadata says {size}x{size}"
+                )
+            out[i] = pixels.transpose(2, 0, 1)
+
+        parallel_fill(len(rows), fill, self.workers, chunk=32)
+        return images
+
+    def read(self, indices: IndexLike) -> Tensor:
+        """The images at ``indices``, in that order, opening only the shards that hold them."""
+        index = as_index(indices, len(self)).numpy()
+        shards = np.searchsorted(self.starts, index, side="right") - 1
+        size = self.image_size
+        out = torch.empty((len(index), 3, size, size), dtype=torch.uint8)
+        for number in np.unique(shards):
+            positions = np.flatnonzero(shards == number)
+            rows = index[positions] - self.starts[number]
+            shard = self._shard(int(number))
+            if self.encoding == "raw":
+                images = shard.index_select(0, torch.from_numpy(rows))
+            else:
+                images = self._decode_rows(int(number), shard, rows)
+            out[torch.from_numpy(positions)] = images
+        return out
+
+    def cache_info(self) -> dict[str, Any]:
+        """Which shards are cached now, the cache's capacity and how many loads so far."""
+        with self._lock:
+            cached = list(self._cache)
+        return {"cached": cached, "capacity": self.cache_shards, "loads": len(self.shard_loads)}
+
+
+def shard_local_order(
+    source: ImageSource, generator: torch.Generator, *, window: int | None = None
+) -> Tensor:
+    """A random order of all indices that visits a sharded source a few shards at a time.
+
+    For :class:`ParquetShards` the shards are shuffled, cut into windows of ``window`` shards
+    (default: the cache's capacity) and the images of each window shuffled together, so every
+    shard is loaded once per pass. Any other source gets a plain random permutation.
+    """
+    if not isinstance(source, ParquetShards):
+        return torch.randperm(len(source), generator=generator)
+    window = window or source.cache_shards
+    shard_order = torch.randperm(len(source.shards), generator=generator).tolist()
+    parts = []
+    for first in range(0, len(shard_order), window):
+        members = torch.cat(
+            [
+                torch.arange(int(source.starts[k]), int(source.starts[k + 1]))
+                for k in shard_order[first : first + window]
+            ]
+        )
+        parts.append(members[torch.randperm(len(members), generator=generator)])
+    return torch.cat(parts)
