@@ -35,6 +35,7 @@ test-gpu: $(VENV)/.installed-dev
 bench: $(VENV)/.installed
 	$(BIN)/python bench/losses.py
 	$(BIN)/python bench/mixing.py
+	$(BIN)/python bench/throughput.py --threads 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

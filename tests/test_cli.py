@@ -128,6 +128,7 @@ def test_train_names_what_is_wrong_with_a_trial(tmp_path):
         ({"recipe": "rsb_a3"}, "use loss mbce, mbce_two or dm_bce, not 'dm_ce'"),
         ({"recipe": "finegrained"}, "set backbone.weights to a local file"),
         ({"seed": -1}, "seed: Input should be greater than or equal to 0"),
+        ({"mixing": {"method": "mixup_cutmix"}}, "method 'mixup_cutmix' needs alphas"),
         ({"colour": "blue"}, "colour: Extra inputs are not permitted"),
     ]
     path = tmp_path / "bad.yaml"

@@ -112,3 +112,27 @@ def test_policies_reject_a_cpu_generator_for_a_cuda_batch(cuda):
         POLICIES["cutmix"](
             inputs, torch.arange(4, device=cuda), alpha=1.0, generator=torch.Generator()
         )
+
+
+def test_the_training_loop_runs_on_cuda(cuda):
+    from test_loop import Recorder, synthetic_trial
+
+    from trainers.loop import run
+
+    recorder = Recorder()
+    final = run(synthetic_trial(device="cuda", epochs=2), recorder)
+    assert [m["epoch"] for m in recorder.metrics] == [1, 2]
+    assert final["val_top1"] > 30
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "deit"])
+def test_train_augment_on_cuda_is_reproducible(cuda, recipe):
+    from trainers.augment import TrainAugment, mean_std
+    from trainers.recipes import get_recipe
+
+    images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, device=cuda)
+    augment = TrainAugment(get_recipe(recipe), 32, *mean_std("cifar10"))
+    first = augment(images, torch.Generator(device=cuda).manual_seed(0))
+    again = augment(images, torch.Generator(device=cuda).manual_seed(0))
+    assert first.device.type == "cuda" and first.dtype == torch.float32
+    torch.testing.assert_close(first, again)

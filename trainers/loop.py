@@ -128,8 +128,9 @@ class _Mixer:
             use_cutmix = torch.rand((), generator=generator, device=generator.device)
             use_cutmix = bool(use_cutmix < self.recipe.switch_prob)
             policy = "cutmix" if use_cutmix else "mixup"
-            alpha = self.recipe.cutmix_alpha if use_cutmix else self.recipe.mixup_alpha
-        batch = POLICIES[policy](inputs, targets, alpha=alpha or 1.0, generator=generator)
+            recipe_alpha = self.recipe.cutmix_alpha if use_cutmix else self.recipe.mixup_alpha
+            alpha = recipe_alpha if recipe_alpha is not None else self.alpha
+        batch = POLICIES[policy](inputs, targets, alpha=alpha, generator=generator)
         return model(batch.inputs), batch
 
     def _manifold(
