@@ -127,8 +127,10 @@ class TrainConfig(_Strict):
                 f"recipe {self.recipe!r} trains with binary cross-entropy (RSB A3, Table 10); "
                 f"use loss mbce, mbce_two or dm_bce, not {self.loss.name!r}"
             )
-        if self.mixing.method == "mixup_cutmix" and self.mixing.alpha is None and (
-            recipe.mixup_alpha is None or recipe.cutmix_alpha is None
+        if (
+            self.mixing.method == "mixup_cutmix"
+            and self.mixing.alpha is None
+            and (recipe.mixup_alpha is None or recipe.cutmix_alpha is None)
         ):
             raise ValueError(
                 f"method 'mixup_cutmix' needs alphas: recipe {self.recipe!r} sets no "

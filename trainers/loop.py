@@ -225,7 +225,10 @@ def _fixed_mixed_batch(
     Mixup/CutMix switching, no mixing), always from the same seed, so epochs are comparable.
     """
     count = min(config.eval.mixed_batch, len(source))
-    index = torch.arange(count)
+    # A random draw: test splits are often stored class by class, and a batch of one class
+    # would hold only same-class pairs, which the mixed accuracies leave out.
+    index = torch.randperm(len(source), generator=torch.Generator().manual_seed(config.seed))
+    index = index[:count].sort().values
     images = transform(source.read(index).to(device))
     labels = source.labels[index].to(device)
     policy = config.mixing.method
