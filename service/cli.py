@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from service.demo import load_grid, run_grid
+from service.spec import check_data as data_problems
+from service.spec import expand, json_schema, load_spec, summary
 from service.train import epoch_progress, train_in_process
 from trainers.data import LAYOUTS, prepare
 
@@ -82,6 +85,45 @@ def train(
     for name, value in metrics.items():
         table.add_row(name, f"{value:.4g}" if isinstance(value, float) else str(value))
     console.print(table)
+
+
+@app.command()
+def validate(
+    spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary only.")] = False,
+    check_data: Annotated[
+        bool, typer.Option(help="Also check that every data set's root folder exists.")
+    ] = False,
+) -> None:
+    """Check a sweep spec and print the cells and trials it expands into (exit 2 if invalid)."""
+    try:
+        spec = load_spec(spec_file)
+        cells = expand(spec)
+    except ValueError as error:
+        console.print(f"[red]error:[/] {error}")
+        raise typer.Exit(2) from None
+    problems = data_problems(spec) if check_data else []
+    info = summary(spec)
+    if as_json:
+        print(json.dumps({**info, "data_problems": problems}))
+    else:
+        table = Table(title=f"{info['name']}: {info['cells']} cells, {info['trials']} trials")
+        for column in ("cell", "hyperparameters", "seeds"):
+            table.add_column(column)
+        for cell in cells:
+            values = ", ".join(f"{k}={v:g}" for k, v in sorted(cell.hyperparameters.items()))
+            table.add_row(cell.cell_id, values, ", ".join(map(str, spec.grid.seeds)))
+        console.print(table)
+        for problem in problems:
+            console.print(f"[red]data:[/] {problem}")
+    if problems:
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of a sweep spec."""
+    print(json.dumps(json_schema(), indent=2))
 
 
 @data_app.command("prepare")

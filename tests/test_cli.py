@@ -14,14 +14,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def dmsweep(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def dmsweep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
-        cwd=cwd,
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO)},
+        env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO), **(env or {})},
     )
 
 
@@ -179,3 +179,42 @@ def test_data_prepare_converts_a_layout_to_parquet(tmp_path):
     assert again.returncode == 2 and "overwrite" in again.stdout
     unknown = dmsweep("data", "prepare", "imagenet21k", str(src), "--out", str(out))
     assert unknown.returncode == 2 and "cifar10" in unknown.stdout
+
+
+def test_validate_prints_the_grid_product_of_table1(tmp_path):
+    import json
+
+    result = dmsweep("validate", "search_spaces/cifar100_table1.yaml", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    info = json.loads(result.stdout)
+    grid = yaml.safe_load((REPO / "search_spaces/cifar100_table1.yaml").read_text())["grid"]
+    cells = len(grid["dataset"]) * len(grid["backbone"]) * len(grid["method"]) * len(grid["loss"])
+    assert (info["cells"], info["trials"]) == (cells, cells * len(grid["seeds"]))
+    table = dmsweep("validate", "search_spaces/cifar100_table1.yaml")
+    assert f"{cells} cells, {cells * len(grid['seeds'])} trials" in table.stdout
+    assert "cifar100/resnet18_cifar/mixup/dm_ce" in table.stdout
+    # Data roots are checked only when asked: the paper's specs validate without their data.
+    missing = dmsweep(
+        "validate",
+        "search_spaces/cifar100_table1.yaml",
+        "--check-data",
+        "--json",
+        env={"DMSWEEP_DATA_ROOT": str(tmp_path)},
+    )
+    assert missing.returncode == 2
+    assert str(tmp_path / "cifar100") in json.loads(missing.stdout)["data_problems"][0]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\ngrid: {dataset: [cifar100], backbone: [resnet18_cifar], "
+        "method: [mixup], loss: [dm_ce], seeds: [0]}\nhyperparameters: {eta: -1}\n"
+    )
+    invalid = dmsweep("validate", str(bad))
+    assert invalid.returncode == 2 and "hyperparameters.eta" in invalid.stdout
+
+
+def test_schema_is_the_specs_json_schema():
+    import json
+
+    result = dmsweep("schema")
+    assert result.returncode == 0
+    assert "grid" in json.loads(result.stdout)["properties"]

@@ -1,0 +1,397 @@
+"""Sweep specs: shipped files, defaults precedence (appendix A.3), validation messages, search."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service import defaults
+from service.spec import (
+    MAX_TRIALS,
+    expand,
+    json_schema,
+    load_spec,
+    search_space,
+    spec_from_dict,
+    study_name,
+    summary,
+    trials,
+)
+from trainers.config import TrainConfig
+
+SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
+
+BASE: dict[str, Any] = {
+    "name": "t",
+    "grid": {
+        "dataset": ["cifar100"],
+        "backbone": ["resnet18_cifar"],
+        "method": ["mixup", "cutmix"],
+        "loss": ["mce", "dm_ce"],
+    },
+    "recipe": "cifar",
+}
+
+
+def make(**changes: Any) -> dict[str, Any]:
+    raw = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if key in ("dataset", "backbone", "method", "loss", "seeds"):
+            raw["grid"][key] = value
+        else:
+            raw[key] = value
+    return raw
+
+
+def cells_by_id(raw: dict[str, Any]) -> dict[str, Any]:
+    return {c.cell_id: c for c in expand(spec_from_dict(raw))}
+
+
+def error(raw: dict[str, Any]) -> str:
+    with pytest.raises(ValueError) as info:
+        spec_from_dict(raw)
+    return str(info.value)
+
+
+# --- shipped specs -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["smoke", "cifar100_table1", "tune_eta"])
+def test_shipped_specs_load(name: str) -> None:
+    spec = load_spec(SPECS / f"{name}.yaml")
+    assert spec.name == name
+    assert summary(spec)["trials"] == len(trials(spec))
+
+
+def test_table1_expands_to_the_full_grid() -> None:
+    spec = load_spec(SPECS / "cifar100_table1.yaml")
+    g = spec.grid
+    cells = expand(spec)
+    assert len(cells) == len(g.backbone) * len(g.method) * len(g.loss) == 36
+    assert len({c.cell_id for c in cells}) == len(cells)
+    rows = trials(spec)
+    assert len(rows) == 3 * len(cells)
+    for cell, seed, config in rows:
+        assert isinstance(config, TrainConfig)
+        assert config.seed == seed
+        assert config.data.name == cell.dataset == "cifar100"
+        assert (config.mixing.method, config.loss.name) == (cell.method, cell.loss)
+        assert TrainConfig.model_validate(config.model_dump()) == config
+    assert [s for _, s, _ in rows[:3]] == [0, 1, 2]
+    assert summary(spec)["search"] is False
+
+
+def test_smoke_is_cheap() -> None:
+    spec = load_spec(SPECS / "smoke.yaml")
+    for _, _, config in trials(spec):
+        assert config.data.name == "synthetic"
+        assert config.backbone.name == "smallnet"
+        assert config.epochs == 2
+
+
+def test_cell_ids() -> None:
+    cell = expand(spec_from_dict(make()))[0]
+    assert cell.cell_id == "cifar100/resnet18_cifar/mixup/mce"
+    assert cell.slug == "cifar100__resnet18_cifar__mixup__mce"
+    assert study_name("sweep-1", cell) == "sweep-1:cifar100/resnet18_cifar/mixup/mce"
+
+
+# --- defaults and precedence ---------------------------------------------------------------------
+
+
+def test_defaults_table() -> None:
+    r = defaults.resolve_hyperparameters
+    # OpenMixup CIFAR-100 alphas with MCE; A.3's 0.2 with DM.
+    assert r("cifar100", "resnet18_cifar", "mixup", "mce") == {"alpha": 1.0}
+    assert r("cifar100", "resnet18_cifar", "manifoldmix", "mce") == {"alpha": 2.0}
+    assert r("cifar100", "resnet18_cifar", "mixup", "dm_ce") == {"alpha": 0.2, "eta": 0.1}
+    # A.3: Tiny-ImageNet / fine-grained, static: eta 1 on ResNet-18, 0.1 on ResNeXt-50.
+    assert r("tiny_imagenet", "resnet18_cifar", "cutmix", "dm_ce")["eta"] == 1.0
+    assert r("cub200", "resnet18", "cutmix", "dm_ce")["eta"] == 1.0
+    assert r("tiny_imagenet", "resnext50_cifar", "cutmix", "dm_ce")["eta"] == 0.1
+    assert r("tiny_imagenet", "wrn28_8", "cutmix", "dm_ce")["eta"] == 0.1
+    # dynamic: eta 1 everywhere, alpha 2 with DM.
+    assert r("tiny_imagenet", "resnext50_cifar", "puzzlemix", "dm_ce") == {"alpha": 2.0, "eta": 1.0}
+    # DM(BCE): cutting-based xi 0.8 t 1, interpolation-based xi 1 t 0.5.
+    assert r("imagenet", "resnet50", "cutmix", "dm_bce") == {"alpha": 0.2, "xi": 0.8, "t": 1.0}
+    assert r("imagenet", "resnet50", "mixup", "dm_bce") == {"alpha": 0.2, "xi": 1.0, "t": 0.5}
+    assert r("cifar100", "resnet18_cifar", "vanilla", "ce") == {}
+    assert r("cifar100", "resnet18_cifar", "resizemix", "mce") == {}
+    assert r("imagenet", "resnet50", "mixup_cutmix", "mbce") == {}
+    with pytest.raises(ValueError, match="allowed"):
+        r("cifar100", "resnet18_cifar", "mixpu", "mce")
+
+
+def test_spec_uses_defaults() -> None:
+    raw = make(
+        dataset=["cifar100", "tiny_imagenet"], backbone=["resnet18_cifar", "resnext50_cifar"]
+    )
+    raw["grid"]["loss"] = ["mce", "dm_ce", "dm_bce"]
+    cells = cells_by_id(raw)
+    assert cells["cifar100/resnet18_cifar/mixup/mce"].hyperparameters == {"alpha": 1.0}
+    assert cells["cifar100/resnet18_cifar/mixup/dm_ce"].hyperparameters == {
+        "alpha": 0.2,
+        "eta": 0.1,
+    }
+    assert cells["tiny_imagenet/resnet18_cifar/cutmix/dm_ce"].hyperparameters["eta"] == 1.0
+    assert cells["tiny_imagenet/resnext50_cifar/cutmix/dm_ce"].hyperparameters["eta"] == 0.1
+    bce = cells["cifar100/resnet18_cifar/cutmix/dm_bce"].hyperparameters
+    assert (bce["xi"], bce["t"]) == (0.8, 1.0)
+    bce = cells["cifar100/resnet18_cifar/mixup/dm_bce"].hyperparameters
+    assert (bce["xi"], bce["t"]) == (1.0, 0.5)
+
+
+def test_precedence_top_level_then_overrides_later_wins() -> None:
+    raw = make(
+        hyperparameters={"eta": 0.5},
+        overrides=[
+            {"match": {"method": "cutmix"}, "set": {"eta": 2.0, "alpha": 0.5}},
+            {"match": {"method": ["cutmix"], "loss": "dm_ce"}, "set": {"eta": 1.5}},
+        ],
+    )
+    cells = cells_by_id(raw)
+    assert cells["cifar100/resnet18_cifar/mixup/dm_ce"].hyperparameters == {
+        "alpha": 0.2,
+        "eta": 0.5,
+    }
+    assert cells["cifar100/resnet18_cifar/cutmix/dm_ce"].hyperparameters == {
+        "alpha": 0.5,
+        "eta": 1.5,
+    }
+    # eta does not reach MCE cells; the override's alpha does.
+    assert cells["cifar100/resnet18_cifar/cutmix/mce"].hyperparameters == {"alpha": 0.5}
+    config = trials(spec_from_dict(raw))[3][2]
+    assert (config.mixing.alpha, config.loss.eta) == (0.5, 1.5)
+
+
+def test_override_recipe_and_epochs() -> None:
+    raw = make(
+        epochs=10,
+        recipe_overrides={"lr": 0.05},
+        overrides=[
+            {"match": {"method": "cutmix"}, "set": {"epochs": 4, "recipe_overrides": {"lr": 0.2}}}
+        ],
+    )
+    rows = {cell.cell_id: config for cell, _, config in trials(spec_from_dict(raw))}
+    assert rows["cifar100/resnet18_cifar/mixup/mce"].epochs == 10
+    assert rows["cifar100/resnet18_cifar/mixup/mce"].recipe_overrides == {"lr": 0.05}
+    assert rows["cifar100/resnet18_cifar/cutmix/mce"].epochs == 4
+    assert rows["cifar100/resnet18_cifar/cutmix/mce"].recipe_overrides == {"lr": 0.2}
+
+
+def test_mixup_cutmix_uses_recipe_alphas() -> None:
+    raw = make(dataset=["imagenet"], backbone=["resnet50"], method=["mixup_cutmix"], loss=["mce"])
+    raw["recipe"] = "deit"
+    (cell,) = expand(spec_from_dict(raw))
+    assert cell.hyperparameters == {}
+    assert "hyperparameters.alpha" in error({**raw, "hyperparameters": {"alpha": 1.0}})
+    # The cifar recipe has no alphas of its own: then mixing.alpha is used for both.
+    raw = make(method=["mixup_cutmix"], loss=["mce"], hyperparameters={"alpha": 1.0})
+    (_, _, config) = trials(spec_from_dict(raw))[0]
+    assert config.mixing.alpha == 1.0
+    assert "needs alphas" in error(make(method=["mixup_cutmix"], loss=["mce"]))
+
+
+def test_exclude_removes_cells() -> None:
+    raw = make(exclude=[{"method": "cutmix", "loss": "mce"}])
+    ids = list(cells_by_id(raw))
+    assert ids == [
+        "cifar100/resnet18_cifar/mixup/mce",
+        "cifar100/resnet18_cifar/mixup/dm_ce",
+        "cifar100/resnet18_cifar/cutmix/dm_ce",
+    ]
+    assert summary(spec_from_dict(raw))["trials"] == 3
+
+
+# --- validation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "allowed"),
+    [
+        ({"method": ["mixup", "mixpu"]}, "grid.method.1", "saliencymix"),
+        ({"method": ["puzzlemix"]}, "grid.method.0", "not implemented yet"),
+        ({"dataset": ["cifar1000"]}, "grid.dataset.0", "tiny_imagenet"),
+        ({"backbone": ["resnet1800"]}, "grid.backbone.0", "timm model name"),
+        ({"loss": ["mce", "dmce"]}, "grid.loss.1", "dm_bce"),
+        ({"loss": []}, "grid.loss", "at least 1"),
+        ({"method": ["mixup", "mixup"]}, "grid.method", "unique"),
+        ({"seeds": [-1]}, "grid.seeds.0", "greater than or equal to 0"),
+        ({"seeds": list(range(101))}, "grid.seeds", "at most 100"),
+        ({"name": "my sweep"}, "name", "letters, digits"),
+        ({"hyperparameters": {"eta": -0.1}}, "hyperparameters.eta", ">= 0"),
+        ({"hyperparameters": {"alpha": 0}}, "hyperparameters.alpha", "> 0"),
+        ({"hyperparameters": {"alpha": float("inf")}}, "hyperparameters.alpha", "finite"),
+        ({"hyperparameters": {"eta": float("nan")}}, "hyperparameters.eta", "finite"),
+        ({"hyperparameters": {"xi": 0.8}}, "hyperparameters.xi", "dm_bce"),
+        ({"hyperparameters": {"gamma": 1}}, "hyperparameters.gamma", "Extra inputs"),
+        ({"recipe": "cifar10"}, "recipe", "tiny_imagenet"),
+        ({"recipe_overrides": {"lrr": 0.1}}, "recipe_overrides", "'lrr'"),
+        ({"recipe_overrides": {"lr": float("nan")}}, "recipe_overrides.lr", "finite"),
+        (
+            {"recipe_overrides": {"betas": [0.9, float("inf")]}},
+            "recipe_overrides.betas.1",
+            "finite",
+        ),
+        ({"epochs": 0}, "epochs", "greater than or equal to 1"),
+        ({"loss": ["ce"]}, "cell cifar100/resnet18_cifar/mixup/ce", "vanilla"),
+        ({"exclude": [{"method": ["mixup", "cutmix"]}]}, "exclude", "every cell"),
+        ({"exclude": [{"method": "fmix"}]}, "exclude.0.method.0", "not in grid.method"),
+        ({"data": {"cifar10": {}}}, "data.cifar10", "not in grid.dataset"),
+        ({"data": {"cifar100": {"subset": 0}}}, "data.cifar100.subset", "greater than"),
+        ({"data": {"cifar100": {"name": "x"}}}, "data.cifar100.name", "Extra inputs"),
+        ({"resources": {"workers_per_trial": 0}}, "resources.workers_per_trial", "greater"),
+        ({"resources": {"cpus_per_worker": 0}}, "resources.cpus_per_worker", "greater than 0"),
+        ({"resources": {"gpus_per_worker": -1}}, "resources.gpus_per_worker", "greater"),
+        ({"unknown": 1}, "unknown", "Extra inputs"),
+    ],
+)
+def test_validation_errors(changes: dict[str, Any], path: str, allowed: str) -> None:
+    message = error(make(**changes))
+    assert path in message
+    assert allowed in message
+
+
+def test_override_errors() -> None:
+    bad_xi = make(loss=["dm_bce"], overrides=[{"match": {"loss": "dm_bce"}, "set": {"xi": 1.5}}])
+    message = error(bad_xi)
+    assert "overrides.0.set.xi" in message and "(0, 1]" in message
+    message = error(make(overrides=[{"match": {"loss": "mce"}, "set": {"eta": 0.5}}]))
+    assert "overrides.0.set.eta" in message and "dm_ce" in message
+    message = error(make(overrides=[{"match": {"mehtod": "mixup"}, "set": {"eta": 0.5}}]))
+    assert "overrides.0.match.mehtod" in message
+    message = error(make(overrides=[{"match": {}, "set": {"recipe_overrides": {"lr": -1}}}]))
+    assert "overrides.0.set.recipe_overrides" in message and "lr" in message
+    message = error(make(overrides=[{"match": {}, "set": {"gamma": 1}}]))
+    assert "overrides.0.set.gamma" in message
+
+
+def test_too_many_trials() -> None:
+    raw = make(seeds=list(range(100)))
+    raw["grid"]["method"] = ["mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix"]
+    raw["grid"]["backbone"] = [
+        "resnet18_cifar",
+        "resnext50_cifar",
+        "wrn28_8",
+        "wrn28_2",
+        "smallnet",
+    ]
+    raw["grid"]["loss"] = ["mce", "dm_ce", "mbce", "dm_bce"]  # 120 cells x 100 seeds
+    message = error(raw)
+    assert "grid" in message and f"{MAX_TRIALS:,}" in message
+
+
+def test_load_spec_names_file_and_path(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: x\ngrid: {dataset: [cifar100], backbone: [resnet18_cifar],"
+        " method: [mixup, mixpu], loss: [mce]}\n"
+    )
+    with pytest.raises(ValueError, match=r"bad\.yaml: grid\.method\.1: .*allowed"):
+        load_spec(path)
+
+
+# --- search --------------------------------------------------------------------------------------
+
+
+def test_grid_search_defaults_to_grid_size() -> None:
+    raw = make(
+        search={"parameters": {"eta": [0.01, 0.1, 0.5, 1, 2], "alpha": [0.2, 1]}, "sampler": "grid"}
+    )
+    spec = spec_from_dict(raw)
+    assert spec.search is not None and spec.search.num_samples == 10
+    assert (spec.search.metric, spec.search.mode) == ("val_top1", "max")
+    cells = expand(spec)
+    assert set(search_space(spec, cells[1])) == {"eta", "alpha"}  # mixup/dm_ce
+    assert set(search_space(spec, cells[0])) == {"alpha"}  # mixup/mce
+    assert len(trials(spec)) == 4
+    assert summary(spec)["search"] is True
+    raw["search"]["num_samples"] = 11
+    assert "search.num_samples" in error(raw)
+
+
+def test_tpe_search_with_ranges() -> None:
+    raw = make(
+        epochs=20,
+        search={
+            "parameters": {"lr": {"low": 1e-3, "high": 1, "log": True}, "eta": [0.1, 1]},
+            "num_samples": 8,
+            "scheduler": {"type": "asha", "grace_period": 2},
+        },
+    )
+    spec = spec_from_dict(raw)
+    assert spec.search is not None and spec.search.sampler == "tpe"
+    assert spec.search.scheduler is not None and spec.search.scheduler.max_t == 20
+    del raw["search"]["num_samples"]
+    assert "search.num_samples" in error(raw)
+
+
+@pytest.mark.parametrize(
+    ("search", "path", "allowed"),
+    [
+        (
+            {"parameters": {"lr": {"low": 0.01, "high": 0.1}}, "sampler": "grid"},
+            "search.sampler",
+            "tpe",
+        ),
+        ({"parameters": {"xi": [0.8, 1]}, "num_samples": 2}, "search.parameters.xi", "dm_bce"),
+        ({"parameters": {"eta": [0.1, -1]}, "num_samples": 2}, "search.parameters.eta.1", ">= 0"),
+        (
+            {"parameters": {"eta": {"low": 0, "high": 1, "log": True}}, "num_samples": 2},
+            "search.parameters.eta",
+            "low > 0",
+        ),
+        (
+            {"parameters": {"momentum": [0.9]}, "num_samples": 1},
+            "search.parameters.momentum",
+            "'lr'",
+        ),
+        (
+            {"parameters": {"eta": [0.1]}, "num_samples": 1, "scheduler": {"type": "hyperband"}},
+            "search.scheduler.type",
+            "asha",
+        ),
+        (
+            {
+                "parameters": {"eta": [0.1]},
+                "num_samples": 1,
+                "scheduler": {"type": "asha", "grace_period": 900},
+            },
+            "search.scheduler.grace_period",
+            "max_t",
+        ),
+    ],
+)
+def test_search_errors(search: dict[str, Any], path: str, allowed: str) -> None:
+    message = error(make(search=search))
+    assert path in message and allowed in message
+
+
+# --- data and schema -----------------------------------------------------------------------------
+
+
+def test_check_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.spec import check_data
+
+    monkeypatch.setenv("DMSWEEP_DATA_ROOT", str(tmp_path))
+    spec = spec_from_dict(make(dataset=["cifar100", "synthetic"], backbone=["smallnet"]))
+    (problem,) = check_data(spec)
+    assert str(tmp_path / "cifar100") in problem
+    (tmp_path / "cifar100").mkdir()
+    assert check_data(spec) == []
+    spec = spec_from_dict(make(data={"cifar100": {"root": str(tmp_path / "elsewhere")}}))
+    (problem,) = check_data(spec)
+    assert str(tmp_path / "elsewhere") in problem
+    monkeypatch.delenv("DMSWEEP_DATA_ROOT")
+    assert check_data(load_spec(SPECS / "smoke.yaml")) == []
+    (problem,) = check_data(spec_from_dict(make()))
+    assert "DMSWEEP_DATA_ROOT" in problem
+
+
+def test_json_schema() -> None:
+    schema = json_schema()
+    assert isinstance(schema, dict)
+    assert "grid" in schema["properties"]
