@@ -154,28 +154,48 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
+def _ddp_worker(
+    rank: int, world_size: int, port: int, out: str, stop_after=None, resume_from=None
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.set_num_threads(1)
-        recorder = Recorder(keep=Path(out) / f"rank{rank}")
-        final = run(synthetic_trial(epochs=2, batch_size=32), recorder)
+        recorder = Recorder(keep=Path(out) / f"rank{rank}", stop_after=stop_after)
+        try:
+            final = run(synthetic_trial(epochs=3, batch_size=32), recorder, resume_from)
+        except KeyboardInterrupt:
+            final = None
         torch.save({"metrics": recorder.metrics, "final": final}, Path(out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_two_ranks_train_one_model(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    rank0 = torch.load(tmp_path / "rank0.pt")
-    rank1 = torch.load(tmp_path / "rank1.pt")
+def _spawn(out: Path, **options) -> tuple[dict, dict]:
+    args = (2, _free_port(), str(out), options.get("stop_after"), options.get("resume_from"))
+    mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
+    return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+
+
+def test_two_ranks_train_one_model_and_resume_as_one_run(tmp_path):
+    rank0, rank1 = _spawn(tmp_path / "whole")
     # Loss and accuracy are reduced across ranks; the mixed accuracies are computed by each rank
     # on the same fixed batch with its own weights, so they agree only if the weights do.
     for a, b in zip(rank0["metrics"], rank1["metrics"], strict=True):
         for key in ("train_loss", "val_top1", "val_top5", "mixed_top1", "mixed_top2"):
             assert a[key] == b[key]
     # Only rank 0 writes checkpoints.
-    assert (tmp_path / "rank0" / "epoch2").is_dir()
-    assert not (tmp_path / "rank1").exists()
+    assert (tmp_path / "whole" / "rank0" / "epoch3").is_dir()
+    assert not (tmp_path / "whole" / "rank1").exists()
     assert rank0["final"]["val_top1"] > 30
+
+    # Interrupted after epoch 2 and resumed on two ranks: each rank gets its own random streams
+    # back, so the run ends with exactly the weights of the uninterrupted one.
+    _spawn(tmp_path / "cut", stop_after=2)
+    checkpoint = tmp_path / "cut" / "rank0" / "epoch2"
+    assert len(load_checkpoint(checkpoint)["rng"]) == 2
+    _spawn(tmp_path / "resumed", resume_from=str(checkpoint))
+    expected = load_checkpoint(tmp_path / "whole" / "rank0" / "epoch3")["model"]
+    got = load_checkpoint(tmp_path / "resumed" / "rank0" / "epoch3")["model"]
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key

@@ -437,7 +437,17 @@ def _train_epoch(trial: Trial, epoch: int) -> tuple[Tensor, int, float]:
     return torch.stack(losses), images, lr
 
 
-def _state(trial: Trial, epoch: int, history: list[float]) -> dict:
+def _rng_states_of_all_ranks(trial: Trial) -> list[dict[str, object]]:
+    """Every rank's random streams, gathered (a collective: every rank calls it)."""
+    mine = _rng_state(trial.generator)
+    if trial.ranks.world_size == 1:
+        return [mine]
+    gathered: list[dict[str, object] | None] = [None] * trial.ranks.world_size
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
+def _state(trial: Trial, epoch: int, history: list[float], rng: list[dict[str, object]]) -> dict:
     return {
         "model": trial.model.state_dict(),
         "optimizer": trial.optimizer.state_dict(),
@@ -447,7 +457,7 @@ def _state(trial: Trial, epoch: int, history: list[float]) -> dict:
         "epoch": epoch,
         "step": trial.step,
         "history": history,
-        "rng": _rng_state(trial.generator),
+        "rng": rng,  # one entry per rank
     }
 
 
@@ -459,7 +469,12 @@ def _restore(trial: Trial, state: dict) -> tuple[int, list[float]]:
     if trial.ema is not None:
         trial.ema.load_state_dict(state["ema"])
     trial.step = state["step"]
-    _restore_rng(state["rng"], trial.generator)
+    if len(state["rng"]) != trial.ranks.world_size:
+        raise ValueError(
+            f"the checkpoint was written by {len(state['rng'])} rank(s); resuming it on "
+            f"{trial.ranks.world_size} would not continue the same run"
+        )
+    _restore_rng(state["rng"][trial.ranks.rank], trial.generator)
     return state["epoch"], list(state["history"])
 
 
@@ -516,8 +531,10 @@ def run(
             if config.eval.fgsm:
                 metrics["fgsm_error"] = _fgsm(trial)
         checkpoint = None
-        if ranks.is_main and (last or (epoch + 1) % config.checkpoint_every == 0):
-            checkpoint = _save_checkpoint(config, _state(trial, epoch + 1, history))
+        if last or (epoch + 1) % config.checkpoint_every == 0:
+            rng = _rng_states_of_all_ranks(trial)
+            if ranks.is_main:
+                checkpoint = _save_checkpoint(config, _state(trial, epoch + 1, history, rng))
         try:
             report(metrics, checkpoint)
         finally:
