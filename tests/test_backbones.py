@@ -332,7 +332,7 @@ def test_keys_that_do_not_fit_are_named(tmp_path):
 
 
 def test_weights_and_pretrained_are_checked():
-    with pytest.raises(ValueError, match=r"either weights .* or pretrained=True"):
+    with pytest.raises(ValueError, match=r"either weights .* or pretrained, not both"):
         build_backbone("resnet18", 10, 64, weights="w.pth", pretrained=True)
     with pytest.raises(ValueError, match="wrn28_8 has no downloadable weights"):
         build_backbone("wrn28_8", 10, 32, pretrained=True)

@@ -159,6 +159,7 @@ def _ddp_worker(
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    Path(out).mkdir(parents=True, exist_ok=True)
     try:
         torch.set_num_threads(1)
         recorder = Recorder(keep=Path(out) / f"rank{rank}", stop_after=stop_after)

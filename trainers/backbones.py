@@ -312,7 +312,7 @@ def build_backbone(
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int; got {image_size!r}")
     if weights is not None and pretrained:
-        raise ValueError("pass either weights (a local file) or pretrained=True, not both")
+        raise ValueError("pass either weights (a local file) or pretrained, not both")
     if name in _BUILDERS:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights=<local file>")

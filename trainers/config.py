@@ -13,12 +13,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainers.mixing import POLICIES
+from trainers.mixing.methods import METHODS
 from trainers.objectives import LOSSES, SOFTMAX_LOSSES, objective
 from trainers.recipes import get_recipe
-
-# `vanilla` trains without mixing; `mixup_cutmix` switches between Mixup and CutMix per batch
-# with the recipe's alphas (the DeiT and RSB A3 baselines of Table 10).
-METHODS = ("vanilla", "mixup_cutmix", *POLICIES)
 
 M = TypeVar("M", bound=BaseModel)
 

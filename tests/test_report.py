@@ -1,0 +1,231 @@
+"""Reports: Parquet round trip, the pivot beside the paper (Table 1), rendering, transcription."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.report import (
+    PAPER_RESULTS,
+    gains_chart,
+    load_paper_results,
+    pivot,
+    read_results,
+    to_html,
+    to_markdown,
+    write_report,
+    write_results,
+)
+
+C100_R18_MCE = ("cifar100", "resnet18_cifar", "mce")
+C100_R18_DM = ("cifar100", "resnet18_cifar", "dm_ce")
+
+
+def shared_dir() -> Path:
+    override = os.environ.get("DMSWEEP_SHARED")
+    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared"
+
+
+def trial(method: str, loss: str, seed: int, top1: float | None, **extra: Any) -> dict[str, Any]:
+    row = {
+        "dataset": "cifar100",
+        "backbone": "resnet18_cifar",
+        "method": method,
+        "loss": loss,
+        "seed": seed,
+        "status": "succeeded" if top1 is not None else "failed",
+        "top1_median_last10": top1,
+        "top1_best": None if top1 is None else top1 + 0.5,
+    }
+    row.update(extra)
+    return row
+
+
+def hand_built() -> list[dict[str, Any]]:
+    return [
+        trial("mixup", "mce", 0, 80.0),
+        trial("mixup", "mce", 1, 81.0),
+        trial("mixup", "mce", 2, 82.0),
+        trial("mixup", "mce", 3, None),
+        trial("mixup", "mce", 4, None),
+        trial("mixup", "dm_ce", 0, 83.0),
+        trial("mixup", "dm_ce", 1, 84.0),
+        trial("cutmix", "mce", 0, 70.0, comparable=False, epochs=10),
+        trial("cutmix", "dm_ce", 0, 71.5, comparable=False, epochs=10),
+    ]
+
+
+# --- Parquet ------------------------------------------------------------------------------------
+
+
+def test_parquet_round_trip_keeps_every_key_and_value(tmp_path: Path) -> None:
+    rows = [
+        {**trial("mixup", "mce", 0, 80.25), "fgsm_error": 70.5, "tag": "a<b", "lr": 0.1},
+        {**trial("cutmix", "dm_ce", 1, None), "comparable": False, "epochs": 10},
+        {"dataset": "cifar100", "mixed": 3, "nested": {"eta": 0.1}},
+        {"dataset": "tiny_imagenet", "mixed": "three", "nested": {"eta": 1.0}},
+    ]
+    path = write_results(rows, tmp_path / "sub" / "results.parquet")
+    back = read_results(path)
+    keys = {k for row in rows for k in row}
+    assert len(back) == len(rows)
+    for original, read in zip(rows, back, strict=True):
+        assert set(read) == keys
+        for key in keys:
+            assert read[key] == original.get(key), key
+    assert list(back[0])[:6] == ["dataset", "backbone", "method", "loss", "seed", "status"]
+
+
+# --- pivot --------------------------------------------------------------------------------------
+
+
+def test_pivot_mean_std_failures_and_paper() -> None:
+    table = pivot(hand_built())
+    cell = table.cell("mixup", C100_R18_MCE)
+    assert cell.n == 3 and cell.failed == 2
+    assert cell.mean == pytest.approx(81.0) and cell.std == pytest.approx(1.0)
+    # Table 1, Mixup, CIFAR-100, R-18, MCE: 79.12.
+    assert cell.paper == pytest.approx(79.12) and cell.paper_table == "1"
+    assert cell.delta == pytest.approx(81.0 - 79.12)
+    assert cell.text() == "81.00 ± 1.00 (n=3), 2 failed; paper 79.12, Δ +1.88"
+
+    dm = table.cell("mixup", C100_R18_DM)
+    assert dm.mean == pytest.approx(83.5) and dm.std == pytest.approx(math.sqrt(0.5))
+    gain = next(g for g in table.gains if g.method == "mixup")
+    assert (gain.base, gain.dm) == ("mce", "dm_ce")
+    assert gain.ours == pytest.approx(83.5 - 81.0)
+    assert gain.paper == pytest.approx(80.24 - 79.12)
+
+
+def test_pivot_not_comparable_and_not_run() -> None:
+    table = pivot(hand_built())
+    cutmix = table.cell("cutmix", C100_R18_MCE)
+    assert not cutmix.comparable and cutmix.delta is None
+    assert cutmix.paper == pytest.approx(78.17)
+    assert cutmix.text() == "70.00 (n=1); paper 78.17, not comparable"
+    gain = next(g for g in table.gains if g.method == "cutmix")
+    assert gain.ours == pytest.approx(1.5) and not gain.comparable
+
+    # SAMix is in Table 1 but not in our trials; columns of data sets we did not run are absent.
+    assert "samix" in table.methods
+    assert table.cell("samix", C100_R18_MCE).text() == "not run; paper 82.30"
+    assert {c[:2] for c in table.columns} == {("cifar100", "resnet18_cifar")}
+
+
+def test_pivot_without_paper_and_other_metric() -> None:
+    table = pivot(hand_built(), paper=[])
+    assert table.methods == ["mixup", "cutmix"]
+    assert table.cell("mixup", C100_R18_MCE).paper is None
+    best = pivot(hand_built(), metric="top1_best")
+    assert best.cell("mixup", C100_R18_MCE).mean == pytest.approx(81.5)
+    assert best.cell("mixup", C100_R18_MCE).paper is None  # the paper reports no best-epoch top-1
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+def test_markdown_html_and_chart(tmp_path: Path) -> None:
+    rows = [*hand_built(), trial("<script>", "mce", 0, 50.0)]
+    table = pivot(rows)
+    markdown = to_markdown(table)
+    assert "| method | cifar100 / resnet18_cifar / mce | cifar100 / resnet18_cifar / dm_ce |" in (
+        markdown
+    )
+    assert "| mixup | 81.00 ± 1.00 (n=3), 2 failed; paper 79.12, Δ +1.88 |" in markdown
+    assert "not run; paper 82.30" in markdown
+    assert "| cifar100 | resnet18_cifar | mixup | dm_ce - mce | +2.50 | +1.12 |" in markdown
+
+    page = to_html(table)
+    assert "&lt;script&gt;" in page and "<script>" not in page
+
+    png = gains_chart(table, tmp_path / "gains.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_write_report(tmp_path: Path) -> None:
+    paths = write_report(hand_built(), tmp_path / "out")
+    assert {p.name for p in paths.values()} == {
+        "results.parquet",
+        "report.md",
+        "report.html",
+        "gains.png",
+    }
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths.values())
+    assert len(read_results(paths["results"])) == len(hand_built())
+
+
+# --- the paper's numbers ------------------------------------------------------------------------
+
+# Table 1's row labels -> dmsweep's method names; its ten columns in order.
+TABLE1_METHODS = {
+    "Mixup": "mixup",
+    "CutMix": "cutmix",
+    "ManifoldMix": "manifoldmix",
+    "SaliencyMix": "saliencymix",
+    "FMix*": "fmix",
+    "PuzzleMix": "puzzlemix",
+    "ResizeMix*": "resizemix",
+    "AutoMix*": "automix",
+    "SAMix*": "samix",
+}
+TABLE1_COLUMNS = [
+    (dataset, backbone, loss)
+    for dataset, backbones in (
+        ("cifar100", ("resnet18_cifar", "resnext50_cifar", "wrn28_8")),
+        ("tiny_imagenet", ("resnet18_cifar", "resnext50_cifar")),
+    )
+    for backbone in backbones
+    for loss in ("mce", "dm_ce")
+]
+
+
+def paper_table1() -> dict[tuple[str, str, str, str], float]:
+    """Table 1's numbers parsed from the paper's extracted text (its tab-separated rows)."""
+    paper = shared_dir() / "paper" / "decoupled-mixup.txt"
+    if not paper.is_file():
+        pytest.fail(
+            f"the paper's text {paper} is missing: the transcription test needs the shared folder "
+            "beside the repository, or DMSWEEP_SHARED pointing at one holding "
+            "paper/decoupled-mixup.txt"
+        )
+    lines = paper.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Table 1. "))
+    numbers = {}
+    for line in lines[start : start + 20]:
+        label, *values = line.split("\t")
+        if label in TABLE1_METHODS:
+            assert len(values) == len(TABLE1_COLUMNS), line
+            for (dataset, backbone, loss), value in zip(TABLE1_COLUMNS, values, strict=True):
+                numbers[(dataset, backbone, TABLE1_METHODS[label], loss)] = float(value)
+    return numbers
+
+
+def test_table1_csv_matches_the_paper_text() -> None:
+    parsed = paper_table1()
+    with (PAPER_RESULTS / "table1.csv").open(newline="") as handle:
+        transcribed = {
+            (r["dataset"], r["backbone"], r["method"], r["loss"]): float(r["top1"])
+            for r in csv.DictReader(handle)
+        }
+    # Mixup and CutMix, spelled out: a parser bug must not hide a transcription error.
+    assert parsed[("cifar100", "resnet18_cifar", "mixup", "mce")] == 79.12
+    assert parsed[("tiny_imagenet", "resnext50_cifar", "cutmix", "dm_ce")] == 67.46
+    assert len(parsed) == 90
+    assert transcribed == parsed
+
+
+def test_load_paper_results() -> None:
+    rows = load_paper_results()
+    tables = {row["table"] for row in rows}
+    assert tables == {"1", "8"}
+    fgsm = [r for r in rows if r["table"] == "8" and r["method"] == "mixup" and r["loss"] == "mce"]
+    assert {r["dataset"]: r["fgsm_error"] for r in fgsm} == {
+        "cifar100": 70.28,
+        "tiny_imagenet": 89.06,
+    }

@@ -1,0 +1,73 @@
+"""Where this process stands under ``torch.distributed``, and the collectives the loop uses.
+
+Without an initialised process group everything degrades to one rank, so the same code runs in
+one process, in ``torchrun`` and in Ray Train workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """The rank of this process, the number of ranks, and the device it trains on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints."""
+        return self.rank == 0
+
+
+def current_ranks(device: Literal["auto", "cpu", "cuda"] = "auto") -> Ranks:
+    """The process group's view of this process; CUDA device ``rank % device_count``."""
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world_size = dist.get_world_size() if distributed else 1
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but no CUDA device is available")
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        chosen = torch.device("cuda", rank % torch.cuda.device_count())
+        torch.cuda.set_device(chosen)
+    else:
+        chosen = torch.device("cpu")
+    return Ranks(rank, world_size, chosen)
+
+
+def all_sum(tensor: Tensor, ranks: Ranks) -> Tensor:
+    """``tensor`` summed over every rank, in place."""
+    if ranks.world_size > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def average_buffers(model: nn.Module, ranks: Ranks) -> None:
+    """Average floating-point buffers (batch-norm running statistics) across ranks.
+
+    DDP keeps parameters in step, but each rank updates its running statistics from its own
+    last batch; without this, every rank would evaluate (and rank 0 would save) another model.
+    """
+    if ranks.world_size == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+            buffer.div_(ranks.world_size)
+
+
+def gather(value: object, ranks: Ranks) -> list[object]:
+    """Every rank's ``value``, in rank order (a collective: every rank must call it)."""
+    if ranks.world_size == 1:
+        return [value]
+    gathered: list[object] = [None] * ranks.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

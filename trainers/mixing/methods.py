@@ -1,0 +1,90 @@
+"""Mixing methods of a trial: a policy, no mixing, or Mixup/CutMix switching, run with the model.
+
+``vanilla`` trains on the plain batch (lambda 1, each sample its own partner);
+``mixup_cutmix`` picks Mixup or CutMix per batch (the DeiT and RSB A3 recipes, Table 10);
+``manifoldmix`` draws a stage per batch and lets the backbone mix the features entering it;
+every other method is an input-level policy of :data:`POLICIES`.
+
+Per-batch choices (which policy, which stage) come from a CPU generator, so deciding them never
+waits for the device; the mixing itself draws from the batch's device generator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from trainers.mixing import POLICIES, MixedBatch
+from trainers.mixing.base import mixed_batch
+
+METHODS = ("vanilla", "mixup_cutmix", *POLICIES)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class MethodMixer:
+    """Mixes a batch with one method and runs the model on it: ``(logits, MixedBatch)``."""
+
+    def __init__(
+        self,
+        method: str,
+        alpha: float | None,
+        *,
+        mixup_alpha: float | None = None,
+        cutmix_alpha: float | None = None,
+        switch_prob: float = 0.5,
+    ) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+        self.method, self.alpha = method, alpha
+        # mixup_cutmix: the recipe's alphas, or the trial's alpha where the recipe has none.
+        self.switch_alphas = (
+            mixup_alpha if mixup_alpha is not None else alpha,
+            cutmix_alpha if cutmix_alpha is not None else alpha,
+        )
+        self.switch_prob = switch_prob
+
+    def __call__(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        generator: torch.Generator,
+        choices: torch.Generator,
+    ) -> tuple[Tensor, MixedBatch]:
+        """Logits of ``model`` on the mixed batch, and the batch's pairs and lambdas."""
+        if self.method == "vanilla":
+            itself = torch.arange(len(targets), device=targets.device)
+            lam = torch.ones(len(targets), device=targets.device)
+            return model(inputs), mixed_batch(inputs, targets, lam, itself)
+        if self.method == "manifoldmix":
+            return self._manifold(model, inputs, targets, generator, choices)
+        policy, alpha = self.method, self.alpha
+        if self.method == "mixup_cutmix":
+            use_cutmix = torch.rand((), generator=choices).item() < self.switch_prob
+            policy = "cutmix" if use_cutmix else "mixup"
+            alpha = self.switch_alphas[use_cutmix]
+        batch = POLICIES[policy](inputs, targets, alpha=alpha, generator=generator)
+        return model(batch.inputs), batch
+
+    def _manifold(
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        generator: torch.Generator,
+        choices: torch.Generator,
+    ) -> tuple[Tensor, MixedBatch]:
+        stage = int(torch.randint(_unwrap(model).mix_stages, (), generator=choices))
+        mixed: list[MixedBatch] = []
+
+        def mix(features: Tensor) -> Tensor:
+            mixed.append(
+                POLICIES["manifoldmix"](features, targets, alpha=self.alpha, generator=generator)
+            )
+            return mixed[0].inputs
+
+        logits = model(inputs, mix=mix, mix_stage=stage)
+        return logits, mixed[0]
