@@ -1,6 +1,6 @@
 """Training throughput of the loop's per-batch path against a bare PyTorch loop, side by side.
 
-    python bench/throughput.py [--steps 8] [--rounds 5] [--threads 2] [--system-malloc]
+    python bench/throughput.py [--rounds 5] [--threads 2] [--system-malloc]
 
 1. Per-batch path: ``trainers.loop.train_step`` (augmentation on the device, mixing, the DM loss,
    backward, SGD step, loss bookkeeping) on uint8 images already in memory, against a bare loop
@@ -121,7 +121,7 @@ def data_throughput(cifar_root: Path, workdir: Path) -> dict[str, float]:
 
 def main() -> None:
     args = setup("Training throughput, CIFAR setting", __doc__.split("\n")[0], rounds=5)
-    steps = 8
+    steps = 16
     console = Console()
     for device in devices():
         table = Table(title=f"{device.type}: per-batch path vs a bare PyTorch loop, batch {BATCH}")
