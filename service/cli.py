@@ -21,7 +21,7 @@ data_app = typer.Typer(help="Data sets: convert published layouts.", no_args_is_
 app.add_typer(data_app, name="data")
 console = Console()
 
-DEMO_GRID = Path("search_spaces/demo.yaml")
+DEMO_GRID = Path("search_spaces/demo/grid.yaml")
 
 
 @app.callback()

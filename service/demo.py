@@ -1,7 +1,7 @@
 """The demo grid: every cell of a small grid trained in this process, on synthetic data.
 
-The grid is a YAML file (``search_spaces/demo.yaml``) read into :class:`DemoGrid`; each cell is
-one (policy, loss) pair, a ``TrainConfig`` trained by the one training loop
+The grid is a YAML file (``search_spaces/demo/grid.yaml``) read into :class:`DemoGrid`; each
+cell is one (policy, loss) pair, a ``TrainConfig`` trained by the one training loop
 (``trainers.loop.run``), and the result is the paper-style comparison of MCE and DM(CE) per
 policy.
 """

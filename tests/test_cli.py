@@ -26,7 +26,7 @@ def dmsweep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def tiny_grid(tmp_path: Path, **changes) -> Path:
-    grid = yaml.safe_load((REPO / "search_spaces/demo.yaml").read_text())
+    grid = yaml.safe_load((REPO / "search_spaces/demo/grid.yaml").read_text())
     grid.update(
         policies=["mixup", "fmix"],
         data={"num_classes": 4, "image_size": 16, "train_images": 200, "val_images": 100},
@@ -55,7 +55,7 @@ def test_demo_trains_the_grid_and_prints_mce_against_dm(tmp_path):
 def test_the_shipped_demo_grid_is_valid():
     from service.demo import load_grid
 
-    grid = load_grid(REPO / "search_spaces/demo.yaml")
+    grid = load_grid(REPO / "search_spaces/demo/grid.yaml")
     assert len(grid.cells()) == 12
 
 

@@ -395,3 +395,13 @@ def test_json_schema() -> None:
     schema = json_schema()
     assert isinstance(schema, dict)
     assert "grid" in schema["properties"]
+
+
+def test_every_shipped_sweep_spec_validates():
+    folder = Path(__file__).resolve().parents[1] / "search_spaces"
+    specs = sorted(folder.glob("*.yaml"))
+    assert len(specs) >= 8
+    for path in specs:
+        spec = load_spec(path)
+        assert spec.name == path.stem
+        assert summary(spec)["trials"] >= 1
