@@ -277,9 +277,14 @@ def rescale_lambda(lam: Lambda, *, xi: float, t: float) -> Lambda:
     _check_nonnegative(t, "t")
     _check_unit_interval(lam, "lam")
     if isinstance(lam, Tensor):
-        scaled = (lam / xi).pow(t).clamp(max=1.0)
-        return torch.where(lam > 0, scaled, torch.zeros_like(scaled))
+        return _rescale(lam, xi, t)
     return min(1.0, (lam / xi) ** t) if lam > 0 else 0.0
+
+
+def _rescale(lam: Tensor, xi: float, t: float) -> Tensor:
+    """Eq. (3) on a checked lambda tensor."""
+    scaled = (lam / xi).pow(t).clamp(max=1.0)
+    return torch.where(lam > 0, scaled, torch.zeros_like(scaled))
 
 
 def dm_bce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Lambda, *, xi: float, t: float) -> Tensor:
@@ -292,6 +297,5 @@ def dm_bce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Lambda, *, xi: float, 
     _check_xi(xi)
     _check_nonnegative(t, "t")
     y_a, y_b, lam = _mixed_inputs(logits, y_a, y_b, lam)
-    return _mixed_bce(
-        logits, y_a, y_b, rescale_lambda(lam, xi=xi, t=t), rescale_lambda(1 - lam, xi=xi, t=t)
-    )
+    # xi, t and lam are checked above; the rescaling itself needs no second round of checks.
+    return _mixed_bce(logits, y_a, y_b, _rescale(lam, xi, t), _rescale(1 - lam, xi, t))

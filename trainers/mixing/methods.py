@@ -60,7 +60,20 @@ class MethodMixer:
             lam = torch.ones(len(targets), device=targets.device)
             return model(inputs), mixed_batch(inputs, targets, lam, itself)
         if self.method == "manifoldmix":
-            return self._manifold(model, inputs, targets, generator, choices)
+            # The stage is drawn once per batch; the backbone mixes the features entering it.
+            stage = int(torch.randint(_unwrap(model).mix_stages, (), generator=choices))
+            mixed: list[MixedBatch] = []
+
+            def mix(features: Tensor) -> Tensor:
+                mixed.append(
+                    POLICIES["manifoldmix"](
+                        features, targets, alpha=self.alpha, generator=generator
+                    )
+                )
+                return mixed[0].inputs
+
+            logits = model(inputs, mix=mix, mix_stage=stage)
+            return logits, mixed[0]
         policy, alpha = self.method, self.alpha
         if self.method == "mixup_cutmix":
             use_cutmix = torch.rand((), generator=choices).item() < self.switch_prob
@@ -68,23 +81,3 @@ class MethodMixer:
             alpha = self.switch_alphas[use_cutmix]
         batch = POLICIES[policy](inputs, targets, alpha=alpha, generator=generator)
         return model(batch.inputs), batch
-
-    def _manifold(
-        self,
-        model: nn.Module,
-        inputs: Tensor,
-        targets: Tensor,
-        generator: torch.Generator,
-        choices: torch.Generator,
-    ) -> tuple[Tensor, MixedBatch]:
-        stage = int(torch.randint(_unwrap(model).mix_stages, (), generator=choices))
-        mixed: list[MixedBatch] = []
-
-        def mix(features: Tensor) -> Tensor:
-            mixed.append(
-                POLICIES["manifoldmix"](features, targets, alpha=self.alpha, generator=generator)
-            )
-            return mixed[0].inputs
-
-        logits = model(inputs, mix=mix, mix_stage=stage)
-        return logits, mixed[0]
