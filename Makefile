@@ -20,7 +20,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/dmsweep demo
+	$(BIN)/dmsweep run search_spaces/smoke.yaml
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -65,21 +65,42 @@ def median_seconds(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def devices() -> list[torch.device]:
+def devices(only: str | None = None) -> list[torch.device]:
+    """The devices to measure on: ``only`` (``cpu`` or ``cuda``), else the CPU and any GPU."""
+    if only == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device here")
+    if only is not None:
+        return [torch.device(only)]
     found = [torch.device("cpu")]
     if torch.cuda.is_available():
         found.append(torch.device("cuda"))
     return found
 
 
-def setup(title: str, description: str, *, rounds: int) -> argparse.Namespace:
-    """Parse the options every benchmark shares, apply them, print the run's header line."""
+def setup(
+    title: str,
+    description: str,
+    *,
+    rounds: int,
+    options: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> argparse.Namespace:
+    """Parse the options every benchmark shares (and ``options``' own), print the header line."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds")
     parser.add_argument("--system-malloc", action="store_true", help="glibc's own thresholds")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=None,
+        help="measure on this device only (default: the CPU, then the GPU if there is one)",
+    )
+    if options is not None:
+        options(parser)
     args = parser.parse_args()
     allocator = steady_allocator()
     torch.set_num_threads(args.threads)
     print(f"{title}: float32, torch {torch.__version__}, {args.threads} CPU thread(s), {allocator}")
+    if any(device.type == "cuda" for device in devices(args.device)):
+        print(f"GPU: {torch.cuda.get_device_name()}")
     return args

@@ -1,6 +1,6 @@
 """Forward + backward time of the DM losses next to the losses they extend, measured together.
 
-    python bench/losses.py [--threads 1] [--rounds 15] [--system-malloc]
+    python bench/losses.py [--threads 1] [--rounds 15] [--system-malloc] [--device cuda]
 
 Prints, per device and class count (N = 256): milliseconds per step of each loss, the ratio
 dm_ce / mce and dm_bce / mbce, a textbook dm_ce (two masked logsumexps, autograd backward) for
@@ -66,7 +66,7 @@ def main() -> None:
     args = setup(f"Loss forward+backward, N={BATCH}", __doc__.split("\n")[0], rounds=15)
     console = Console()
     baselines = {"dm_ce": "mce", "dm_ce (textbook)": "mce", "dm_bce": "mbce"}
-    for device in devices():
+    for device in devices(args.device):
         table = Table(title=f"{device.type}")
         for column in ("C", "loss", "ms / step", "ratio", "vs", "% of ResNet-18 step"):
             table.add_column(column, justify="right")

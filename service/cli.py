@@ -10,10 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from service.demo import load_grid, run_grid
 from service.spec import check_data as data_problems
 from service.spec import expand, json_schema, load_spec, summary
-from service.train import epoch_progress, train_in_process
+from service.train import train_in_process
 from trainers.data import LAYOUTS, prepare
 
 app = typer.Typer(help="Sweeps of Decoupled Mixup (DM) on Ray.", no_args_is_help=True)
@@ -21,46 +20,231 @@ data_app = typer.Typer(help="Data sets: convert published layouts.", no_args_is_
 app.add_typer(data_app, name="data")
 console = Console()
 
-DEMO_GRID = Path("search_spaces/demo/grid.yaml")
-
 
 @app.callback()
 def main() -> None:
     """Run, tune and report the Decoupled Mixup benchmark grid."""
 
 
-@app.command()
-def demo(
-    grid_file: Annotated[Path, typer.Argument(help="Grid file (YAML).")] = DEMO_GRID,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Override the grid's epochs.")] = None,
-) -> None:
-    """Train a small grid in this process on synthetic data and print MCE against DM."""
+StoragePath = Annotated[
+    Path | None,
+    typer.Option(help="Where sweeps live (default: the spec's storage_path, ./runs)."),
+]
+Address = Annotated[
+    str | None,
+    typer.Option(help="A Ray cluster to join (ray://, host:port or auto); default: a local Ray."),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def _load(spec_file: Path):
     try:
-        grid = load_grid(grid_file)
+        text = spec_file.read_text()
+    except OSError as error:
+        raise _fail(f"{spec_file}: {error.strerror or error}") from None
+    try:
+        return load_spec(spec_file), text
     except ValueError as error:
-        console.print(f"[red]error:[/] {error}")
-        raise typer.Exit(2) from None
-    if epochs is not None:
-        grid = grid.model_copy(update={"epochs": epochs})
-    cells = grid.cells()
+        raise _fail(str(error)) from None
+
+
+def _execute(folder, address: str | None, resume: bool, total: int, metric: str) -> None:
+    from service.engine import SpecError, execute
+    from service.progress import SweepProgress
+
+    try:
+        with SweepProgress(console, total, metric) as progress:
+            if resume:
+                progress.done_before(folder.records())
+            outcome = execute(folder, address=address, resume=resume, on_change=progress)
+    except SpecError as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        console.print(f"[yellow]interrupted[/]: continue with `dmsweep resume {folder.path}`")
+        raise typer.Exit(130) from None
+    _print_outcome(outcome)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _print_outcome(outcome) -> None:
+    from rich.markdown import Markdown
+
+    folder = outcome.folder
+    counts = ", ".join(f"{n} {status}" for status, n in outcome.counts.items() if n)
+    console.print(f"\n[bold]{folder.sweep_id}[/]: {counts or 'no trial finished'}")
+    if "markdown" in outcome.outputs:
+        console.print(Markdown(outcome.outputs["markdown"].read_text()))
+    for best in outcome.best:
+        setting = ", ".join(f"{k}={v:g}" for k, v in best["setting"].items())
+        console.print(f"best for {best['cell']} (seed {best['seed']}): {setting}")
+    for record in folder.records():
+        if record["status"] == "failed":
+            console.print(f"[red]failed[/] {record['name']}: {record.get('error', '')}")
+            console.print(f"  the log: dmsweep logs {folder.path} {record['trial_id']}")
+    for name, path in outcome.outputs.items():
+        console.print(f"{name}: {path}")
+    state = folder.read_state()
+    console.print(f"MLflow: {state['tracking']['uri']} (open it with `dmsweep ui`)")
+    if outcome.interrupted:
+        console.print(f"[yellow]interrupted[/]: continue with `dmsweep resume {folder.path}`")
+
+
+def _start(spec_file: Path, address: str | None, storage_path: Path | None, tuning: bool):
+    from service.engine import SpecError, create_sweep, preflight
+
+    spec, text = _load(spec_file)
+    if tuning and spec.search is None:
+        raise _fail(f"{spec_file}: has no search section; `dmsweep run` runs its grid")
+    info = summary(spec)
+    try:
+        preflight(spec, address)
+        folder = create_sweep(spec, text, storage_path=storage_path)
+    except SpecError as error:
+        raise _fail(str(error)) from None
+    total = info["trials"] * (spec.search.num_samples if spec.search else 1)
     console.print(
-        f"[bold]{grid.name}[/]: {len(cells)} cells ({len(grid.policies)} policies x "
-        f"{len(grid.losses)} losses), {grid.backbone}, {grid.epochs} epochs on "
-        f"{grid.data.train_images} synthetic {grid.data.image_size}px images of "
-        f"{grid.data.num_classes} classes"
+        f"[bold]{folder.sweep_id}[/]: {info['cells']} cells, {total} trials "
+        f"({', '.join(info['methods'])} x {', '.join(info['losses'])}); folder {folder.path}"
     )
-    with epoch_progress(console, "{task.description:<24}") as progress:
-        task = progress.add_task("", total=len(cells) * grid.epochs, last="")
-        results = run_grid(
-            grid,
-            on_cell_start=lambda c: progress.update(
-                task, description=f"{c.mixing.method} / {c.loss.name}"
-            ),
-            on_epoch=lambda m: progress.update(
-                task, advance=1, last=f"epoch {m['epoch']}: top-1 {m['val_top1']:.1f}%"
-            ),
-        )
-    console.print(_comparison_table(grid.losses, results))
+    metric = spec.search.metric if spec.search else "val_top1"
+    _execute(folder, address, resume=False, total=total, metric=metric)
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
+    address: Address = None,
+    storage_path: StoragePath = None,
+) -> None:
+    """Run every trial of a sweep spec on Ray; results, report and MLflow runs at the end.
+
+    Exit status: 0 every trial succeeded, 1 some failed (the report is still written), 2 the
+    spec is invalid, 130 interrupted (continue with `dmsweep resume`).
+    """
+    _start(spec_file, address, storage_path, tuning=False)
+
+
+@app.command()
+def tune(
+    spec_file: Annotated[Path, typer.Argument(help="A sweep spec with a search section.")],
+    address: Address = None,
+    storage_path: StoragePath = None,
+) -> None:
+    """Tune a spec's search parameters per cell with Optuna (and ASHA); exit status as `run`."""
+    _start(spec_file, address, storage_path, tuning=True)
+
+
+def _find(sweep: str, storage_path: Path | None):
+    from service.sweep_folder import find_sweep
+
+    try:
+        return find_sweep(sweep, storage_path or Path("runs"))
+    except ValueError as error:
+        raise _fail(str(error)) from None
+
+
+SweepId = Annotated[str, typer.Argument(help="A sweep id (under --storage-path) or its folder.")]
+
+
+@app.command()
+def resume(sweep: SweepId, address: Address = None, storage_path: StoragePath = None) -> None:
+    """Continue a sweep whose driver died or was interrupted; finished trials are kept."""
+    import yaml
+
+    from service.spec import spec_from_dict
+
+    folder = _find(sweep, storage_path)
+    spec = spec_from_dict(yaml.safe_load(folder.spec_file.read_text()))
+    total = summary(spec)["trials"] * (spec.search.num_samples if spec.search else 1)
+    metric = spec.search.metric if spec.search else "val_top1"
+    console.print(f"[bold]{folder.sweep_id}[/]: resuming ({len(folder.records())} trials done)")
+    _execute(folder, address, resume=True, total=total, metric=metric)
+
+
+@app.command()
+def report(sweep: SweepId, storage_path: StoragePath = None) -> None:
+    """Write and print the report of a sweep from the trials finished so far."""
+    from rich.markdown import Markdown
+
+    from service.report import write_report
+
+    folder = _find(sweep, storage_path)
+    records = folder.records()
+    if not records:
+        raise _fail(f"{folder.sweep_id}: no trial has finished yet", 1)
+    outputs = write_report(records, folder.path)
+    console.print(Markdown(outputs["markdown"].read_text()))
+    for name, path in outputs.items():
+        console.print(f"{name}: {path}")
+
+
+@app.command()
+def logs(
+    sweep: SweepId,
+    trial: Annotated[
+        str | None, typer.Argument(help="A trial id or name (or a unique prefix of either).")
+    ] = None,
+    storage_path: StoragePath = None,
+) -> None:
+    """List a sweep's trials, or print one trial's log and the traceback of its failure."""
+    folder = _find(sweep, storage_path)
+    records = {r["trial_id"]: r for r in folder.records()}
+    logged = (
+        sorted(p.stem for p in folder.logs_dir.glob("*.log")) if folder.logs_dir.is_dir() else []
+    )
+    if trial is None:
+        table = Table(title=f"{folder.sweep_id}: trials")
+        for column in ("trial", "name", "status", "error"):
+            table.add_column(column)
+        for trial_id in sorted(set(logged) | set(records)):
+            record = records.get(trial_id, {})
+            table.add_row(
+                trial_id,
+                record.get("name", ""),
+                record.get("status", "running"),
+                (record.get("error") or "")[:80],
+            )
+        console.print(table)
+        return
+    matches = [
+        t
+        for t in sorted(set(logged) | set(records))
+        if t.startswith(trial) or records.get(t, {}).get("name", "").startswith(trial)
+    ]
+    if len(matches) != 1:
+        found = ", ".join(matches) if matches else "none"
+        raise _fail(f"trial {trial!r} matches {found}; `dmsweep logs {sweep}` lists them", 1)
+    log_file = folder.log_file(matches[0])
+    if log_file.is_file():
+        print(log_file.read_text(), end="")
+    record = records.get(matches[0])
+    if record is not None and record.get("traceback"):
+        print(f"--- {record['status']}: {record.get('error')}\n{record['traceback']}", end="")
+
+
+@app.command()
+def ui(
+    storage_path: StoragePath = None,
+    port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Open the MLflow UI on the local store of the sweeps (the embedded default)."""
+    import os
+    import sys
+
+    from service.tracking import default_tracking_uri
+
+    root = storage_path or Path("runs")
+    if not (root / "mlflow.db").is_file():
+        raise _fail(f"no MLflow store at {root / 'mlflow.db'}: run a sweep first")
+    uri = default_tracking_uri(root)
+    console.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
+    os.execv(sys.executable, [*command, "--host", host, "--port", str(port)])
 
 
 @app.command()
@@ -146,32 +330,6 @@ def data_prepare(
         console.print(f"[red]error:[/] {error}")
         raise typer.Exit(2) from None
     console.print(f"wrote {written}")
-
-
-def _comparison_table(losses, results) -> Table:
-    by_cell = {(cell.mixing.method, cell.loss.name): result for cell, result in results}
-    loss_names = list(losses)
-    table = Table(
-        title="Top-1 accuracy (%) on the test split, last epoch",
-        caption="one seed per cell: the paper reports the mean of three",
-    )
-    table.add_column("policy")
-    for loss in loss_names:
-        table.add_column(loss, justify="right")
-    if "mce" in loss_names and len(loss_names) > 1:
-        for loss in loss_names:
-            if loss != "mce":
-                table.add_column(f"{loss} - mce", justify="right")
-    table.add_column("train s / cell", justify="right")
-    for policy in dict.fromkeys(cell.mixing.method for cell, _ in results):
-        top1 = {loss: by_cell[(policy, loss)]["val_top1"] for loss in loss_names}
-        row = [policy] + [f"{top1[loss]:.1f}" for loss in loss_names]
-        if "mce" in loss_names and len(loss_names) > 1:
-            row += [f"{top1[loss] - top1['mce']:+.1f}" for loss in loss_names if loss != "mce"]
-        seconds = sum(by_cell[(policy, loss)]["train_seconds"] for loss in loss_names)
-        seconds /= len(loss_names)
-        table.add_row(*row, f"{seconds:.1f}")
-    return table
 
 
 if __name__ == "__main__":

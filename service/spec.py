@@ -682,9 +682,12 @@ def search_space(spec: SweepSpec, cell: Cell) -> dict[str, list[float] | Range]:
     return {k: v for k, v in spec.search.parameters.items() if _applies(spec, k, cell)}
 
 
-def study_name(sweep_id: str, cell: Cell) -> str:
-    """The Optuna study of one cell: ``<sweep id>:<cell id>``."""
-    return f"{sweep_id}:{cell.cell_id}"
+def study_name(sweep_id: str, cell: Cell, seed: int | None = None) -> str:
+    """The Optuna study of one cell: ``<sweep id>:<cell id>``.
+
+    A spec with several seeds tunes each seed on its own: ``<sweep id>:<cell id>:seed<k>``.
+    """
+    return f"{sweep_id}:{cell.cell_id}" + (f":seed{seed}" if seed is not None else "")
 
 
 # --- files, summaries, checks --------------------------------------------------------------

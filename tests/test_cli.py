@@ -25,63 +25,6 @@ def dmsweep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def tiny_grid(tmp_path: Path, **changes) -> Path:
-    grid = yaml.safe_load((REPO / "search_spaces/demo/grid.yaml").read_text())
-    grid.update(
-        policies=["mixup", "fmix"],
-        data={"num_classes": 4, "image_size": 16, "train_images": 200, "val_images": 100},
-        epochs=1,
-    )
-    grid.update(changes)
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    return path
-
-
-def test_demo_trains_the_grid_and_prints_mce_against_dm(tmp_path):
-    result = dmsweep("demo", str(tiny_grid(tmp_path)))
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "4 cells (2 policies x 2 losses)" in out
-    rows = [line for line in out.splitlines() if line.startswith(("│ mixup", "│ fmix"))]
-    assert len(rows) == 2
-    for row in rows:
-        cells = [c.strip() for c in row.strip("│").split("│")]
-        mce, dm, delta = float(cells[1]), float(cells[2]), float(cells[3])
-        assert 0 <= mce <= 100 and 0 <= dm <= 100
-        assert abs((dm - mce) - delta) < 0.11
-
-
-def test_the_shipped_demo_grid_is_valid():
-    from service.demo import load_grid
-
-    grid = load_grid(REPO / "search_spaces/demo/grid.yaml")
-    assert len(grid.cells()) == 12
-
-
-def test_bad_grid_files_get_a_clear_error(tmp_path):
-    from service.demo import load_grid
-
-    cases = {
-        "policies: [mixup, puzzle]": "unknown policy 'puzzle'; allowed: mixup, cutmix",
-        "alpha: -1": "alpha: Input should be greater than 0",
-        "colour: blue": "colour: Extra inputs are not permitted",
-    }
-    for change, message in cases.items():
-        key, value = change.split(": ", 1)
-        path = tiny_grid(tmp_path, **{key: yaml.safe_load(value)})
-        with pytest.raises(ValueError, match=message):
-            load_grid(path)
-    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ValueError, match="expected a mapping of settings, got list"):
-        load_grid(tmp_path / "list.yaml")
-    with pytest.raises(ValueError, match="no such file"):
-        load_grid(tmp_path / "nope.yaml")
-    result = dmsweep("demo", str(path))
-    assert result.returncode == 2
-    assert "colour: Extra inputs are not permitted" in result.stdout
-
-
 def test_train_runs_one_trial_and_keeps_what_it_reports(tmp_path):
     trial = yaml.safe_load((REPO / "search_spaces/trials/synthetic_smoke.yaml").read_text())
     trial["data"]["synthetic_images"] = {"train": 200, "test": 100}

@@ -1,0 +1,33 @@
+"""Real Ray, real MLflow: one local Ray and one smoke sweep shared by the tests that can."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from sweep_helpers import RAY_CPUS, TRIAL_SLOTS, run_spec, tiny_spec
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the session, ended by this fixture (never `ray stop`)."""
+    import ray
+
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
+    ray.init(
+        num_cpus=RAY_CPUS,
+        resources={"trial_slot": TRIAL_SLOTS},
+        include_dashboard=True,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}},
+    )
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(local_ray, tmp_path_factory):
+    """The smoke grid (2 methods x {MCE, DM(CE)}, 2 epochs), run once for every test reading it."""
+    storage = tmp_path_factory.mktemp("smoke-sweep")
+    return run_spec(tiny_spec("smoke-it"), storage)

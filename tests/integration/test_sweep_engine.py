@@ -1,0 +1,119 @@
+"""The engine on a real local Ray with a real MLflow store: the smoke grid, a failing trial."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow import MlflowClient
+from sweep_helpers import run_spec, tiny_spec
+
+from service.report import read_results
+from service.sweep_folder import find_sweep
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+CELL_TAGS = ("dataset", "backbone", "method", "loss", "seed")
+
+
+def runs_of(outcome):
+    state = outcome.folder.read_state()
+    client = MlflowClient(tracking_uri=state["tracking"]["uri"])
+    experiment_id = state["tracking"]["experiment_id"]
+    parent_id = state["tracking"]["parent_run_id"]
+    runs = client.search_runs([experiment_id], max_results=1000)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
+    parent = [r for r in runs if r.info.run_id == parent_id]
+    return client, parent, children
+
+
+def test_the_smoke_grid_runs_every_trial_once(smoke_sweep):
+    outcome = smoke_sweep
+    assert outcome.exit_code == 0
+    assert outcome.counts["succeeded"] == 4 and outcome.counts["failed"] == 0
+    records = outcome.folder.records()
+    cells = {(r["method"], r["loss"]) for r in records}
+    assert cells == {(m, loss) for m in ("mixup", "cutmix") for loss in ("mce", "dm_ce")}
+    # The sweep id is <name>-<UTC timestamp>; its folder is found by id and by path.
+    assert outcome.folder.sweep_id.startswith("smoke-it-20")
+    assert find_sweep(str(outcome.folder.path)).path == outcome.folder.path
+    for record in records:
+        assert record["epoch"] == 2 and 0 <= record["val_top1"] <= 100
+        # The paper's metric: the median of the last 10 epochs of 2 is their mean.
+        assert not math.isnan(record["top1_median_last10"])
+        assert record["top1_best"] >= record["val_top1"]
+        # DM(CE) cells carry the paper's eta, the static-policy default (appendix A.3).
+        if record["loss"] == "dm_ce":
+            assert record["hp.eta"] == 0.1 and record["hp.alpha"] == 0.2
+
+
+def test_the_report_holds_every_trial(smoke_sweep):
+    outputs = smoke_sweep.outputs
+    rows = read_results(outputs["results"])
+    assert sorted(r["trial_id"] for r in rows) == sorted(
+        r["trial_id"] for r in smoke_sweep.folder.records()
+    )
+    markdown = outputs["markdown"].read_text()
+    for method in ("mixup", "cutmix"):
+        assert method in markdown
+    assert "dm_ce - mce" in markdown
+    assert outputs["chart"].stat().st_size > 1000
+
+
+def test_mlflow_has_a_parent_run_and_one_nested_child_per_trial(smoke_sweep):
+    client, parent, children = runs_of(smoke_sweep)
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert parent[0].info.run_name == smoke_sweep.folder.sweep_id
+    assert parent[0].data.metrics["trials_succeeded"] == 4
+    parent_artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "report")}
+    assert {"report/results.parquet", "report/report.md"} <= parent_artifacts
+
+    records = {r["trial_id"]: r for r in smoke_sweep.folder.records()}
+    assert len(children) == len(records) == 4
+    for run in children:
+        tags, record = run.data.tags, records[run.data.tags["dmsweep.trial_id"]]
+        assert run.info.status == "FINISHED"
+        assert run.info.run_name == f"synthetic/smallnet/{tags['method']}/{tags['loss']}/seed0"
+        assert [tags[k] for k in CELL_TAGS] == [str(record[k]) for k in CELL_TAGS]
+        assert tags["git_commit"] and tags["dmsweep.version.torch"]
+        assert tags["dmsweep.cpu_count"] and "dmsweep.gpu" in tags
+        params = run.data.params
+        assert params["loss.name"] == record["loss"]
+        assert params["resolved_recipe.lr"] and params["data.synthetic_images.train"] == "256"
+        history = client.get_metric_history(run.info.run_id, "val_top1")
+        assert sorted(m.step for m in history) == [1, 2]
+        assert run.data.metrics["val_top1"] == pytest.approx(record["val_top1"])
+        assert run.data.metrics["top1_median_last10"] == pytest.approx(record["top1_median_last10"])
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"learning_curve.png", "trial.yaml", "checkpoint"} <= artifacts
+        assert "checkpoint/state.pt" in {
+            a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")
+        }
+
+
+def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
+    # A learning rate of 1e12 turns the loss into NaN in the first epoch of one cell only.
+    spec = tiny_spec(
+        "failing",
+        grid={"method": ["mixup"], "loss": ["mce", "dm_ce"]},
+        epochs=1,
+        overrides=[{"match": {"loss": "dm_ce"}, "set": {"recipe_overrides": {"lr": 1e12}}}],
+    )
+    outcome = run_spec(spec, tmp_path)
+    assert outcome.exit_code == 1
+    assert outcome.counts["succeeded"] == 1 and outcome.counts["failed"] == 1
+    failed = next(r for r in outcome.folder.records() if r["status"] == "failed")
+    assert failed["loss"] == "dm_ce"
+    assert "NonFiniteLossError" in failed["error"] and "training loss became" in failed["error"]
+    assert failed["deterministic"] is True
+    assert "Traceback" in failed["traceback"]
+    # Not retried: a NaN would come back on every restart.
+    log = outcome.folder.log_file(failed["trial_id"]).read_text()
+    assert log.count("start: worker") == 1
+    _, _, children = runs_of(outcome)
+    statuses = {r.data.tags["loss"]: r.info.status for r in children}
+    assert statuses == {"mce": "FINISHED", "dm_ce": "FAILED"}
+    failed_run = next(r for r in children if r.data.tags["loss"] == "dm_ce")
+    assert "training loss became" in failed_run.data.tags["dmsweep.error"]
+    # The report is still written, with the failure counted.
+    assert "1 failed" in outcome.outputs["markdown"].read_text()
