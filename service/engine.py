@@ -185,7 +185,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     if earlier is not None and earlier["status"] == "failed" and earlier.get("deterministic"):
         raise TrialFailedError(earlier["error"])  # a retry of a failure that would repeat
 
-    def fail(message: str, deterministic: bool, trace: str) -> None:
+    def fail(message: str, trace: str) -> None:  # a failure that a retry would repeat
         folder.write_record(
             trial_id,
             _record(
@@ -196,7 +196,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
                 params,
                 "failed",
                 error=message,
-                deterministic=deterministic,
+                deterministic=True,
                 traceback=trace,
             ),
         )
@@ -204,7 +204,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     try:
         trial = with_params(context.configs[_config_key(cell_id, seed)], params)
     except ValueError as error:  # a sampled setting TrainConfig refuses
-        fail(str(error), True, traceback.format_exc())
+        fail(str(error), traceback.format_exc())
         raise TrialFailedError(str(error)) from None
     append_log(log_path, f"trial {trial_name(cell_id, seed, params)} ({trial_id})")
 
@@ -257,15 +257,14 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     except Exception as error:
         message = f"{type(error).__name__}: {error}"
         trace = traceback.format_exc()
-        append_log(log_path, f"failed: {message}\n{trace}")
-        fail(message, False, trace)
-        if track is not None and run_id is not None:
-            tracking.end_trial_run(track, run_id, message)
+        # No record here: Tune may retry the trial, or be stopping it on purpose (ASHA), and
+        # only the sweep's driver knows which (SweepCallback writes the record).
+        append_log(log_path, f"ended by {message}\n{trace}")
         raise
     error_path = error_file(folder, trial_id)
     if error_path.is_file():
         failure = yaml.safe_load(error_path.read_text())
-        fail(failure["error"], True, failure["traceback"])
+        fail(failure["error"], failure["traceback"])
         raise TrialFailedError(failure["error"])
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     folder.write_record(
@@ -332,18 +331,25 @@ class SweepCallback(tune.Callback):
         self._notify("result", trial, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """A trial that returned wrote its record; one without a record was stopped early."""
+        """Write the record of a trial that Tune stopped: succeeded at its last epoch, else pruned.
+
+        A trial that returned wrote its own record; one that Tune stopped (ASHA) did not.
+        """
         self.running.discard(trial.trial_id)
         if self.folder.read_record(trial.trial_id) is None:
             cell, seed, params = self._identity(trial)
             last = {
                 k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (int, float))
             }
+            # ASHA also stops a trial when its last epoch reaches max_t: that one finished.
+            finished = last.get("epoch", 0) >= self.context.cells[cell]["epochs"]
+            status = "succeeded" if finished else "pruned"
             self.folder.write_record(
                 trial.trial_id,
-                _record(self.context, trial.trial_id, cell, seed, params, "pruned", **last),
+                _record(self.context, trial.trial_id, cell, seed, params, status, **last),
             )
-            self._close_run(trial.trial_id, pruned=True)
+            if not finished:
+                self._close_run(trial.trial_id, "KILLED", {"dmsweep.status": "pruned"})
         self._notify("complete", trial, trial.last_result)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -367,27 +373,26 @@ class SweepCallback(tune.Callback):
                 ),
             )
             append_log(self.folder.log_file(trial.trial_id), f"failed:\n{message}")
+        record = self.folder.read_record(trial.trial_id) or {}
+        if not record.get("deterministic"):  # the worker closed those itself
+            error = record.get("error", "the trial failed")
+            self._close_run(trial.trial_id, "FAILED", {"dmsweep.error": error[:5000]})
         self._notify("error", trial)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         """An experiment that ends with unfinished trials was interrupted."""
         self.interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials)
 
-    def _close_run(self, trial_id: str, pruned: bool) -> None:
+    def _close_run(self, trial_id: str, status: str, tags: dict[str, str]) -> None:
         if self.context.tracking is None:
             return
         track = tracking.Tracking(**self.context.tracking)
-        client = track.client()
-        found = client.search_runs(
-            [track.experiment_id],
-            filter_string=f"tags.`{tracking.TRIAL_ID_TAG}` = '{trial_id}'",
-            max_results=1,
-        )
-        if found:
-            run_id = found[0].info.run_id
-            if pruned:
-                client.set_tag(run_id, "dmsweep.status", "pruned")
-            client.set_terminated(run_id, status="KILLED")
+        run_id = tracking.find_trial_run(track, trial_id)
+        if run_id is not None:
+            client = track.client()
+            for key, value in tags.items():
+                tracking.retrying(lambda k=key, v=value: client.set_tag(run_id, k, v))
+            tracking.retrying(lambda: client.set_terminated(run_id, status=status))
 
 
 def _error_text(trial: Any) -> str:

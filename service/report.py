@@ -16,9 +16,16 @@ Conventions, chosen here:
 * a trial without a ``comparable`` key counts as comparable; a cell is comparable when none of
   its trials says ``comparable: False``. A non-comparable cell shows the paper's number marked
   "not comparable" and no delta against it;
+* the paper's numbers are those of the recipe our trials name (their ``recipe`` key; each
+  paper row has one, see ``search_spaces/paper_results/README.md``): a (dataset, backbone) run
+  with ``rsb_a3`` is compared with Table 3, one run with ``imagenet_pytorch`` with Table 2, one
+  run with a recipe the paper has no number for (``smoke``) with nothing. Trials without a
+  ``recipe`` key (older results files) are compared with any recipe's number; a (dataset,
+  backbone) whose trials name several recipes with none. Where two tables give a number for one
+  cell and recipe, the lower table's is shown (Table 1 before Table 8);
 * columns are the (dataset, backbone, loss) we ran, plus the paper's other losses for those
-  (dataset, backbone) so each MCE / DM pair is whole; rows are the methods we ran plus the
-  paper's methods for those columns, the latter marked "not run".
+  (dataset, backbone) and recipe so each MCE / DM pair is whole; rows are the methods we ran
+  plus the paper's methods for those columns, the latter marked "not run".
 """
 
 from __future__ import annotations
@@ -136,10 +143,11 @@ def _number(text: str) -> float | int | str | None:
 def load_paper_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """The paper's reported numbers: every row of every CSV in ``folder``, numbers parsed.
 
-    ``folder`` defaults to ``search_spaces/paper_results/`` of the repository (Table 1 and
-    Table 8; see its README.md). Each row has ``table, dataset, backbone, method, loss`` and the
-    paper's metrics (``top1``: median top-1 of the last 10 epochs, mean of three trials;
-    ``fgsm_error`` for Table 8). ``table`` stays text ("1", "8").
+    ``folder`` defaults to ``search_spaces/paper_results/`` of the repository (Tables 1-5 and
+    8; see its README.md). Each row has ``table, dataset, backbone, method, loss, recipe`` (the
+    dmsweep recipe the table's numbers were trained with) and the paper's metrics (``top1``:
+    median top-1 of the last 10 epochs, mean of three trials; ``fgsm_error`` for Table 8).
+    ``table`` stays text ("1", "8").
     """
     import csv
 
@@ -258,16 +266,21 @@ def _rank(order: Sequence[str], name: str) -> tuple[int, str]:
     return (order.index(name), name) if name in order else (len(order), name)
 
 
+PaperKey = tuple[str, str, str, str, str | None]
+"""(dataset, backbone, method, loss, recipe): one paper number; recipe None for any recipe."""
+
+
 def _paper_numbers(
     paper: Iterable[Mapping[str, Any]], metric: str
-) -> dict[tuple[str, str, str, str], tuple[float, str]]:
-    """(dataset, backbone, method, loss) -> (number, table) for ``metric``; lowest table wins.
+) -> dict[PaperKey, tuple[float, str]]:
+    """``PaperKey`` -> (number, table) for ``metric``; the lowest table wins.
 
-    Table 1 and Table 8 both give the R-18 top-1; Table 1's is the paper's headline result (and
-    on CIFAR-100 trains 800 epochs, Table 8 400), so it is the one shown.
+    Each number is keyed by its row's recipe and by None (any recipe: for trials that name
+    none). Table 1 and Table 8 both give the CIFAR-100 R-18 top-1 with the ``cifar`` recipe;
+    Table 1's is the paper's headline result (800 epochs, Table 8's 400), so it is the one shown.
     """
     column = PAPER_METRIC.get(metric)
-    numbers: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+    numbers: dict[PaperKey, tuple[float, str]] = {}
     if column is None:
         return numbers
 
@@ -279,7 +292,8 @@ def _paper_numbers(
         value = row.get(column)
         if isinstance(value, (int, float)) and math.isfinite(value):
             key = (row["dataset"], row["backbone"], row["method"], row["loss"])
-            numbers[key] = (float(value), str(row.get("table", "")))
+            for recipe in (row.get("recipe"), None):
+                numbers[(*key, recipe)] = (float(value), str(row.get("table", "")))
     return numbers
 
 
@@ -313,21 +327,27 @@ def pivot(
     repository's (pass ``[]`` for none). Cells compare with the paper's median top-1 of the
     last 10 epochs, mean of three trials (Table 1, Sec. 4) for ``top1_median_last10`` and with
     Table 8's FGSM error for ``fgsm_error``; ``top1_best`` has no paper number. See the module
-    docstring for the conventions (std, failures, comparability, "not run").
+    docstring for the conventions (std, failures, comparability, recipes, "not run").
     """
     rows = list(rows)
     numbers = _paper_numbers(load_paper_results() if paper is None else paper, metric)
 
     grouped: dict[tuple[str, Column], list[Mapping[str, Any]]] = {}
+    recipes: dict[tuple[str, str], set[str | None]] = {}
     for row in rows:
         column = (row["dataset"], row["backbone"], row["loss"])
         grouped.setdefault((row["method"], column), []).append(row)
+        recipes.setdefault(column[:2], set()).add(row.get("recipe"))
+    # The recipe each (dataset, backbone) ran with: None for rows without one, "(several)" (no
+    # paper row's) where its rows name more than one.
+    recipe_of = {
+        pair: names.pop() if len(names) == 1 else "(several)" for pair, names in recipes.items()
+    }
 
-    ran_pairs = {(dataset, backbone) for _, (dataset, backbone, _) in grouped}
     columns = {column for _, column in grouped}
     methods = {method for method, _ in grouped}
-    for dataset, backbone, method, loss in numbers:
-        if (dataset, backbone) in ran_pairs:
+    for dataset, backbone, method, loss, recipe in numbers:
+        if (dataset, backbone) in recipe_of and recipe_of[(dataset, backbone)] == recipe:
             columns.add((dataset, backbone, loss))
             methods.add(method)
     ordered_columns = sorted(columns, key=lambda c: (c[0], c[1], _rank(_LOSS_ORDER, c[2])))
@@ -336,7 +356,7 @@ def pivot(
     cells = {}
     for method in ordered_methods:
         for column in ordered_columns:
-            number = numbers.get((column[0], column[1], method, column[2]))
+            number = numbers.get((column[0], column[1], method, column[2], recipe_of[column[:2]]))
             trials = grouped.get((method, column), [])
             if trials or number:
                 cells[(method, column)] = _summarise(trials, metric, number)

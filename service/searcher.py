@@ -155,6 +155,9 @@ class CellStudies(Searcher):
         study, trial = self._trial(trial_id)
         plan = self._plans[self._asked[trial_id][0]]
         value = None if result is None else result.get(self.metric)
+        if value is not None and "epoch" in result:
+            # The result that ends a trial comes here, not through on_trial_result.
+            trial.report(float(value), step=int(result["epoch"]))
         try:
             if error or (value is None and result is not None and "epoch" in result):
                 study.tell(trial, state=TrialState.FAIL)

@@ -231,6 +231,19 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:MAX_ENTITY_KEY_LENGTH]: str(value)[:MAX_PARAM_VAL_LENGTH]}
 
 
+def find_trial_run(tracking: Tracking, trial_id: str) -> str | None:
+    """The child run of a Tune trial, or None before it has one."""
+    client = tracking.client()
+    found = retrying(
+        lambda: client.search_runs(
+            [tracking.experiment_id],
+            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+    )
+    return found[0].info.run_id if found else None
+
+
 def child_run(
     tracking: Tracking,
     *,
@@ -245,17 +258,10 @@ def child_run(
     Found by the trial id when it exists (a resumed trial), created otherwise.
     """
     client = tracking.client()
-    found = retrying(
-        lambda: client.search_runs(
-            [tracking.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
-            max_results=1,
-        )
-    )
-    if found:
-        run_id = found[0].info.run_id
-        retrying(lambda: client.update_run(run_id, status="RUNNING"))
-        return run_id
+    found = find_trial_run(tracking, trial_id)
+    if found is not None:
+        retrying(lambda: client.update_run(found, status="RUNNING"))
+        return found
     run = retrying(
         lambda: client.create_run(
             tracking.experiment_id,

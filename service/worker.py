@@ -74,10 +74,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         log(_epoch_line(metrics))
+        last_epoch = "top1_best" in metrics
         if logger is not None:
             logger.log_epoch(metrics)
-            if checkpoint_dir is not None and "top1_best" in metrics:  # the last epoch
+        # Closed before the last report: a scheduler may stop the trial as soon as Tune has it.
+        if last_epoch and logger is not None:
+            if checkpoint_dir is not None:
                 logger.log_artifacts(checkpoint_dir, "checkpoint")
+            logger.log_learning_curve()
+            logger.close()
+        if last_epoch:
+            log("finished")
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -101,7 +108,3 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if logger is not None:
             logger.close(error=message)
         return
-    if logger is not None:
-        logger.log_learning_curve()
-        logger.close()
-    log("finished")

@@ -25,7 +25,7 @@ from trainers.recipes import get_recipe
 
 SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
 AXES = ("dataset", "backbone", "method", "loss")
-CSV_COLUMNS = ["table", "dataset", "backbone", "method", "loss", "top1"]
+CSV_COLUMNS = ["table", "dataset", "backbone", "method", "loss", "recipe", "top1"]
 STATIC = ["mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix"]
 
 # spec file -> (table, recipe, epochs the paper trains, cells, datasets, backbones)
@@ -91,6 +91,10 @@ def csv_numbers(table: str) -> dict[tuple[str, str, str, str], float]:
     }
     assert len(numbers) == len(rows), "a cell is transcribed twice"
     assert {r["table"] for r in rows} == {table}
+    # The recipe the table was trained with is the one its spec runs (NEW_SPECS).
+    assert {r["recipe"] for r in rows} == {
+        recipe for t, recipe, *_ in NEW_SPECS.values() if t == table
+    }
     return numbers
 
 
@@ -331,7 +335,9 @@ def test_load_paper_results_reads_every_table() -> None:
     assert all(set(CSV_COLUMNS) <= set(row) for row in rows)
 
 
-def _trial(backbone: str, method: str, loss: str, seed: int, top1: float) -> dict[str, Any]:
+def _trial(
+    backbone: str, method: str, loss: str, seed: int, top1: float, **extra: Any
+) -> dict[str, Any]:
     return {
         "dataset": "imagenet",
         "backbone": backbone,
@@ -340,6 +346,7 @@ def _trial(backbone: str, method: str, loss: str, seed: int, top1: float) -> dic
         "seed": seed,
         "status": "succeeded",
         "top1_median_last10": top1,
+        **extra,
     }
 
 
@@ -366,20 +373,49 @@ def test_pivot_shows_table2_beside_ours() -> None:
     assert {c[:2] for c in table.columns} == {("imagenet", "resnet18")}
 
 
+R50_MIXUP_MCE = ("mixup", ("imagenet", "resnet50", "mce"))
+
+
 def test_pivot_table3_and_the_shared_resnet50_cells() -> None:
+    # Tables 2 and 3 both give ResNet-50 MCE and DM(CE) numbers; the trials' recipe picks one.
     rows = [
-        _trial("resnet50", "mixup_cutmix", "mbce", 0, 78.0),
-        _trial("resnet50", "mixup", "mce", 0, 76.0),
+        _trial("resnet50", "mixup_cutmix", "mbce", 0, 78.0, recipe="rsb_a3"),
+        _trial("resnet50", "mixup", "mce", 0, 76.0, recipe="rsb_a3"),
     ]
     table = pivot(rows)
     rsb = table.cell("mixup_cutmix", ("imagenet", "resnet50", "mbce"))
     assert rsb.paper == pytest.approx(78.08) and rsb.paper_table == "3"
     assert table.cell("mixup", ("imagenet", "resnet50", "dm_bce")).paper == pytest.approx(78.28)
-    # Tables 2 and 3 both give ResNet-50 MCE numbers; the report shows the lower table's
-    # (README.md, "Caveats for the report"): Table 2's 77.12, not Table 3's 76.01.
-    shared = table.cell("mixup", ("imagenet", "resnet50", "mce"))
-    assert (shared.paper, shared.paper_table) == (pytest.approx(77.12), "2")
+    # Table 3's Mixup MCE 76.01, not Table 2's 77.12.
+    shared = table.cell(*R50_MIXUP_MCE)
+    assert (shared.paper, shared.paper_table) == (pytest.approx(76.01), "3")
+    assert shared.text() == "76.00 (n=1); paper 76.01, Δ -0.01"
     assert table.cell("mixup_cutmix", ("imagenet", "resnet50", "mce")).paper == pytest.approx(76.49)
+    # Only Table 3's columns and rows: no Vanilla / CE column of Table 2.
+    assert [c[2] for c in table.columns] == ["mce", "dm_ce", "mbce", "dm_bce"]
+    assert "vanilla" not in table.methods
+
+    # The same cell run with Table 2's recipe shows Table 2's number and columns.
+    table2 = pivot([_trial("resnet50", "mixup", "mce", 0, 77.0, recipe="imagenet_pytorch")])
+    cell = table2.cell(*R50_MIXUP_MCE)
+    assert (cell.paper, cell.paper_table) == (pytest.approx(77.12), "2")
+    assert [c[2] for c in table2.columns] == ["ce", "mce", "dm_ce"]
+    assert "mixup_cutmix" not in table2.methods
+
+    # A recipe the paper has no number for: no paper number, and none of the paper's cells.
+    smoke = pivot([_trial("resnet50", "mixup", "mce", 0, 10.0, recipe="smoke", comparable=False)])
+    assert smoke.cell(*R50_MIXUP_MCE).paper is None
+    assert smoke.cell(*R50_MIXUP_MCE).text() == "10.00 (n=1)"
+    assert smoke.methods == ["mixup"] and smoke.columns == [R50_MIXUP_MCE[1]]
+
+    # Trials of both recipes in one (dataset, backbone): no single table to compare with.
+    mixed = pivot([*rows, _trial("resnet50", "mixup", "mce", 1, 77.0, recipe="imagenet_pytorch")])
+    assert mixed.cell(*R50_MIXUP_MCE).paper is None
+
+    # Rows without a recipe (older results files): the lower table's, as before.
+    legacy = pivot([_trial("resnet50", "mixup", "mce", 0, 76.0)])
+    assert legacy.cell(*R50_MIXUP_MCE).paper_table == "2"
+    assert legacy.cell("mixup_cutmix", ("imagenet", "resnet50", "mbce")).paper_table == "3"
 
 
 def test_pivot_table5_cub200() -> None:

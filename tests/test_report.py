@@ -126,6 +126,35 @@ def test_pivot_without_paper_and_other_metric() -> None:
     assert best.cell("mixup", C100_R18_MCE).paper is None  # the paper reports no best-epoch top-1
 
 
+def test_pivot_matches_the_trials_recipe() -> None:
+    # Table 1's CIFAR-100 numbers are the cifar recipe's; rows without a recipe match any.
+    for recipe in ("cifar", None):
+        extra = {} if recipe is None else {"recipe": recipe}
+        rows = [{**row, **extra} for row in hand_built()]
+        cell = pivot(rows).cell("mixup", C100_R18_MCE)
+        assert (cell.paper, cell.paper_table) == (pytest.approx(79.12), "1"), recipe
+    # Another recipe (a smoke run, the Tiny-ImageNet one) has no CIFAR-100 number in the paper.
+    for recipe in ("smoke", "tiny_imagenet"):
+        table = pivot([{**row, "recipe": recipe} for row in hand_built()])
+        assert all(cell.paper is None for cell in table.cells.values()), recipe
+        assert table.methods == ["mixup", "cutmix"]  # none of the paper's rows come along
+        assert all(gain.paper is None for gain in table.gains)
+
+
+def test_pivot_table8_on_tiny_imagenet() -> None:
+    # robustness_table8.yaml trains Tiny-ImageNet with the cifar recipe (lr 0.2, 400 epochs):
+    # Table 8's numbers; Table 1's Tiny-ImageNet ones are the tiny_imagenet recipe's. They
+    # differ once: PuzzleMix, R-18, DM(CE) is 66.13 in Table 8, 66.52 in Table 1.
+    row = {**trial("puzzlemix", "dm_ce", 0, 66.0, fgsm_error=89.0), "dataset": "tiny_imagenet"}
+    key = ("puzzlemix", ("tiny_imagenet", "resnet18_cifar", "dm_ce"))
+    cell = pivot([{**row, "recipe": "cifar", "comparable": False}]).cell(*key)
+    assert (cell.paper, cell.paper_table) == (pytest.approx(66.13), "8")
+    fgsm = pivot([{**row, "recipe": "cifar"}], metric="fgsm_error").cell(*key)
+    assert fgsm.paper_table == "8" and fgsm.paper is not None
+    cell = pivot([{**row, "recipe": "tiny_imagenet"}]).cell(*key)
+    assert (cell.paper, cell.paper_table) == (pytest.approx(66.52), "1")
+
+
 # --- rendering ----------------------------------------------------------------------------------
 
 
@@ -228,4 +257,12 @@ def test_load_paper_results() -> None:
     assert {r["dataset"]: r["fgsm_error"] for r in fgsm} == {
         "cifar100": 70.28,
         "tiny_imagenet": 89.06,
+    }
+    # The recipe of each table's numbers (README.md): Table 1 by data set, Table 8 cifar.
+    recipes = {(r["table"], r["dataset"], r["recipe"]) for r in rows if r["table"] in "18"}
+    assert recipes == {
+        ("1", "cifar100", "cifar"),
+        ("1", "tiny_imagenet", "tiny_imagenet"),
+        ("8", "cifar100", "cifar"),
+        ("8", "tiny_imagenet", "cifar"),
     }

@@ -1,0 +1,99 @@
+"""Optuna through the engine: the grid sampler covers its grid once, ASHA's stops are PRUNED."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+from sweep_helpers import run_spec, tiny_spec
+
+pytestmark = pytest.mark.usefixtures("local_ray")
+
+CELL = "synthetic/smallnet/mixup/dm_ce"
+
+
+def study(outcome) -> optuna.Study:
+    return optuna.load_study(
+        study_name=f"{outcome.folder.sweep_id}:{CELL}",
+        storage=f"sqlite:///{outcome.folder.path / 'optuna.db'}",
+    )
+
+
+def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
+    etas = [0.01, 0.5, 2.0]
+    spec = tiny_spec(
+        "grid-eta",
+        grid={"method": ["mixup"], "loss": ["dm_ce"]},
+        epochs=1,
+        search={"parameters": {"eta": etas}, "sampler": "grid"},
+    )
+    outcome = run_spec(spec, tmp_path)
+    assert outcome.exit_code == 0
+    records = outcome.folder.records()
+    assert sorted(r["hp.eta"] for r in records) == etas
+    # The study is readable with optuna's own tools, one COMPLETE trial per grid point.
+    trials = study(outcome).trials
+    assert sorted(t.params["eta"] for t in trials) == etas
+    assert {t.state for t in trials} == {TrialState.COMPLETE}
+    by_eta = {r["hp.eta"]: r["val_top1"] for r in records}
+    for trial in trials:
+        assert trial.value == pytest.approx(by_eta[trial.params["eta"]])
+    # The eta each trial trained with is the one Optuna chose (the run's params say so).
+    state = outcome.folder.read_state()["tracking"]
+    client = MlflowClient(tracking_uri=state["uri"])
+    runs = client.search_runs([state["experiment_id"]])
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
+    assert sorted(float(r.data.params["loss.eta"]) for r in children) == etas
+    assert [b["cell"] for b in outcome.best] == [CELL]
+    assert outcome.best[0]["setting"]["eta"] == max(by_eta, key=by_eta.get)
+
+
+def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(tmp_path):
+    epochs = 3
+    spec = tiny_spec(
+        "tpe-asha",
+        grid={"method": ["mixup"], "loss": ["dm_ce"]},
+        epochs=epochs,
+        search={
+            # the learning rate spreads the accuracies, so that ASHA's cut-offs separate trials
+            "parameters": {"lr": {"low": 1e-3, "high": 0.5, "log": True}},
+            "sampler": "tpe",
+            "num_samples": 6,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
+        # enough images that the first epoch's accuracy already depends on the learning rate
+        data={
+            "synthetic": {
+                "num_classes": 4,
+                "image_size": 16,
+                "synthetic_images": {"train": 512, "test": 128},
+            }
+        },
+        recipe_overrides={"batch_size": 32},
+    )
+    outcome = run_spec(spec, tmp_path)
+    assert outcome.exit_code == 0
+    records = outcome.folder.records()
+    assert len(records) == 6
+    pruned = [r for r in records if r["status"] == "pruned"]
+    assert pruned, "ASHA stopped no trial"
+    assert all(r["epoch"] < epochs for r in pruned)
+    trials = study(outcome).trials
+    assert len(trials) == 6
+    states = [t.state for t in trials]
+    assert states.count(TrialState.PRUNED) == len(pruned)
+    assert states.count(TrialState.COMPLETE) == 6 - len(pruned)
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1))  # one value per epoch, step = epoch
+        # Optuna keeps a pruned trial's last intermediate value as its value.
+        assert trial.value == pytest.approx(trial.intermediate_values[steps[-1]])
+        assert (len(steps) < epochs) == (trial.state == TrialState.PRUNED)
+    # Pruned trials' MLflow runs are closed, not left running.
+    state = outcome.folder.read_state()["tracking"]
+    client = MlflowClient(tracking_uri=state["uri"])
+    runs = client.search_runs([state["experiment_id"]])
+    statuses = sorted(r.info.status for r in runs if r.info.run_id != state["parent_run_id"])
+    assert statuses.count("KILLED") == len(pruned)
+    assert statuses.count("FINISHED") == 6 - len(pruned)
