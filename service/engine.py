@@ -184,6 +184,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     earlier = folder.read_record(trial_id)
     if earlier is not None and earlier["status"] == "failed" and earlier.get("deterministic"):
         raise TrialFailedError(earlier["error"])  # a retry of a failure that would repeat
+    if earlier is not None and earlier["status"] == "succeeded":
+        # Finished before its sweep's driver died, after Tune's last snapshot: not run again.
+        tune.report({k: v for k, v in earlier.items() if isinstance(v, (int, float))})
+        return
 
     def fail(message: str, trace: str) -> None:  # a failure that a retry would repeat
         folder.write_record(

@@ -1,0 +1,112 @@
+"""A sweep whose driver is SIGKILLed mid-sweep is finished by ``dmsweep resume``."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+from sweep_helpers import DMSWEEP, end_session, start_session, tiny_spec, write_spec
+
+EPOCHS = 4
+# Epochs of ~3 s on 2 cores: time to see a trial between its checkpoints.
+DATA = {
+    "synthetic": {
+        "num_classes": 4,
+        "image_size": 32,
+        "synthetic_images": {"train": 2048, "test": 128},
+    }
+}
+
+
+def wait_for(condition, timeout_s: float, what: str, process=None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the sweep ended (rc {process.returncode}) before {what}")
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def sweep_folder(storage: Path) -> Path | None:
+    folders = [p for p in storage.glob("resume-*") if (p / "sweep.json").is_file()]
+    return folders[0] if folders else None
+
+
+def records(folder: Path) -> dict[str, str]:
+    trials = folder / "trials"
+    return {p.stem: p.read_text() for p in trials.glob("*.json")} if trials.is_dir() else {}
+
+
+def interrupted_trial(folder: Path) -> str | None:
+    """A trial that is training its third epoch: epoch 1's checkpoint is registered (the loop
+    goes on only once Ray Train has it), the trial is far from done."""
+    done = records(folder)
+    for log in (folder / "logs").glob("*.log") if (folder / "logs").is_dir() else []:
+        if log.stem not in done and "epoch 2:" in log.read_text():
+            return log.stem
+    return None
+
+
+def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
+    spec = tiny_spec("resume", epochs=EPOCHS, data=DATA, resources={"max_concurrent_trials": 1})
+    spec_file = write_spec(tmp_path, spec)
+    storage = tmp_path / "runs"
+    first = start_session(
+        [*DMSWEEP, "run", str(spec_file), "--storage-path", str(storage)], tmp_path / "run.log"
+    )
+    try:
+        folder = wait_for(lambda: sweep_folder(storage), 120, "the sweep folder", first)
+        wait_for(lambda: records(folder), 300, "a finished trial", first)
+        interrupted = wait_for(
+            lambda: interrupted_trial(folder), 300, "a trial mid-training", first
+        )
+        before = records(folder)
+        first.kill()  # SIGKILL: no clean-up in the driver at all
+        first.wait()
+    finally:
+        end_session(first.pid)
+    assert interrupted not in before and len(before) < 4
+
+    second = start_session(
+        [*DMSWEEP, "resume", str(folder)], tmp_path / "resume.log", env={"COLUMNS": "160"}
+    )
+    try:
+        rc = second.wait(timeout=600)
+    finally:
+        end_session(second.pid)
+    output = (tmp_path / "resume.log").read_text()
+    assert rc == 0, output
+
+    after = records(folder)
+    assert len(after) == 4
+    assert all(json.loads(r)["status"] == "succeeded" for r in after.values())
+    for trial_id, record in before.items():
+        # Finished before the kill: neither trained again nor recorded again.
+        assert after[trial_id] == record
+        assert (folder / "logs" / f"{trial_id}.log").read_text().count("finished") == 1
+    # The interrupted trial went on from its checkpoint, not from epoch 0.
+    log = (folder / "logs" / f"{interrupted}.log").read_text()
+    resumed = log.split("resume from", 1)
+    assert len(resumed) == 2, log
+    epochs_after = [int(e) for e in re.findall(r"epoch (\d+):", resumed[1])]
+    assert epochs_after[0] > 1 and epochs_after[-1] == EPOCHS, log
+
+    # MLflow: one parent, one child per trial (the resumed trial kept its run), all finished.
+    state = json.loads((folder / "sweep.json").read_text())["tracking"]
+    client = MlflowClient(tracking_uri=state["uri"])
+    runs = client.search_runs([state["experiment_id"]], max_results=100)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
+    assert len(children) == 4
+    assert sorted(r.data.tags["dmsweep.trial_id"] for r in children) == sorted(after)
+    assert {r.info.status for r in children} == {"FINISHED"}
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    child = next(r for r in children if r.data.tags["dmsweep.trial_id"] == interrupted)
+    steps = {m.step for m in client.get_metric_history(child.info.run_id, "val_top1")}
+    assert steps == set(range(1, EPOCHS + 1))
