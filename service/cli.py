@@ -94,7 +94,7 @@ def _print_outcome(outcome) -> None:
 
 
 def _start(spec_file: Path, address: str | None, storage_path: Path | None, tuning: bool):
-    from service.engine import SpecError, create_sweep, preflight
+    from service.engine import SpecError, create_sweep, preflight, total_trials
 
     spec, text = _load(spec_file)
     if tuning and spec.search is None:
@@ -105,7 +105,7 @@ def _start(spec_file: Path, address: str | None, storage_path: Path | None, tuni
         folder = create_sweep(spec, text, storage_path=storage_path)
     except SpecError as error:
         raise _fail(str(error)) from None
-    total = info["trials"] * (spec.search.num_samples if spec.search else 1)
+    total = total_trials(spec)
     console.print(
         f"[bold]{folder.sweep_id}[/]: {info['cells']} cells, {total} trials "
         f"({', '.join(info['methods'])} x {', '.join(info['losses'])}); folder {folder.path}"
@@ -155,11 +155,12 @@ def resume(sweep: SweepId, address: Address = None, storage_path: StoragePath = 
     """Continue a sweep whose driver died or was interrupted; finished trials are kept."""
     import yaml
 
+    from service.engine import total_trials
     from service.spec import spec_from_dict
 
     folder = _find(sweep, storage_path)
     spec = spec_from_dict(yaml.safe_load(folder.spec_file.read_text()))
-    total = summary(spec)["trials"] * (spec.search.num_samples if spec.search else 1)
+    total = total_trials(spec)
     metric = spec.search.metric if spec.search else "val_top1"
     console.print(f"[bold]{folder.sweep_id}[/]: resuming ({len(folder.records())} trials done)")
     _execute(folder, address, resume=True, total=total, metric=metric)

@@ -678,7 +678,15 @@ def execute(
         tuner.fit()
     except KeyboardInterrupt:
         callback.interrupted = True
-    return finish(folder, spec, interrupted=callback.interrupted, track=track)
+    # Every trial that ends gets a record; Tune returns early, without error, on Ctrl-C.
+    interrupted = callback.interrupted or len(folder.records()) < total_trials(spec)
+    return finish(folder, spec, interrupted=interrupted, track=track)
+
+
+def total_trials(spec: SweepSpec) -> int:
+    """Trials of a sweep: cells x seeds, times the settings per cell when tuning."""
+    samples = spec.search.num_samples if spec.search is not None else 1
+    return len(expand(spec)) * len(spec.grid.seeds) * (samples or 1)
 
 
 def finish(

@@ -161,3 +161,34 @@ def test_schema_is_the_specs_json_schema():
     result = dmsweep("schema")
     assert result.returncode == 0
     assert "grid" in json.loads(result.stdout)["properties"]
+
+
+def test_run_refuses_a_bad_spec_up_front_and_creates_nothing(tmp_path):
+    storage = tmp_path / "runs"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\ngrid: {dataset: [synthetic], backbone: [smallnet], method: [mixup], "
+        "loss: [dm_ce], seeds: [0]}\nhyperparameters: {xi: 0}\n"
+    )
+    invalid = dmsweep("run", str(bad), "--storage-path", str(storage))
+    assert invalid.returncode == 2 and "xi" in invalid.stdout and "(0, 1]" in invalid.stdout
+    # A data root that does not exist: refused before Ray starts or a sweep folder is made.
+    no_data = tmp_path / "nodata.yaml"
+    no_data.write_text(
+        "name: y\ngrid: {dataset: [cifar10], backbone: [resnet18_cifar], method: [mixup], "
+        f"loss: [mce], seeds: [0]}}\ndata: {{cifar10: {{root: {tmp_path / 'nowhere'}}}}}\n"
+    )
+    missing = dmsweep("run", str(no_data), "--storage-path", str(storage))
+    assert missing.returncode == 2, missing.stdout + missing.stderr
+    assert f"data folder {tmp_path / 'nowhere'} does not exist" in missing.stdout
+    # tune needs a search section.
+    grid_only = dmsweep("tune", "search_spaces/smoke.yaml", "--storage-path", str(storage))
+    assert grid_only.returncode == 2 and "no search section" in grid_only.stdout
+    assert not storage.exists() or not any(storage.iterdir())
+
+
+def test_resume_logs_and_report_name_an_unknown_sweep(tmp_path):
+    for command in ("resume", "logs", "report"):
+        result = dmsweep(command, "nope-20260101T000000Z", "--storage-path", str(tmp_path))
+        assert result.returncode == 2, command
+        assert "no sweep 'nope-20260101T000000Z'" in result.stdout

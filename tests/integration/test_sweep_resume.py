@@ -1,9 +1,11 @@
-"""A sweep whose driver is SIGKILLed mid-sweep is finished by ``dmsweep resume``."""
+"""A sweep whose driver is SIGKILLed or interrupted is finished by ``dmsweep resume``."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -110,3 +112,24 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
     child = next(r for r in children if r.data.tags["dmsweep.trial_id"] == interrupted)
     steps = {m.step for m in client.get_metric_history(child.info.run_id, "val_top1")}
     assert steps == set(range(1, EPOCHS + 1))
+
+
+def test_ctrl_c_leaves_a_resumable_sweep_and_exits_130(tmp_path):
+    spec = tiny_spec("resume", epochs=EPOCHS, data=DATA)
+    spec_file = write_spec(tmp_path, spec)
+    storage = tmp_path / "runs"
+    run = start_session(
+        [*DMSWEEP, "run", str(spec_file), "--storage-path", str(storage)], tmp_path / "run.log"
+    )
+    try:
+        folder = wait_for(lambda: sweep_folder(storage), 120, "the sweep folder", run)
+        wait_for(lambda: interrupted_trial(folder), 300, "a trial mid-training", run)
+        os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
+        rc = run.wait(timeout=120)
+    finally:
+        end_session(run.pid)
+    output = (tmp_path / "run.log").read_text()
+    assert rc == 130, output
+    assert f"continue with `dmsweep resume {folder}`" in " ".join(output.split())
+    assert json.loads((folder / "sweep.json").read_text())["status"] == "interrupted"
+    assert len(records(folder)) < 4
