@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from service.spec import check_data as data_problems
-from service.spec import expand, json_schema, load_spec, summary
+from service.spec import expand, field_reference, json_schema, load_spec, summary
 from service.train import train_in_process
 from trainers.data import LAYOUTS, prepare
 
@@ -306,9 +306,16 @@ def validate(
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON schema of a sweep spec."""
-    print(json.dumps(json_schema(), indent=2))
+def schema(
+    markdown: Annotated[
+        bool, typer.Option(help="Print the field reference (Markdown) instead.")
+    ] = False,
+) -> None:
+    """Print the JSON schema of a sweep spec (or, with --markdown, the field reference)."""
+    if markdown:
+        print(field_reference(), end="")
+    else:
+        print(json.dumps(json_schema(), indent=2))
 
 
 @data_app.command("prepare")

@@ -192,3 +192,15 @@ def test_resume_logs_and_report_name_an_unknown_sweep(tmp_path):
         result = dmsweep(command, "nope-20260101T000000Z", "--storage-path", str(tmp_path))
         assert result.returncode == 2, command
         assert "no sweep 'nope-20260101T000000Z'" in result.stdout
+
+
+def test_the_field_reference_is_current():
+    result = dmsweep("schema", "--markdown")
+    assert result.returncode == 0
+    assert result.stdout == (REPO / "search_spaces/REFERENCE.md").read_text(), (
+        "regenerate it: dmsweep schema --markdown > search_spaces/REFERENCE.md"
+    )
+    from service.spec import SweepSpec
+
+    for name in SweepSpec.model_fields:
+        assert f"| `{name}` |" in result.stdout
