@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -662,7 +661,6 @@ def execute(
             trainable=_trainable(context),
             resume_unfinished=True,
             resume_errored=True,
-            param_space=None,
         )
         # Tuner.restore keeps the callbacks of the first run; this run's need the new display.
         tuner._local_tuner._run_config.callbacks = [callback]
@@ -768,8 +766,3 @@ def resume_sweep(
     """Continue a sweep whose driver died or was interrupted; finished trials are kept."""
     folder = find_sweep(id_or_path, storage_path)
     return execute(folder, address=address, resume=True, on_change=on_change)
-
-
-def remove_sweep(folder: SweepFolder) -> None:
-    """Delete a sweep's folder (its MLflow runs stay)."""
-    shutil.rmtree(folder.path)

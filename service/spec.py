@@ -418,6 +418,18 @@ class SweepSpec(_Strict):
         None, description="MLflow tracking URI; null: a local sqlite store chosen by the engine"
     )
 
+    @field_validator("storage_path")
+    @classmethod
+    def _check_storage_path(cls, path: str) -> str:
+        # Trial records, logs and the Optuna file are written with plain file I/O; an object
+        # store would need them through pyarrow's filesystems, which is not built yet.
+        if "://" in path:
+            raise ValueError(
+                f"storage_path must be a local folder or a shared volume mounted on every node; "
+                f"got {path!r} (object stores such as s3:// are not supported yet)"
+            )
+        return path
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:

@@ -405,3 +405,9 @@ def test_every_shipped_sweep_spec_validates():
         spec = load_spec(path)
         assert spec.name == path.stem
         assert summary(spec)["trials"] >= 1
+
+
+def test_storage_path_must_be_a_folder() -> None:
+    message = error(make(storage_path="s3://bucket/sweeps"))
+    assert "storage_path" in message and "s3:// are not supported yet" in message
+    assert spec_from_dict(make(storage_path="/mnt/shared/sweeps")).storage_path

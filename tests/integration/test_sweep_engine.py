@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import time
+import urllib.request
 
 import pytest
 from mlflow import MlflowClient
-from sweep_helpers import run_spec, tiny_spec
+from sweep_helpers import DMSWEEP, REPO, end_session, run_spec, start_session, tiny_spec
 
 from service.report import read_results
 from service.sweep_folder import find_sweep
@@ -117,3 +123,61 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
     assert "training loss became" in failed_run.data.tags["dmsweep.error"]
     # The report is still written, with the failure counted.
     assert "1 failed" in outcome.outputs["markdown"].read_text()
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*DMSWEEP, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO)},
+    )
+
+
+def test_logs_and_report_read_a_sweep_folder(smoke_sweep):
+    folder = smoke_sweep.folder
+    listing = cli("logs", str(folder.path))
+    assert listing.returncode == 0, listing.stderr
+    records = folder.records()
+    for record in records:
+        assert record["trial_id"] in listing.stdout and record["name"] in listing.stdout
+    one = records[0]
+    log = cli("logs", str(folder.path), one["trial_id"])
+    assert log.returncode == 0
+    assert "epoch 1:" in log.stdout and "epoch 2:" in log.stdout and "finished" in log.stdout
+    # By name too, and by id under --storage-path.
+    by_name = cli("logs", folder.sweep_id, one["name"], "--storage-path", str(folder.path.parent))
+    assert by_name.returncode == 0 and by_name.stdout == log.stdout
+    report = cli("report", str(folder.path))
+    assert report.returncode == 0
+    assert "mixup" in report.stdout and "dm_ce - mce" in report.stdout
+    assert (folder.path / "report.md").is_file()
+
+
+def test_ui_serves_the_local_store(smoke_sweep, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    storage = smoke_sweep.folder.path.parent
+    server = start_session(
+        [*DMSWEEP, "ui", "--storage-path", str(storage), "--port", str(port)],
+        tmp_path / "ui.log",
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, (tmp_path / "ui.log").read_text()
+                assert time.monotonic() < deadline, "the MLflow UI did not come up"
+                time.sleep(0.5)
+        url = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke-it"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert json.load(response)["experiment"]["name"] == "smoke-it"
+    finally:
+        end_session(server.pid)
