@@ -36,6 +36,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/losses.py
 	$(BIN)/python bench/mixing.py
 	$(BIN)/python bench/throughput.py --threads 2
+	$(BIN)/python bench/sweep_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
