@@ -160,7 +160,7 @@ def test_open_dataset_defaults_the_root_to_the_data_root_variable(monkeypatch, t
 
 
 def test_missing_real_data_fails_naming_the_archive(monkeypatch, tmp_path):
-    from conftest import unpack_cifar10_jpg
+    from real_data import unpack_cifar10_jpg
 
     monkeypatch.setenv("DMSWEEP_SHARED", str(tmp_path / "elsewhere"))
     expected = str(tmp_path / "elsewhere" / "data" / "cifar10-jpg.tar.gz")
