@@ -6,7 +6,7 @@ reports to Tune through ``TuneReportCallback``. Around it:
 
 * **Trials.** Without ``search``, Tune's grid over (cell, seed): one trial each. With
   ``search``, ``CellStudies`` (one Optuna study per cell) suggests ``num_samples`` settings per
-  cell and seed, and ASHA stops weak trials early where the spec asks.
+  cell and seed, and ASHA (one per cell: ``service.scheduler``) stops weak trials early.
 * **Resources.** Each worker asks for the spec's CPUs and GPUs. A trial's driver asks for no CPU
   and one ``trial_slot``, a custom resource the local Ray is started with (one slot per trial
   that fits): drivers then never take a worker's CPU, and two 1-CPU trials share 2 cores. On a
@@ -34,10 +34,10 @@ import ray
 import ray.train
 import yaml
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from service import tracking
 from service.report import write_report
+from service.scheduler import StudyASHA
 from service.searcher import CellStudies, StudyPlan
 from service.spec import (
     SweepSpec,
@@ -193,7 +193,7 @@ def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: S
     )
     scheduler = None
     if search.scheduler is not None:
-        scheduler = ASHAScheduler(
+        scheduler = StudyASHA(
             time_attr="epoch",
             metric=search.metric,
             mode=search.mode,

@@ -13,9 +13,9 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 CELL = "synthetic/smallnet/mixup/dm_ce"
 
 
-def study(outcome) -> optuna.Study:
+def study(outcome, cell: str = CELL) -> optuna.Study:
     return optuna.load_study(
-        study_name=f"{outcome.folder.sweep_id}:{CELL}",
+        study_name=f"{outcome.folder.sweep_id}:{cell}",
         storage=f"sqlite:///{outcome.folder.path / 'optuna.db'}",
     )
 
@@ -50,16 +50,16 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
 
 
 def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(tmp_path):
-    epochs = 3
+    epochs, samples = 3, 5
     spec = tiny_spec(
         "tpe-asha",
-        grid={"method": ["mixup"], "loss": ["dm_ce"]},
+        grid={"method": ["mixup", "cutmix"], "loss": ["dm_ce"]},
         epochs=epochs,
         search={
             # the learning rate spreads the accuracies, so that ASHA's cut-offs separate trials
             "parameters": {"lr": {"low": 1e-3, "high": 0.5, "log": True}},
             "sampler": "tpe",
-            "num_samples": 6,
+            "num_samples": samples,
             "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
         },
         # enough images that the first epoch's accuracy already depends on the learning rate
@@ -75,25 +75,32 @@ def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(tmp_path):
     outcome = run_spec(spec, tmp_path)
     assert outcome.exit_code == 0
     records = outcome.folder.records()
-    assert len(records) == 6
+    assert len(records) == 2 * samples
     pruned = [r for r in records if r["status"] == "pruned"]
     assert pruned, "ASHA stopped no trial"
     assert all(r["epoch"] < epochs for r in pruned)
-    trials = study(outcome).trials
-    assert len(trials) == 6
-    states = [t.state for t in trials]
-    assert states.count(TrialState.PRUNED) == len(pruned)
-    assert states.count(TrialState.COMPLETE) == 6 - len(pruned)
-    for trial in trials:
-        steps = sorted(trial.intermediate_values)
-        assert steps == list(range(1, len(steps) + 1))  # one value per epoch, step = epoch
-        # Optuna keeps a pruned trial's last intermediate value as its value.
-        assert trial.value == pytest.approx(trial.intermediate_values[steps[-1]])
-        assert (len(steps) < epochs) == (trial.state == TrialState.PRUNED)
+    for cell in ("synthetic/smallnet/mixup/dm_ce", "synthetic/smallnet/cutmix/dm_ce"):
+        trials = study(outcome, cell).trials
+        assert len(trials) == samples
+        states = [t.state for t in trials]
+        cell_pruned = [r for r in pruned if r["cell"] == cell]
+        assert states.count(TrialState.PRUNED) == len(cell_pruned)
+        # ASHA compares a cell's trials with each other only: the first to reach a rung sets
+        # its cut-off and goes on, so every cell has a finished setting.
+        assert states.count(TrialState.COMPLETE) == samples - len(cell_pruned) >= 1
+        for trial in trials:
+            steps = sorted(trial.intermediate_values)
+            assert steps == list(range(1, len(steps) + 1))  # one value per epoch, step = epoch
+            # Optuna keeps a pruned trial's last intermediate value as its value.
+            assert trial.value == pytest.approx(trial.intermediate_values[steps[-1]])
+            assert (len(steps) < epochs) == (trial.state == TrialState.PRUNED)
+    assert sorted(b["cell"] for b in outcome.best) == sorted(
+        ["synthetic/smallnet/mixup/dm_ce", "synthetic/smallnet/cutmix/dm_ce"]
+    )
     # Pruned trials' MLflow runs are closed, not left running.
     state = outcome.folder.read_state()["tracking"]
     client = MlflowClient(tracking_uri=state["uri"])
     runs = client.search_runs([state["experiment_id"]])
     statuses = sorted(r.info.status for r in runs if r.info.run_id != state["parent_run_id"])
     assert statuses.count("KILLED") == len(pruned)
-    assert statuses.count("FINISHED") == 6 - len(pruned)
+    assert statuses.count("FINISHED") == 2 * samples - len(pruned)
