@@ -169,15 +169,18 @@ def resume(sweep: SweepId, address: Address = None, storage_path: StoragePath = 
 @app.command()
 def report(sweep: SweepId, storage_path: StoragePath = None) -> None:
     """Write and print the report of a sweep from the trials finished so far."""
+    import yaml
     from rich.markdown import Markdown
 
-    from service.report import write_report
+    from service.engine import write_sweep_report
+    from service.spec import spec_from_dict
 
     folder = _find(sweep, storage_path)
     records = folder.records()
     if not records:
         raise _fail(f"{folder.sweep_id}: no trial has finished yet", 1)
-    outputs = write_report(records, folder.path)
+    spec = spec_from_dict(yaml.safe_load(folder.spec_file.read_text()))
+    outputs = write_sweep_report(folder, spec, records)
     console.print(Markdown(outputs["markdown"].read_text()))
     for name, path in outputs.items():
         console.print(f"{name}: {path}")

@@ -329,7 +329,7 @@ def finish(
     counts = {status: 0 for status in sorted(TERMINAL)}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1
-    outputs = write_report(records, folder.path) if records else {}
+    outputs = write_sweep_report(folder, spec, records) if records else {}
     best = best_settings(spec, records)
     if best:
         best_file = folder.path / "best_settings.yaml"
@@ -344,10 +344,23 @@ def finish(
     return SweepOutcome(folder, counts, interrupted, outputs, best)
 
 
-def best_settings(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """With a search: each cell's best finished setting by the search metric."""
-    if spec.search is None:
-        return []
+def write_sweep_report(
+    folder: SweepFolder, spec: SweepSpec, records: list[dict[str, Any]]
+) -> dict[str, Path]:
+    """Write the sweep's results and report; their paths.
+
+    ``results.parquet`` holds every trial. The paper-style table summarises every trial, or, with
+    a search, each cell's best setting (failed trials still counted).
+    """
+    table_rows = None
+    if spec.search is not None:
+        table_rows = [*_best_records(spec, records).values()]
+        table_rows += [r for r in records if r["status"] == "failed"]
+    return write_report(records, folder.path, table_rows=table_rows)
+
+
+def _best_records(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[tuple[str, int], dict]:
+    assert spec.search is not None
     metric, sign = spec.search.metric, 1 if spec.search.mode == "max" else -1
     best: dict[tuple[str, int], dict[str, Any]] = {}
     for record in records:
@@ -356,6 +369,15 @@ def best_settings(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[s
         key = (record["cell"], record["seed"])
         if key not in best or sign * record[metric] > sign * best[key][metric]:
             best[key] = record
+    return best
+
+
+def best_settings(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With a search: each cell's best finished setting by the search metric."""
+    if spec.search is None:
+        return []
+    metric = spec.search.metric
+    best = _best_records(spec, records)
     return [
         {
             "cell": cell,

@@ -503,16 +503,19 @@ def write_report(
     rows: Iterable[Mapping[str, Any]],
     out_dir: str | Path,
     paper: Iterable[Mapping[str, Any]] | None = None,
+    table_rows: Iterable[Mapping[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Write results.parquet, report.md, report.html and gains.png to ``out_dir``; their paths.
 
     The report pivots ``top1_median_last10``, the paper's metric (median top-1 of the last 10
-    epochs, mean of three trials; Table 1, Sec. 4). ``paper`` as in ``pivot``.
+    epochs, mean of three trials; Table 1, Sec. 4). ``paper`` as in ``pivot``. The Parquet file
+    holds every row; the table summarises ``table_rows`` when given (a tuning sweep's best
+    setting per cell), else every row.
     """
     rows = list(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = pivot(rows, paper=paper)
+    table = pivot(rows if table_rows is None else list(table_rows), paper=paper)
     markdown = out / "report.md"
     markdown.write_text(to_markdown(table), encoding="utf-8")
     page = out / "report.html"

@@ -8,6 +8,8 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 from sweep_helpers import run_spec, tiny_spec
 
+from service.report import read_results
+
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 CELL = "synthetic/smallnet/mixup/dm_ce"
@@ -46,7 +48,12 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
     assert sorted(float(r.data.params["loss.eta"]) for r in children) == etas
     assert [b["cell"] for b in outcome.best] == [CELL]
-    assert outcome.best[0]["setting"]["eta"] == max(by_eta, key=by_eta.get)
+    best_eta = max(by_eta, key=by_eta.get)
+    assert outcome.best[0]["setting"]["eta"] == best_eta
+    # Every trial in the results file; the table shows the cell's best setting only.
+    assert len(read_results(outcome.outputs["results"])) == len(etas)
+    best = next(r for r in records if r["hp.eta"] == best_eta)
+    assert f"{best['top1_median_last10']:.2f} (n=1)" in outcome.outputs["markdown"].read_text()
 
 
 def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(tmp_path):
