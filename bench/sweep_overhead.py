@@ -59,54 +59,39 @@ EPOCH_LINE = re.compile(r"^\S+ \S+ epoch (\d+): .*epoch_time_s ([0-9.eE+-]+)")
 # --- specs -------------------------------------------------------------------------------------
 
 
-def trivial_spec(trials: int) -> dict[str, Any]:
-    """``trials`` trials of one trivial cell (one seed each): seconds of Ray, not of training."""
+def _spec(name: str, seeds: int, epochs: int, images: dict[str, Any], cpus: float) -> dict:
+    """One CutMix + DM(CE) cell of smallnet on synthetic images, one trial per seed."""
     return {
-        "name": "overhead-trivial",
+        "name": name,
         "grid": {
             "dataset": ["synthetic"],
             "backbone": ["smallnet"],
             "method": ["cutmix"],
             "loss": ["dm_ce"],
-            "seeds": list(range(trials)),
+            "seeds": list(range(seeds)),
         },
         "recipe": "smoke",
-        "epochs": 1,
-        "data": {
-            "synthetic": {
-                "num_classes": 4,
-                "image_size": 16,
-                "synthetic_images": {"train": 32, "test": 16},
-            }
-        },
-        "eval": {"mixed_batch": 16},
-        "resources": {"cpus_per_worker": 1, "max_concurrent_trials": 1},
+        "epochs": epochs,
+        "data": {"synthetic": images},
+        "eval": {"mixed_batch": min(64, images["synthetic_images"]["test"])},
+        "resources": {"cpus_per_worker": cpus, "max_concurrent_trials": 1},
     }
+
+
+def trivial_spec(trials: int) -> dict[str, Any]:
+    """``trials`` trials of one trivial cell (one seed each): seconds of Ray, not of training."""
+    images = {"num_classes": 4, "image_size": 16, "synthetic_images": {"train": 32, "test": 16}}
+    return _spec("overhead-trivial", trials, 1, images, 1)
 
 
 def cell_spec(images: int, cpus: float, trials: int = 2) -> dict[str, Any]:
     """Cells of about a minute: smallnet on synthetic 32 px, ``images`` training images."""
-    return {
-        "name": "overhead-cell",
-        "grid": {
-            "dataset": ["synthetic"],
-            "backbone": ["smallnet"],
-            "method": ["cutmix"],
-            "loss": ["dm_ce"],
-            "seeds": list(range(trials)),
-        },
-        "recipe": "smoke",
-        "epochs": CELL_EPOCHS,
-        "data": {
-            "synthetic": {
-                "num_classes": 10,
-                "image_size": 32,
-                "synthetic_images": {"train": images, "test": 512},
-            }
-        },
-        "eval": {"mixed_batch": 64},
-        "resources": {"cpus_per_worker": cpus, "max_concurrent_trials": 1},
+    data = {
+        "num_classes": 10,
+        "image_size": 32,
+        "synthetic_images": {"train": images, "test": 512},
     }
+    return _spec("overhead-cell", trials, CELL_EPOCHS, data, cpus)
 
 
 def calibrate(cpus: float, seconds: float) -> tuple[int, float]:

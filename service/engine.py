@@ -306,9 +306,7 @@ def execute(
         tuner.fit()
     except KeyboardInterrupt:
         callback.interrupted = True
-    # Every trial that ends gets a record; Tune returns early, without error, on Ctrl-C.
-    interrupted = callback.interrupted or len(folder.records()) < total_trials(spec)
-    return finish(folder, spec, interrupted=interrupted, track=track)
+    return finish(folder, spec, interrupted=callback.interrupted, track=track)
 
 
 def total_trials(spec: SweepSpec) -> int:
@@ -326,6 +324,8 @@ def finish(
 ) -> SweepOutcome:
     """Results and report from the trial records; the parent run closed unless interrupted."""
     records = folder.records()
+    # Every trial that ends gets a record; Tune returns early, without error, on Ctrl-C.
+    interrupted = interrupted or len(records) < total_trials(spec)
     counts = {status: 0 for status in sorted(TERMINAL)}
     for record in records:
         counts[record["status"]] = counts.get(record["status"], 0) + 1

@@ -54,7 +54,11 @@ class SweepCallback(tune.Callback):
                     "name": trial_name(cell, seed, params),
                     "running": len(self.running),
                     "result": result or {},
-                    "record": self.folder.read_record(trial.trial_id),
+                    "record": (
+                        self.folder.read_record(trial.trial_id)
+                        if event in ("complete", "error")
+                        else None
+                    ),
                 }
             )
 

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import mlflow
 import yaml
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.utils.validation import (
     MAX_ENTITY_KEY_LENGTH,
     MAX_METRICS_PER_BATCH,
@@ -318,6 +318,14 @@ class TrialLogger:
                 self.log(f"tracking: {len(self.pending)} metric values wait for the store: {error}")
                 return
             del self.pending[: len(batch)]
+
+    def log_provenance(self) -> None:
+        """Code, packages and hardware of the process that trains (rank 0's node)."""
+        tags = [RunTag(k, v) for k, v in provenance().items()]
+        try:
+            retrying(lambda: self.client.log_batch(self.run_id, tags=tags))
+        except Exception as error:
+            self.log(f"tracking: provenance not stored: {error}")
 
     def log_epoch(self, metrics: Mapping[str, float]) -> None:
         """Per-epoch metrics, step = epoch; sent now or with a later epoch."""

@@ -9,6 +9,8 @@ trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``
 
 from __future__ import annotations
 
+import copy
+import json
 import os
 import traceback
 from dataclasses import asdict, dataclass
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import ray.train
-import yaml
 from ray import tune
 from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -57,7 +58,7 @@ def config_key(cell_id: str, seed: int) -> str:
 
 def with_params(config: dict[str, Any], params: dict[str, float]) -> TrainConfig:
     """A trial's TrainConfig with a sampled setting substituted (eta/xi/t, alpha, lr, wd)."""
-    config = yaml.safe_load(yaml.safe_dump(config))  # a deep copy of plain data
+    config = copy.deepcopy(config)
     for name, value in params.items():
         if name in ("eta", "xi", "t"):
             config["loss"][name] = value
@@ -165,7 +166,6 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
                 **{k: str(cell[k]) for k in ("dataset", "backbone", "method", "loss")},
                 "seed": str(seed),
                 "cell": cell_id,
-                **tracking.provenance(),
             },
             params=_flat_params(trial, params),
             trial_yaml=tracking.trial_yaml(trial.model_dump(mode="json")),
@@ -208,7 +208,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         raise
     error_path = error_file(folder, trial_id)
     if error_path.is_file():
-        failure = yaml.safe_load(error_path.read_text())
+        failure = json.loads(error_path.read_text())
         fail(failure["error"], failure["traceback"])
         raise TrialFailedError(failure["error"])
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}

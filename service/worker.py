@@ -71,6 +71,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     logger = None
     if main and config.get("tracking") and config.get("run_id"):
         logger = TrialLogger(Tracking(**config["tracking"]), config["run_id"], log)
+        logger.log_provenance()
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         log(_epoch_line(metrics))

@@ -55,13 +55,16 @@ def interrupted_trial(folder: Path) -> str | None:
     return None
 
 
-def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
-    spec = tiny_spec("resume", epochs=EPOCHS, data=DATA, resources={"max_concurrent_trials": 1})
-    spec_file = write_spec(tmp_path, spec)
+def start_run(tmp_path: Path, **changes):
+    """``dmsweep run`` of the resume spec in its own session; the process and its storage."""
+    spec_file = write_spec(tmp_path, tiny_spec("resume", epochs=EPOCHS, data=DATA, **changes))
     storage = tmp_path / "runs"
-    first = start_session(
-        [*DMSWEEP, "run", str(spec_file), "--storage-path", str(storage)], tmp_path / "run.log"
-    )
+    command = [*DMSWEEP, "run", str(spec_file), "--storage-path", str(storage)]
+    return start_session(command, tmp_path / "run.log"), storage
+
+
+def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
+    first, storage = start_run(tmp_path, resources={"max_concurrent_trials": 1})
     try:
         folder = wait_for(lambda: sweep_folder(storage), 120, "the sweep folder", first)
         wait_for(lambda: records(folder), 300, "a finished trial", first)
@@ -115,12 +118,7 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
 
 
 def test_ctrl_c_leaves_a_resumable_sweep_and_exits_130(tmp_path):
-    spec = tiny_spec("resume", epochs=EPOCHS, data=DATA)
-    spec_file = write_spec(tmp_path, spec)
-    storage = tmp_path / "runs"
-    run = start_session(
-        [*DMSWEEP, "run", str(spec_file), "--storage-path", str(storage)], tmp_path / "run.log"
-    )
+    run, storage = start_run(tmp_path)
     try:
         folder = wait_for(lambda: sweep_folder(storage), 120, "the sweep folder", run)
         wait_for(lambda: interrupted_trial(folder), 300, "a trial mid-training", run)
