@@ -36,6 +36,58 @@ Address = Annotated[
 ]
 
 
+Server = Annotated[
+    str | None,
+    typer.Option(
+        envvar="DMSWEEP_SERVER",
+        help="A sweep service URL ($DMSWEEP_SERVER); its token from $DMSWEEP_API_TOKEN.",
+    ),
+]
+
+
+def _client(server: str):
+    import os
+
+    from service.client import ServiceClient
+    from service.settings import SettingsError, _read_token
+
+    try:
+        token = _read_token(os.environ, "DMSWEEP_API_TOKEN", "DMSWEEP_API_TOKEN_FILE")
+    except SettingsError as error:
+        raise _fail(str(error)) from None
+    return ServiceClient(server, token)
+
+
+def _served(call):
+    """Run a request to the service; its refusal shown as the server phrased it."""
+    from service.client import ServiceError
+
+    try:
+        return call()
+    except ServiceError as error:
+        label = f"server ({error.status})" if error.status else "server"
+        console.print(f"[red]{label}:[/] {error}", highlight=False)
+        raise typer.Exit(2 if error.status in (413, 415, 422) else 1) from None
+
+
+def _print_sweep(view: dict) -> None:
+    trials = view["trials"]
+    best = view.get("best") or {}
+    best_text = ", ".join(f"{k}={v}" for k, v in best.items()) or "none yet"
+    console.print(
+        f"[bold]{view['id']}[/]: {view['state']}"
+        + (f" ({view['message']})" if view.get("message") else ""),
+        highlight=False,
+    )
+    console.print(
+        f"  trials: {trials['done']}/{trials['total']} done, {trials['running']} running, "
+        f"{trials['failed']} failed; best: {best_text}"
+    )
+    console.print(
+        f"  Ray job: {view.get('ray_job_id') or '-'}   MLflow: {view.get('mlflow_run_url') or '-'}"
+    )
+
+
 def _fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/] {message}")
     return typer.Exit(code)
@@ -93,7 +145,14 @@ def _print_outcome(outcome) -> None:
         console.print(f"[yellow]interrupted[/]: continue with `dmsweep resume {folder.path}`")
 
 
-def _start(spec_file: Path, address: str | None, storage_path: Path | None, tuning: bool):
+def _start(
+    spec_file: Path,
+    address: str | None,
+    storage_path: Path | None,
+    tuning: bool,
+    sweep_id: str | None = None,
+    tracking_uri: str | None = None,
+):
     from service.engine import SpecError, create_sweep, preflight, total_trials
 
     spec, text = _load(spec_file)
@@ -102,7 +161,9 @@ def _start(spec_file: Path, address: str | None, storage_path: Path | None, tuni
     info = summary(spec)
     try:
         preflight(spec, address)
-        folder = create_sweep(spec, text, storage_path=storage_path)
+        folder = create_sweep(
+            spec, text, storage_path=storage_path, tracking_uri=tracking_uri, sweep_id=sweep_id
+        )
     except SpecError as error:
         raise _fail(str(error)) from None
     total = total_trials(spec)
@@ -114,18 +175,30 @@ def _start(spec_file: Path, address: str | None, storage_path: Path | None, tuni
     _execute(folder, address, resume=False, total=total, metric=metric)
 
 
+SweepIdOption = Annotated[
+    str | None,
+    typer.Option(help="Name the new sweep (the sweep service does); default <name>-<UTC time>."),
+]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: the spec's, else runs/mlflow.db)."),
+]
+
+
 @app.command()
 def run(
     spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
     address: Address = None,
     storage_path: StoragePath = None,
+    sweep_id: SweepIdOption = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Run every trial of a sweep spec on Ray; results, report and MLflow runs at the end.
 
     Exit status: 0 every trial succeeded, 1 some failed (the report is still written), 2 the
     spec is invalid, 130 interrupted (continue with `dmsweep resume`).
     """
-    _start(spec_file, address, storage_path, tuning=False)
+    _start(spec_file, address, storage_path, False, sweep_id, tracking_uri)
 
 
 @app.command()
@@ -133,9 +206,11 @@ def tune(
     spec_file: Annotated[Path, typer.Argument(help="A sweep spec with a search section.")],
     address: Address = None,
     storage_path: StoragePath = None,
+    sweep_id: SweepIdOption = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Tune a spec's search parameters per cell with Optuna (and ASHA); exit status as `run`."""
-    _start(spec_file, address, storage_path, tuning=True)
+    _start(spec_file, address, storage_path, True, sweep_id, tracking_uri)
 
 
 def _find(sweep: str, storage_path: Path | None):
@@ -151,9 +226,15 @@ SweepId = Annotated[str, typer.Argument(help="A sweep id (under --storage-path) 
 
 
 @app.command()
-def resume(sweep: SweepId, address: Address = None, storage_path: StoragePath = None) -> None:
+def resume(
+    sweep: SweepId, address: Address = None, storage_path: StoragePath = None, server: Server = None
+) -> None:
     """Continue a sweep whose driver died or was interrupted; finished trials are kept."""
     import yaml
+
+    if server:
+        _print_sweep(_served(lambda: _client(server).resume(sweep)))
+        return
 
     from service.engine import total_trials
     from service.spec import spec_from_dict
@@ -167,10 +248,14 @@ def resume(sweep: SweepId, address: Address = None, storage_path: StoragePath = 
 
 
 @app.command()
-def report(sweep: SweepId, storage_path: StoragePath = None) -> None:
+def report(sweep: SweepId, storage_path: StoragePath = None, server: Server = None) -> None:
     """Write and print the report of a sweep from the trials finished so far."""
     import yaml
     from rich.markdown import Markdown
+
+    if server:
+        console.print(Markdown(_served(lambda: _client(server).report(sweep))))
+        return
 
     from service.engine import write_sweep_report
     from service.spec import spec_from_dict
@@ -193,8 +278,15 @@ def logs(
         str | None, typer.Argument(help="A trial id or name (or a unique prefix of either).")
     ] = None,
     storage_path: StoragePath = None,
+    server: Server = None,
 ) -> None:
-    """List a sweep's trials, or print one trial's log and the traceback of its failure."""
+    """List a sweep's trials, or print one trial's log and the traceback of its failure.
+
+    With ``--server``: the sweep's Ray job output, or one trial's log.
+    """
+    if server:
+        print(_served(lambda: _client(server).logs(sweep, trial)), end="")
+        return
     folder = _find(sweep, storage_path)
     records = {r["trial_id"]: r for r in folder.records()}
     logged = (
@@ -249,6 +341,106 @@ def ui(
     console.print(f"MLflow UI on http://{host}:{port} (store {uri}); Ctrl-C stops it")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri]
     os.execv(sys.executable, [*command, "--host", host, "--port", str(port)])
+
+
+def _need_server(server: str | None) -> str:
+    if not server:
+        raise _fail("no server: pass --server URL or set DMSWEEP_SERVER")
+    return server
+
+
+@app.command()
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML, or JSON by suffix).")],
+    server: Server = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Retrying with the same key and spec gives the same sweep, not a new one."
+        ),
+    ] = None,
+) -> None:
+    """Submit a sweep spec to the sweep service; it runs there as a Ray job."""
+    client = _client(_need_server(server))
+    if not spec_file.is_file():
+        raise _fail(f"{spec_file}: no such file")
+    _print_sweep(_served(lambda: client.submit(spec_file, idempotency_key)))
+
+
+@app.command()
+def status(
+    sweep: Annotated[str | None, typer.Argument(help="A sweep id; default: list them all.")] = None,
+    server: Server = None,
+) -> None:
+    """The state of one sweep of the service, or a table of all of them."""
+    client = _client(_need_server(server))
+    if sweep is not None:
+        _print_sweep(_served(lambda: client.sweep(sweep)))
+        return
+    table = Table(title=f"sweeps on {client.server}")
+    for column in ("sweep", "state", "trials", "failed", "best"):
+        table.add_column(column)
+    for view in _served(client.sweeps):
+        trials = view["trials"]
+        best = ", ".join(f"{k}={v}" for k, v in (view.get("best") or {}).items())
+        table.add_row(
+            view["id"],
+            view["state"],
+            f"{trials['done']}/{trials['total']}",
+            str(trials["failed"]),
+            best,
+        )
+    console.print(table)
+
+
+@app.command()
+def cancel(
+    sweep: Annotated[str, typer.Argument(help="A sweep id.")], server: Server = None
+) -> None:
+    """Stop a sweep of the service (its Ray job); it can be resumed later."""
+    _print_sweep(_served(lambda: _client(_need_server(server)).cancel(sweep)))
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth", help="Serve without a token (local use only: anyone may submit)."
+        ),
+    ] = False,
+) -> None:
+    """Start the sweep service (FastAPI on uvicorn); configured by DMSWEEP_* variables.
+
+    DMSWEEP_DATABASE_URL, DMSWEEP_RAY_ADDRESS, DMSWEEP_MLFLOW_URI, DMSWEEP_DATA_ROOTS,
+    DMSWEEP_STORAGE_ROOT, DMSWEEP_API_TOKEN / DMSWEEP_API_TOKEN_FILE (see service/settings.py).
+    """
+    import uvicorn
+
+    from service.api import create_app
+    from service.settings import ServiceSettings, SettingsError
+
+    try:
+        settings = ServiceSettings.from_env()
+        app_ = create_app(settings, require_token=not insecure_no_auth)
+    except (SettingsError, ValueError) as error:
+        raise _fail(str(error)) from None
+    if insecure_no_auth:
+        console.print("[yellow]warning:[/] no token: anyone who reaches this port may submit")
+    console.print(
+        f"dmsweep service on http://{host}:{port} (Ray {settings.ray_address}, storage "
+        f"{settings.storage_root}, store {_redacted(settings.database_url)})",
+        highlight=False,
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @app.command()

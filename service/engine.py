@@ -232,16 +232,24 @@ def create_sweep(
     *,
     storage_path: str | Path | None = None,
     tracking_uri: str | None = None,
+    sweep_id: str | None = None,
 ) -> SweepFolder:
-    """A new sweep folder with the spec and its state; the MLflow parent run."""
+    """A new sweep folder with the spec and its state; the MLflow parent run.
+
+    ``sweep_id`` is given by the sweep service, which names a sweep when it is submitted; a
+    sweep of that id must not exist yet.
+    """
     problems = check_data(spec)
     if problems:
         raise SpecError("data: " + "; ".join(problems))
     root = Path(storage_path or spec.storage_path).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    sweep_id = new_sweep_id(spec.name, root)
+    sweep_id = sweep_id or new_sweep_id(spec.name, root)
     folder = SweepFolder(root / sweep_id)
-    folder.path.mkdir()
+    try:
+        folder.path.mkdir()
+    except FileExistsError:
+        raise SpecError(f"sweep {sweep_id} already exists in {root}") from None
     folder.spec_file.write_text(spec_text)
     uri = tracking_uri or spec.tracking_uri or tracking.default_tracking_uri(root)
     artifacts = None
