@@ -36,6 +36,7 @@ import yaml
 from ray import tune
 
 from service import tracking
+from service.capacity import autoscaling_nodes, resource_problems
 from service.report import write_report
 from service.scheduler import StudyASHA
 from service.searcher import CellStudies, StudyPlan
@@ -128,27 +129,10 @@ def preflight(spec: SweepSpec, address: str | None = None) -> None:
 
 def _check_cluster(spec: SweepSpec) -> None:
     """Refuse, before any trial starts, a trial the cluster could never place."""
-    resources = spec.resources
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    per_trial_gpus = resources.workers_per_trial * resources.gpus_per_worker
-    total_gpus = sum(n.get("GPU", 0) for n in nodes)
-    if per_trial_gpus > total_gpus:
-        raise SpecError(
-            f"resources: a trial asks for {per_trial_gpus:g} GPUs "
-            f"({resources.workers_per_trial} workers x {resources.gpus_per_worker:g}), the "
-            f"cluster has {total_gpus:g}; lower resources.gpus_per_worker or workers_per_trial"
-        )
-    if resources.gpus_per_worker > max((n.get("GPU", 0) for n in nodes), default=0):
-        raise SpecError(
-            f"resources.gpus_per_worker: {resources.gpus_per_worker:g} GPUs per worker, but no "
-            "node of the cluster has that many"
-        )
-    most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)
-    if resources.cpus_per_worker > most_cpus:
-        raise SpecError(
-            f"resources.cpus_per_worker: {resources.cpus_per_worker:g} CPUs per worker, but the "
-            f"largest node has {most_cpus:g}"
-        )
+    problems = resource_problems(spec.resources, nodes + autoscaling_nodes())
+    if problems:
+        raise SpecError("; ".join(f"{loc}: {message}" for loc, message in problems))
 
 
 def _driver_resources() -> tune.PlacementGroupFactory:

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 # Ray job states to the service's sweep states.
@@ -116,6 +117,23 @@ class RayJobs:
             return JobState(SWEEP_STATE[info.status], info.message)
 
         return self._call("reading the job's state", read)
+
+    def nodes(self) -> list[dict[str, float]]:
+        """The total resources of each live node (the dashboard's state API)."""
+        try:
+            response = httpx.get(
+                f"{self.address.rstrip('/')}/api/v0/nodes",
+                params={"limit": 10_000, "detail": "true"},
+                headers=self._headers,
+                timeout=10,
+            )
+            response.raise_for_status()
+            listed = response.json()["data"]["result"]["result"]
+        except (httpx.HTTPError, KeyError, TypeError, ValueError) as error:
+            raise RayUnavailableError(
+                f"reading the nodes at {self.address} failed: {error}"
+            ) from None
+        return [n["resources_total"] for n in listed if n.get("state") == "ALIVE"]
 
     def stop(self, job_id: str) -> None:
         """Ask the job to stop (Ray sends SIGTERM, then SIGKILL)."""

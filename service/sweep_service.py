@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from service.capacity import autoscaling_nodes, resource_problems
 from service.engine import total_trials
 from service.ray_jobs import (
     RayJobs,
@@ -120,6 +121,14 @@ class SweepService:
         data = [(f"data.{p.split(':', 1)[0]}", p) for p in check_data(spec)]
         if data:
             raise SpecRejectedError(data)
+        try:
+            nodes = self.jobs.nodes()
+        except RayUnavailableError:
+            nodes = None  # the sweep waits queued; its job checks again when it starts
+        if nodes is not None:
+            fits = resource_problems(spec.resources, nodes + autoscaling_nodes())
+            if fits:
+                raise SpecRejectedError(fits)
         return spec, resolved
 
     def submit(self, body: bytes, content_type: str | None, key: str | None) -> tuple[dict, bool]:
