@@ -41,6 +41,15 @@ def _read_token(env: Mapping[str, str], value_var: str, file_var: str) -> str | 
     return None
 
 
+def _ray_token(env: Mapping[str, str]) -> str | None:
+    """Ray's token as Ray's own clients find it: the variables, then ``~/.ray/auth_token``."""
+    token = _read_token(env, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+    default = Path.home() / ".ray" / "auth_token"
+    if token is None and env.get("RAY_AUTH_MODE") == "token" and default.is_file():
+        token = default.read_text().strip() or None
+    return token
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Where the service keeps its sweeps and whom it talks to."""
@@ -78,6 +87,6 @@ class ServiceSettings:
             data_roots=roots,
             mlflow_uri=env.get("DMSWEEP_MLFLOW_URI") or None,
             api_token=_read_token(env, "DMSWEEP_API_TOKEN", "DMSWEEP_API_TOKEN_FILE"),
-            ray_token=_read_token(env, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"),
+            ray_token=_ray_token(env),
             poll_s=poll_s,
         )

@@ -43,7 +43,6 @@ from trainers.config import (
     EvalConfig,
     TrainConfig,
     describe_errors,
-    load_yaml_model,
 )
 from trainers.data.datasets import DATASETS, ROOT_VARIABLE
 from trainers.objectives import LOSSES
@@ -715,8 +714,26 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
 
 
 def load_spec(path: str | Path) -> SweepSpec:
-    """Read a spec from YAML; errors read ``file: field.path: message``."""
-    return load_yaml_model(path, SweepSpec)
+    """Read a spec from YAML; errors read ``file: field.path: message``.
+
+    The same bounded reader as the service's (``service.spec_input``): size, aliases and
+    nesting are limited, so a spec that the service would refuse is refused here too.
+    """
+    from service.spec_input import SpecInputError, parse_spec
+
+    path = Path(path)
+    try:
+        body = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    try:
+        raw = parse_spec(body)
+    except SpecInputError as error:
+        raise ValueError(f"{path}: {error}") from None
+    try:
+        return SweepSpec.model_validate(raw)
+    except ValidationError as error:
+        raise ValueError(f"{path}: {describe_errors(error)}") from None
 
 
 def summary(spec: SweepSpec) -> dict[str, Any]:

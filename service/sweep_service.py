@@ -118,7 +118,10 @@ class SweepService:
             raw, spec, data_roots=settings.data_roots, storage_root=settings.storage_root
         )
         spec = SweepSpec.model_validate(resolved)
-        data = [(f"data.{p.split(':', 1)[0]}", p) for p in check_data(spec)]
+        data = [
+            (f"data.{name}.root", message.strip())
+            for name, message in (p.split(":", 1) for p in check_data(spec))
+        ]
         if data:
             raise SpecRejectedError(data)
         try:

@@ -7,10 +7,10 @@ them. Every error names the field and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainers.mixing import POLICIES
 from trainers.mixing.methods import METHODS
@@ -24,6 +24,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _fraction_or_count(amount: float) -> float:
+    if amount > 1 and not float(amount).is_integer():
+        raise ValueError(
+            f"must be a fraction in (0, 1] or a whole count of labels > 1; got {amount!r}"
+        )
+    return amount
+
+
 class DataConfig(_Strict):
     """Which images: a data set name, where it lives and which part of it is used."""
 
@@ -35,8 +43,10 @@ class DataConfig(_Strict):
     test_subset: int | None = Field(
         None, ge=1, description="evaluate on N test images, class-balanced (quick runs)"
     )
-    label_fraction: float | int | None = Field(
-        None, gt=0, description="keep labels for a fraction (<= 1) or a count (> 1) of images"
+    label_fraction: Annotated[float | int, AfterValidator(_fraction_or_count)] | None = Field(
+        None,
+        gt=0,
+        description="keep labels for a fraction in (0, 1] or a whole count (> 1) of images",
     )
     num_classes: int | None = Field(None, ge=2, description="synthetic data only")
     synthetic_images: dict[str, int] | None = Field(
