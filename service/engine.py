@@ -90,7 +90,7 @@ class SweepOutcome:
 
 
 def connect(spec: SweepSpec, address: str | None = None) -> None:
-    """Join the cluster at ``address``, or start a local Ray.
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), or start a local Ray.
 
     The local Ray gets one ``trial_slot`` per trial that fits its CPUs; a Ray already started in
     this process (tests, notebooks) is used as it is.
@@ -106,7 +106,11 @@ def connect(spec: SweepSpec, address: str | None = None) -> None:
         "log_to_driver": False,  # each trial has its own log in the sweep folder
         "include_dashboard": True,  # without it Tune leaks the placement groups of stopped trials
     }
-    if address is None:
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    if address == "local":
+        # "local": a Ray of its own. Without it, ray.init() joins whatever cluster the last
+        # `ray start` on this machine recorded in /tmp/ray/ray_current_cluster.
+        options["address"] = "local"
         resources = spec.resources
         per_trial = resources.workers_per_trial * resources.cpus_per_worker
         slots = max(1, math.floor((os.cpu_count() or 1) / per_trial))

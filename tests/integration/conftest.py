@@ -31,3 +31,21 @@ def smoke_sweep(local_ray, tmp_path_factory):
     """The smoke grid (2 methods x {MCE, DM(CE)}, 2 epochs), run once for every test reading it."""
     storage = tmp_path_factory.mktemp("smoke-sweep")
     return run_spec(tiny_spec("smoke-it"), storage)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The compose system as processes: PostgreSQL, MLflow, two Ray nodes, ``dmsweep serve``."""
+    from stack import running_stack
+
+    with running_stack() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def served_smoke(stack):
+    """search_spaces/smoke.yaml submitted over HTTP, run to its end: (stack, final view)."""
+    from sweep_helpers import REPO
+
+    sweep = stack.submit((REPO / "search_spaces" / "smoke.yaml").read_text())
+    return stack, stack.wait(sweep["id"], ("succeeded", "failed", "cancelled"))

@@ -1,0 +1,175 @@
+"""End to end: the compose services as processes, the smoke grid submitted over HTTP.
+
+PostgreSQL, the MLflow server on it, a Ray head and a second node (``ray start``, Ray's token
+on) and ``dmsweep serve`` (token from a file, store on PostgreSQL) are started as the compose
+file starts them (tests/integration/stack.py). The smoke grid is submitted over HTTP with the
+token, runs as a Ray job, and its runs are found through MLflow's REST API. Then the service is
+restarted while a sweep runs on Ray: it reports the sweep's true state and can cancel it, and
+the sweep can be resumed to its end.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import httpx
+import yaml
+from ray.job_submission import JobStatus
+from sweep_helpers import REPO
+
+SMOKE_CELLS = {
+    ("mixup", "mce"),
+    ("mixup", "dm_ce"),
+    ("cutmix", "mce"),
+    ("cutmix", "dm_ce"),
+}
+
+
+def test_the_smoke_grid_submitted_over_http_succeeds(served_smoke):
+    stack, view = served_smoke
+    assert view["state"] == "succeeded", view
+    assert view["trials"] == {"done": 4, "running": 0, "failed": 0, "total": 4}
+    assert view["best"]["val_top1"] > 0
+    assert view["mlflow_run_url"].startswith(f"{stack.mlflow.url}/#/experiments/")
+    job = stack.ray_jobs().get_job_info(view["ray_job_id"])
+    assert job.status == JobStatus.SUCCEEDED
+    assert "service.cli run" in job.entrypoint and view["id"] in job.entrypoint
+    with stack.client() as client:
+        listed = client.get("/sweeps").json()
+    assert view["id"] in [s["id"] for s in listed]
+
+
+def mlflow_api(stack, method: str, path: str, **options) -> dict:
+    response = httpx.request(method, f"{stack.mlflow.url}/api/2.0/mlflow/{path}", **options)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_its_runs_are_in_mlflow(served_smoke):
+    stack, view = served_smoke
+    experiment = mlflow_api(
+        stack, "GET", "experiments/get-by-name", params={"experiment_name": "smoke"}
+    )["experiment"]
+    parent_id = view["mlflow_run_url"].rsplit("/", 1)[1]
+    parent = mlflow_api(stack, "GET", "runs/get", params={"run_id": parent_id})["run"]
+    assert parent["info"]["experiment_id"] == experiment["experiment_id"]
+    assert parent["info"]["status"] == "FINISHED"
+    children = mlflow_api(
+        stack,
+        "POST",
+        "runs/search",
+        json={
+            "experiment_ids": [experiment["experiment_id"]],
+            "filter": f"tags.mlflow.parentRunId = '{parent_id}'",
+        },
+    )["runs"]
+    cells = set()
+    for run in children:
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        assert run["info"]["status"] == "FINISHED"
+        assert {"dataset", "backbone", "method", "loss", "seed"} <= set(tags)
+        cells.add((tags["method"], tags["loss"]))
+        history = mlflow_api(
+            stack,
+            "GET",
+            "metrics/get-history",
+            params={"run_id": run["info"]["run_id"], "metric_key": "val_top1"},
+        )["metrics"]
+        assert sorted(m["step"] for m in history) == [1, 2]
+    assert cells == SMOKE_CELLS and len(children) == 4
+    # the report was logged to the parent run; artifacts are proxied by the server
+    files = mlflow_api(
+        stack, "GET", "artifacts/list", params={"run_id": parent_id, "path": "report"}
+    )
+    names = {f["path"] for f in files.get("files", [])}
+    assert {"report/report.md", "report/results.parquet"} <= names, names
+    report = httpx.get(
+        f"{stack.mlflow.url}/get-artifact",
+        params={"path": "report/report.md", "run_uuid": parent_id},
+    )
+    assert report.status_code == 200 and "mixup" in report.text
+
+
+def dmsweep(stack, *args: str) -> subprocess.CompletedProcess:
+    env = {"DMSWEEP_SERVER": stack.api_url, "DMSWEEP_API_TOKEN": stack.api_token}
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**stack.api_env, **env, "COLUMNS": "200"},
+        timeout=120,
+    )
+
+
+def test_the_cli_talks_to_the_service(served_smoke):
+    stack, view = served_smoke
+    status = dmsweep(stack, "status", view["id"])
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"{view['id']}: succeeded" in status.stdout and "4/4 done" in status.stdout
+    report = dmsweep(stack, "report", view["id"])
+    assert report.returncode == 0 and "mixup" in report.stdout and "cutmix" in report.stdout
+    logs = dmsweep(stack, "logs", view["id"])
+    assert logs.returncode == 0 and "4 succeeded" in logs.stdout
+    denied = subprocess.run(
+        [sys.executable, "-m", "service.cli", "status", "--server", stack.api_url],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+        timeout=120,
+    )
+    assert denied.returncode == 1
+    assert "server (401): missing credentials" in denied.stdout
+
+
+def test_the_token_is_never_logged(served_smoke):
+    stack, _ = served_smoke
+    log = stack.api.log.read_text()
+    assert "POST /sweeps" in log  # the log is the right one
+    assert stack.api_token not in log
+    assert stack.ray_token not in log
+
+
+def slow_spec() -> str:
+    spec = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    spec["name"] = "restart"
+    spec["grid"]["method"] = ["mixup"]
+    spec["epochs"] = 3
+    return yaml.safe_dump(spec)
+
+
+def test_a_restarted_service_reports_the_true_state_and_can_cancel(served_smoke):
+    stack, _ = served_smoke
+    sweep = stack.submit(slow_spec(), **{"Idempotency-Key": "restart-1"})
+    stack.wait(sweep["id"], ("running",), timeout_s=300)
+    stack.stop_api()
+    time.sleep(3)  # the sweep goes on on Ray while no service is up
+    job_id = sweep["ray_job_id"]
+    assert stack.ray_jobs().get_job_status(job_id) == JobStatus.RUNNING
+    stack.start_api()
+    view = stack.sweep(sweep["id"])
+    assert view["state"] == "running" and view["ray_job_id"] == job_id
+    # the same key and body after the restart: the same sweep
+    with stack.client() as client:
+        again = client.post(
+            "/sweeps",
+            content=slow_spec().encode(),
+            headers={"Content-Type": "application/yaml", "Idempotency-Key": "restart-1"},
+        )
+    assert again.status_code == 200 and again.json()["id"] == sweep["id"]
+    with stack.client() as client:
+        cancelled = client.post(f"/sweeps/{sweep['id']}/cancel").json()
+    assert cancelled["state"] == "cancelled"
+    deadline = time.monotonic() + 60
+    while stack.ray_jobs().get_job_status(job_id) != JobStatus.STOPPED:
+        assert time.monotonic() < deadline, "the Ray job did not stop"
+        time.sleep(1)
+    with stack.client() as client:
+        resumed = client.post(f"/sweeps/{sweep['id']}/resume")
+    assert resumed.status_code == 200, resumed.text
+    assert resumed.json()["ray_job_id"] == f"dmsweep-{sweep['id']}-2"
+    final = stack.wait(sweep["id"], ("succeeded", "failed", "cancelled"))
+    assert final["state"] == "succeeded", final
+    assert final["trials"] == {"done": 2, "running": 0, "failed": 0, "total": 2}
