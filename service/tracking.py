@@ -17,19 +17,24 @@ storage path: no server to start.
 
 Writes from a trial are buffered: when the tracking server cannot be reached, training goes on,
 metrics wait and are sent with the next epoch's; whatever still cannot be sent when the trial
-ends is written, by name and epoch, to the trial's log.
+ends is written, by name and epoch, to the trial's log. An artifact that cannot be stored (the
+trial's YAML, the checkpoint, the learning curve, the sweep's report) never fails the trial or
+the sweep: the error, with the path it names, goes to the trial's log and to a tag
+``dmsweep.artifact_error.<artifact>`` of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import logging
 import os
 import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -52,8 +57,19 @@ PARENT_TAG = "mlflow.parentRunId"
 CELL_TAGS = ("dataset", "backbone", "method", "loss", "seed")
 PACKAGES = ("dmsweep", "torch", "torchvision", "timm", "ray", "optuna", "mlflow", "pyarrow")
 CURVE_METRICS = ("val_top1", "train_loss")
+ARTIFACT_ERROR_TAG = "dmsweep.artifact_error"
+# Errors of a local artifact store that a retry would meet again (a path under a regular file,
+# no permission): raised at once instead of after the retries' waits.
+LASTING_ERRORS = (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# A trial's per-epoch writes try once, without the MLflow client's own HTTP retries: those (7,
+# with waits adding up to about 4 minutes) held training for as long as the server was away,
+# where the logger's buffer is meant to keep the metrics and send them with a later epoch's.
+QUICK_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
 def default_tracking_uri(storage_path: Path) -> str:
@@ -85,8 +101,8 @@ def retrying(call: Callable[[], T], attempts: int = 5, wait_s: float = 0.5) -> T
     for attempt in range(attempts):
         try:
             return call()
-        except Exception:
-            if attempt == attempts - 1:
+        except Exception as error:
+            if attempt == attempts - 1 or isinstance(error, LASTING_ERRORS):
                 raise
             time.sleep(wait_s * 2**attempt)
     raise AssertionError("unreachable")
@@ -194,20 +210,39 @@ def reopen_sweep(tracking: Tracking) -> None:
     retrying(lambda: client.update_run(tracking.parent_run_id, status="RUNNING"))
 
 
+def _artifact_error(client: MlflowClient, run_id: str, artifact: str, error: Exception) -> str:
+    """Tag a run with an artifact it does not have and why; the message."""
+    message = f"artifact {artifact} was not stored: {error}"
+    # When the tracking store is down too, the caller still logs the message.
+    with contextlib.suppress(Exception):
+        client.set_tag(run_id, f"{ARTIFACT_ERROR_TAG}.{artifact}", str(error)[:5000])
+    return message
+
+
 def finish_sweep(
     tracking: Tracking,
     outputs: Mapping[str, Path],
     counts: Mapping[str, int],
     status: str = "FINISHED",
-) -> None:
-    """Attach the results and report to the parent run and close it."""
+) -> list[str]:
+    """Attach the results and report to the parent run and close it; the artifacts it lacks.
+
+    The outputs are already on disk: an artifact store that fails leaves the run without them
+    (said in a tag and a warning), it does not fail the sweep.
+    """
     client = tracking.client()
+    problems = []
     for path in outputs.values():
-        retrying(lambda p=path: client.log_artifact(tracking.parent_run_id, str(p), "report"))
+        try:
+            retrying(lambda p=path: client.log_artifact(tracking.parent_run_id, str(p), "report"))
+        except Exception as error:
+            problems.append(_artifact_error(client, tracking.parent_run_id, "report", error))
+            logger.warning("tracking: %s", problems[-1])
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
     retrying(lambda: client.log_batch(tracking.parent_run_id, metrics=metrics))
     retrying(lambda: client.set_terminated(tracking.parent_run_id, status=status))
+    return problems
 
 
 def run_url(tracking: Tracking) -> str:
@@ -252,10 +287,12 @@ def child_run(
     tags: Mapping[str, str],
     params: Mapping[str, str],
     trial_yaml: str,
+    log: Callable[[str], None] = logger.warning,
 ) -> str:
     """The child run of a Tune trial; its run id.
 
-    Found by the trial id when it exists (a resumed trial), created otherwise.
+    Found by the trial id when it exists (a resumed trial), created otherwise. ``log`` is told
+    when the trial's YAML cannot be stored (the trial goes on without it).
     """
     client = tracking.client()
     found = find_trial_run(tracking, trial_id)
@@ -279,7 +316,10 @@ def child_run(
     for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
         chunk = items[start : start + MAX_PARAMS_TAGS_PER_BATCH]
         retrying(lambda c=chunk: client.log_batch(run_id, params=c))
-    retrying(lambda: client.log_text(run_id, trial_yaml, "trial.yaml"))
+    try:
+        retrying(lambda: client.log_text(run_id, trial_yaml, "trial.yaml"))
+    except Exception as error:
+        log(f"tracking: {_artifact_error(client, run_id, 'trial.yaml', error)}")
     return run_id
 
 
@@ -290,6 +330,25 @@ def end_trial_run(tracking: Tracking, run_id: str, error: str | None = None) -> 
         retrying(lambda: client.set_tag(run_id, "dmsweep.error", error[:5000]))
     status = RunStatus.to_string(RunStatus.FAILED if error is not None else RunStatus.FINISHED)
     retrying(lambda: client.set_terminated(run_id, status=status))
+
+
+@contextlib.contextmanager
+def quick_http() -> Iterator[None]:
+    """MLflow HTTP requests made inside fail at once (``QUICK_HTTP``); settings restored after.
+
+    MLflow reads these variables on every request. Used in a training worker, where nothing
+    but the trial's logger talks to MLflow.
+    """
+    saved = {name: os.environ.get(name) for name in QUICK_HTTP}
+    os.environ.update(QUICK_HTTP)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass
@@ -309,11 +368,14 @@ class TrialLogger:
             self._client = self.tracking.client()
         return self._client
 
-    def _flush(self, attempts: int = 1) -> None:
+    def _flush(self, attempts: int = 1, quick: bool = False) -> None:
         while self.pending:
             batch = self.pending[:MAX_METRICS_PER_BATCH]
             try:
-                retrying(lambda b=batch: self.client.log_batch(self.run_id, metrics=b), attempts)
+                with quick_http() if quick else contextlib.nullcontext():
+                    retrying(
+                        lambda b=batch: self.client.log_batch(self.run_id, metrics=b), attempts
+                    )
             except Exception as error:
                 self.log(f"tracking: {len(self.pending)} metric values wait for the store: {error}")
                 return
@@ -328,24 +390,25 @@ class TrialLogger:
             self.log(f"tracking: provenance not stored: {error}")
 
     def log_epoch(self, metrics: Mapping[str, float]) -> None:
-        """Per-epoch metrics, step = epoch; sent now or with a later epoch."""
+        """Per-epoch metrics, step = epoch; sent now or with a later epoch (never waits)."""
         now = int(time.time() * 1000)
         step = int(metrics["epoch"])
         self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
-        self._flush()
+        self._flush(quick=True)
 
     def log_artifacts(self, folder: str, artifact_path: str) -> None:
         """A folder of files (the final checkpoint)."""
         try:
             retrying(lambda: self.client.log_artifacts(self.run_id, folder, artifact_path))
         except Exception as error:
-            self.log(f"tracking: artifact {artifact_path} was not stored: {error}")
+            self.log(f"tracking: {_artifact_error(self.client, self.run_id, artifact_path, error)}")
 
     def log_learning_curve(self) -> None:
         """A PNG of validation top-1 and training loss per epoch, from the run's history."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        self._flush(attempts=6)  # metrics still waiting would be missing from the curve
         try:
             history = {
                 name: sorted(
@@ -373,7 +436,8 @@ class TrialLogger:
             try:
                 retrying(lambda: self.client.log_artifact(self.run_id, str(path)))
             except Exception as error:
-                self.log(f"tracking: learning curve not stored: {error}")
+                problem = _artifact_error(self.client, self.run_id, path.name, error)
+                self.log(f"tracking: {problem}")
 
     def close(self, error: str | None = None) -> list[str]:
         """Send what waits (trying harder), close the run; what could not be sent, if any."""

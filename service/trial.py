@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 from ray import tune
 from ray.train.torch import TorchTrainer
@@ -152,7 +153,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     except ValueError as error:  # a sampled setting TrainConfig refuses
         fail(str(error), traceback.format_exc())
         raise TrialFailedError(str(error)) from None
-    append_log(log_path, f"trial {trial_name(cell_id, seed, params)} ({trial_id})")
+    node = ray.get_runtime_context().get_node_id()
+    append_log(
+        log_path, f"trial {trial_name(cell_id, seed, params)} ({trial_id}): driver on node {node}"
+    )
 
     track = tracking.Tracking(**context.tracking) if context.tracking else None
     run_id = None
@@ -169,6 +173,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             },
             params=_flat_params(trial, params),
             trial_yaml=tracking.trial_yaml(trial.model_dump(mode="json")),
+            log=lambda line: append_log(log_path, line),
         )
     gpus = context.gpus_per_worker
     trainer = TorchTrainer(

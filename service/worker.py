@@ -15,6 +15,7 @@ last checkpoint.
 
 from __future__ import annotations
 
+import os
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -90,13 +91,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     checkpoint = ray.train.get_checkpoint()
+    # Where this worker runs: a user (or a test) finds the process that trains the trial.
+    where = f"worker on node {ray.get_runtime_context().get_node_id()}, pid {os.getpid()}"
     try:
         if checkpoint is None:
-            log(f"start: worker on node {ray.get_runtime_context().get_node_id()}")
+            log(f"start: {where}")
             run(trial, report)
         else:
             with checkpoint.as_directory() as resume_from:
-                log(f"resume from {checkpoint.path}")
+                log(f"resume from {checkpoint.path}: {where}")
                 run(trial, report, resume_from=resume_from)
     except DETERMINISTIC_ERRORS as error:
         message = f"{type(error).__name__}: {error}"

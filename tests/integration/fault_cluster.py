@@ -1,0 +1,122 @@
+"""A sweep on a 2-node ``ray.cluster_utils.Cluster`` whose second node is removed mid-sweep.
+
+Usage: ``python fault_cluster.py SPEC.yaml STORAGE``; prints the outcome as JSON on its last
+line. Each node has one CPU and one trial slot, so with two trials each node holds one trial's
+driver and one trial's worker. Once every trial with a process on the second node has a
+registered checkpoint (its log shows epoch 2: epoch 1's report was taken), the node is removed
+as in a crash. Run by test_faults.py in a subprocess: a process is connected to one Ray only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import ray
+import yaml
+from ray import tune
+from ray._common.utils import reset_ray_address
+from ray.cluster_utils import Cluster
+from ray.util.state import list_nodes
+
+from service.engine import run_sweep
+from service.spec import spec_from_dict
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def on_node(log: str, node_id: str) -> bool:
+    """Whether a trial's log shows its driver or one of its workers on ``node_id``."""
+    return bool(re.search(rf"(driver|worker) on node {node_id}\b", log))
+
+
+def remove_when_ready(cluster: Cluster, node, storage: Path, trials: int, done: dict) -> None:
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        logs = [p.read_text() for p in storage.glob("*/logs/*.log")]
+        there = [log for log in logs if on_node(log, node.node_id)]
+        # Both processes of the node are known (a driver and a worker), each trial with one of
+        # them has a registered checkpoint, and none has finished yet.
+        drivers = sum(f"driver on node {node.node_id}" in log for log in there)
+        workers = sum(f"worker on node {node.node_id}" in log for log in there)
+        if len(logs) == trials and drivers and workers:
+            if any("finished" in log for log in there):
+                done["error"] = "a trial on the node finished before the node could be removed"
+                return
+            if all("epoch 2:" in log for log in there):
+                cluster.remove_node(node, allow_graceful=False)
+                done["removed_at"] = time.time()
+                return
+        time.sleep(0.05)
+    done["error"] = "the node's trials never reached epoch 2"
+
+
+def main(spec_file: str, storage: str) -> None:
+    # The test ends this process with SIGTERM when it runs too long: clean up as on an error.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 1,
+            "resources": {"trial_slot": 1},
+            # A dashboard of its own: the test session's Ray holds the default port, and
+            # without a dashboard Ray Train cannot tell that a lost driver's controller is
+            # dead, so the worker placement group of that driver's trial is never freed and
+            # the trial's retry waits for a CPU forever.
+            "include_dashboard": True,
+            "dashboard_port": free_port(),
+            "dashboard_agent_listen_port": None,
+        },
+    )
+    try:
+        node = cluster.add_node(num_cpus=1, resources={"trial_slot": 1})
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        list_nodes(limit=1)  # the dashboard answers (it raises otherwise)
+        text = Path(spec_file).read_text()
+        spec = spec_from_dict(yaml.safe_load(text))
+        trials = len(spec.grid.method) * len(spec.grid.loss)
+        done: dict = {}
+        remover = threading.Thread(
+            target=remove_when_ready,
+            args=(cluster, node, Path(storage), trials, done),
+            daemon=True,
+        )
+        remover.start()
+        outcome = run_sweep(spec, text, storage_path=storage)
+        remover.join(timeout=10)
+        analysis = tune.ExperimentAnalysis(str(outcome.folder.path))
+        print(
+            json.dumps(
+                {
+                    "exit_code": outcome.exit_code,
+                    "folder": str(outcome.folder.path),
+                    "head": cluster.head_node.node_id,
+                    "removed": node.node_id,
+                    "remover": done,
+                    "tune_trials": {t.trial_id: t.status for t in analysis.trials},
+                }
+            )
+        )
+    finally:
+        ray.shutdown()
+        try:
+            cluster.shutdown()
+        finally:
+            # The cluster's address is in /tmp/ray/ray_current_cluster until then: left there,
+            # every later ray.init() without an address on this machine joins a dead cluster.
+            reset_ray_address()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
