@@ -15,3 +15,15 @@ def cifar10_jpg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Unpacked once per test session into a pytest temporary folder; the path of ``cifar10-jpg``.
     """
     return unpack_cifar10_jpg(tmp_path_factory.mktemp("cifar10-jpg"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``disturbs_shared_ray`` run after every other test, in their own order.
+
+    They kill workers and fail trials mid-start on the session's shared Ray; in Ray 2.60 that
+    can leave it unable to free the placement groups of trials Tune stops later (ASHA), so the
+    tuning tests would wait forever if they came after.
+    """
+    last = [item for item in items if item.get_closest_marker("disturbs_shared_ray")]
+    if last:
+        items[:] = [item for item in items if item not in last] + last

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 import yaml
 from api_server import YAML, Served
 from bad_inputs import changed
@@ -21,6 +22,8 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from service.sweep_folder import find_sweep
+
+pytestmark = pytest.mark.disturbs_shared_ray
 
 
 def flat(text: str) -> str:

@@ -37,6 +37,8 @@ DATA = {
 }
 WORKER_START = re.compile(r"start: worker on node \w+, pid (\d+)")
 
+pytestmark = pytest.mark.disturbs_shared_ray
+
 
 def fault_spec(name: str, losses: list[str], **changes) -> dict:
     return tiny_spec(
