@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from sweep_helpers import session_processes
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtual environment's scripts (mlflow, ray)
 T = TypeVar("T")
@@ -51,21 +53,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return probe.getsockname()[1]
-
-
-def session_processes(session_id: int) -> list[int]:
-    """Live processes of a session (zombies are left to their parent)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if state != "Z" and os.getsid(int(entry.name)) == session_id:
-                pids.append(int(entry.name))
-        except (OSError, IndexError):
-            continue
-    return pids
 
 
 @dataclass
