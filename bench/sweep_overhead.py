@@ -218,7 +218,7 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from service.engine import SLOT
+    from service.ray_options import ray_init_options
     from service.spec import spec_from_dict, trials
 
     spec = spec_from_dict(raw)
@@ -235,11 +235,7 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
         on_trial_error = on_trial_complete
 
     started = time.perf_counter()
-    ray.init(  # the options service.engine.connect starts a local Ray with
-        resources={SLOT: 1},
-        include_dashboard=True,
-        log_to_driver=False,
-    )
+    ray.init(**ray_init_options("local", slots=1))  # as service.engine.connect starts one
     ray_start = time.perf_counter() - started
     try:
         with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as storage:

@@ -37,6 +37,8 @@ from ray import tune
 
 from service import tracking
 from service.capacity import autoscaling_nodes, resource_problems
+from service.placement_groups import PlacementGroupReaper
+from service.ray_options import HEALTH_CHECK_INTERVAL_S, SLOT, ray_init_options
 from service.report import write_report
 from service.scheduler import StudyASHA
 from service.searcher import CellStudies, StudyPlan
@@ -52,11 +54,6 @@ from service.sweep_events import SweepCallback
 from service.sweep_folder import SweepFolder, find_sweep, new_sweep_id
 from service.trial import SweepContext, build_context, run_trial
 
-SLOT = "trial_slot"
-# Ray Train's controller polls its workers this often (default 2 s) and each ``report`` waits
-# for a poll: 0.2 s saved ~1.5-1.9 s per 1-epoch trial here, more with more epochs
-# (bench/sweep_overhead.py).
-HEALTH_CHECK_INTERVAL_S = "0.2"
 TUNE_RETRIES = 2  # driver restarts per trial (a lost node)
 TERMINAL = frozenset({"succeeded", "failed", "pruned"})
 
@@ -93,33 +90,20 @@ def connect(spec: SweepSpec, address: str | None = None) -> None:
     """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), or start a local Ray.
 
     The local Ray gets one ``trial_slot`` per trial that fits its CPUs; a Ray already started in
-    this process (tests, notebooks) is used as it is.
+    this process (tests, notebooks) is used as it is. The options: ``service.ray_options``.
     """
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     # The sweep draws its own progress; Tune's tables would interleave with it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
-    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]}
-    options: dict[str, Any] = {
-        "runtime_env": {"env_vars": env},
-        "log_to_driver": False,  # each trial has its own log in the sweep folder
-        "include_dashboard": True,  # without it Tune leaks the placement groups of stopped trials
-    }
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    if address == "local":
-        # "local": a Ray of its own. Without it, ray.init() joins whatever cluster the last
-        # `ray start` on this machine recorded in /tmp/ray/ray_current_cluster.
-        options["address"] = "local"
-        resources = spec.resources
-        per_trial = resources.workers_per_trial * resources.cpus_per_worker
-        slots = max(1, math.floor((os.cpu_count() or 1) / per_trial))
-        if resources.max_concurrent_trials is not None:
-            slots = min(slots, resources.max_concurrent_trials)
-        options["resources"] = {SLOT: slots}
-    else:
-        options["address"] = address
-    ray.init(**options)
+    resources = spec.resources
+    per_trial = resources.workers_per_trial * resources.cpus_per_worker
+    slots = max(1, math.floor((os.cpu_count() or 1) / per_trial))
+    if resources.max_concurrent_trials is not None:
+        slots = min(slots, resources.max_concurrent_trials)
+    ray.init(**ray_init_options(address, slots=slots))
 
 
 def preflight(spec: SweepSpec, address: str | None = None) -> None:
@@ -209,7 +193,7 @@ def _run_config(spec: SweepSpec, folder: SweepFolder, callback: SweepCallback) -
         name=folder.sweep_id,
         storage_path=str(folder.path.parent),
         failure_config=tune.FailureConfig(max_failures=TUNE_RETRIES),
-        callbacks=[callback],
+        callbacks=[callback, PlacementGroupReaper()],
         verbose=0,
     )
 
@@ -289,7 +273,7 @@ def execute(
             resume_errored=True,
         )
         # Tuner.restore keeps the callbacks of the first run; this run's need the new display.
-        tuner._local_tuner._run_config.callbacks = [callback]
+        tuner._local_tuner._run_config.callbacks = [callback, PlacementGroupReaper()]
     else:
         tune_config, param_space = _tune_config(spec, folder.sweep_id, folder, context)
         tuner = tune.Tuner(

@@ -17,6 +17,7 @@ import yaml
 from ray.cluster_utils import Cluster
 
 from service.engine import run_sweep
+from service.ray_options import ray_init_options
 from service.spec import spec_from_dict
 
 
@@ -28,7 +29,7 @@ def main(spec_file: str, storage: str) -> None:
     try:
         cluster.add_node(num_cpus=1, resources={"trial_slot": 1})
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(**ray_init_options(cluster.address))
         text = Path(spec_file).read_text()
         outcome = run_sweep(spec_from_dict(yaml.safe_load(text)), text, storage_path=storage)
         nodes = {}

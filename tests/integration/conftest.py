@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -14,53 +15,53 @@ def local_ray() -> Iterator[None]:
     """One local Ray for the session, ended by this fixture (never `ray stop`)."""
     import ray
 
+    from service.ray_options import ray_init_options
+
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
-    ray.init(
-        num_cpus=RAY_CPUS,
-        resources={"trial_slot": TRIAL_SLOTS},
-        include_dashboard=True,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}},
-    )
+    ray.init(**ray_init_options("local", slots=TRIAL_SLOTS, num_cpus=RAY_CPUS))
     yield
     ray.shutdown()
 
 
-def _release_placement_groups() -> int:
-    """Remove the placement groups still held in the shared Ray; how many there were."""
-    from ray._raylet import PlacementGroupID
-    from ray.util import placement_group_table, remove_placement_group
-    from ray.util.placement_group import PlacementGroup
+def _held_placement_groups(wait_s: float) -> list[str]:
+    """The shared Ray's placement groups still holding resources after up to ``wait_s``."""
+    from ray.util import placement_group_table
 
-    held = [
-        pg_id
-        for pg_id, entry in placement_group_table().items()
-        if entry["state"] in ("CREATED", "PENDING", "RESCHEDULING")
-    ]
-    for pg_id in held:
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
-    return len(held)
+    deadline = time.monotonic() + wait_s
+    while True:
+        held = [
+            pg_id
+            for pg_id, entry in placement_group_table().items()
+            if entry["state"] in ("CREATED", "PENDING", "RESCHEDULING")
+        ]
+        if not held or time.monotonic() > deadline:
+            return held
+        time.sleep(0.5)
 
 
 @pytest.fixture(autouse=True)
 def _shared_ray_left_clean(request):
-    """Between tests, nothing may hold the shared Ray's CPUs or trial slots.
+    """After a test on the shared Ray, no placement group may keep its CPUs or trial slots.
 
-    A trial killed or failed mid-start (the fault and bad-data tests) can leave its worker's
-    placement group behind in Ray 2.60, and the next test's trials then wait for CPUs forever.
-    No test runs anything on the shared Ray after it ends, so what is left is released here.
+    Ray 2.60 can leave a stopped or failed trial's worker group behind (service/placement_groups.py
+    and service/ray_options.py say when and what the engine does about it); the next tests'
+    trials would then wait for CPUs forever. A test that leaves one fails here, and the group is
+    removed so that the tests after it can run.
     """
     yield
     import ray
 
-    if "local_ray" in request.fixturenames and ray.is_initialized():
-        left = _release_placement_groups()
-        if left:
-            import warnings
+    if "local_ray" not in request.fixturenames or not ray.is_initialized():
+        return
+    held = _held_placement_groups(wait_s=30)
+    if held:
+        from ray._raylet import PlacementGroupID
+        from ray.util import remove_placement_group
+        from ray.util.placement_group import PlacementGroup
 
-            warnings.warn(
-                f"{request.node.name} left {left} placement group(s) in Ray", stacklevel=1
-            )
+        for pg_id in held:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+        pytest.fail(f"{request.node.name} left placement groups in Ray: {held}")
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,7 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_nodes
 
 from service.engine import run_sweep
+from service.ray_options import ray_init_options
 from service.spec import spec_from_dict
 
 
@@ -81,7 +82,7 @@ def main(spec_file: str, storage: str) -> None:
     try:
         node = cluster.add_node(num_cpus=1, resources={"trial_slot": 1})
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(**ray_init_options(cluster.address))
         list_nodes(limit=1)  # the dashboard answers (it raises otherwise)
         text = Path(spec_file).read_text()
         spec = spec_from_dict(yaml.safe_load(text))

@@ -15,6 +15,15 @@ pytestmark = pytest.mark.usefixtures("local_ray")
 CELL = "synthetic/smallnet/mixup/dm_ce"
 
 
+@pytest.fixture
+def another_ray_on_this_machine(tmp_path):
+    """A second Ray cluster on the machine, as another user's or a ``ray start`` would be."""
+    from services import ray_head
+
+    with ray_head(tmp_path / "other-ray", num_cpus=1) as head:
+        yield head
+
+
 def study(outcome, cell: str = CELL) -> optuna.Study:
     return optuna.load_study(
         study_name=f"{outcome.folder.sweep_id}:{cell}",
@@ -56,7 +65,9 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
     assert f"{best['top1_median_last10']:.2f} (n=1)" in outcome.outputs["markdown"].read_text()
 
 
-def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(tmp_path):
+def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(
+    tmp_path, another_ray_on_this_machine
+):
     epochs, samples = 3, 5
     spec = tiny_spec(
         "tpe-asha",
@@ -111,3 +122,5 @@ def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(tmp_path):
     statuses = sorted(r.info.status for r in runs if r.info.run_id != state["parent_run_id"])
     assert statuses.count("KILLED") == len(pruned)
     assert statuses.count("FINISHED") == 2 * samples - len(pruned)
+    # The stopped trials' workers gave their CPUs back (checked after each test, conftest.py),
+    # although Ray's helper that frees them could have taken the other Ray for this one.
