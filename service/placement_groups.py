@@ -5,14 +5,15 @@ controller actor. A placement group lives until its creator job *and* creator ac
 dead, so when Tune stops a trial (ASHA, a lost driver) and the controller dies with it, the
 group is held until the sweep's own driver ends. Ray Train frees it from a detached
 ``PlacementGroupCleaner`` in the common case, but not when the controller, already told to exit,
-restarts its worker group while it drains (Ray 2.60: seen under load, when the dying trial's
-workers die before the controller does): that new group has no cleaner, and the sweep's later
-trials wait for its resources forever.
+restarts its worker group while it drains (Ray 2.60, seen under load: the dying trial's workers
+die first, the controller retries, and its new group is registered after GCS has already
+marked the controller dead): that group has no cleaner and is never marked orphaned by GCS, so
+the sweep's later trials could wait for its resources forever.
 
 ``release_orphaned_placement_groups`` removes every group of this job whose creator actor is
-dead: nobody can use such a group any more. It reads the GCS table through Ray's private
-accessor, because the public ``placement_group_table`` leaves out the creator; if that changes,
-it warns once and does nothing.
+dead: nobody can use such a group any more. It reads GCS's tables through Ray's private
+accessors, because the public ``placement_group_table`` leaves out the creator; if they move, it
+warns and does nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def _gcs_table() -> list[Any] | None:
         return None
 
 
+def _actor_is_dead(actor_id: bytes) -> bool:
+    """Whether GCS has the actor as DEAD (or has forgotten it, as it does dead ones in time)."""
+    from ray._private.state import state
+
+    info = state.actor_table(ray.ActorID(actor_id).hex())
+    return not info or info.get("State") == "DEAD"
+
+
 def orphaned_placement_groups() -> list[str]:
     """Ids (hex) of this job's placement groups that hold resources for a dead creator actor."""
     table = _gcs_table()
@@ -50,16 +59,17 @@ def orphaned_placement_groups() -> list[str]:
         return []
     job = ray.get_runtime_context().get_job_id()
     states = {value: name for name, value in _state_values().items()}
-    # Tune's own trial groups are made by the driver, not an actor: their creator actor is nil
-    # (and counts as dead).
     return [
         row.placement_group_id.hex()
         for row in table
         if row.creator_job_id.hex() == job
-        and not ray.ActorID(row.creator_actor_id).is_nil()
-        and row.creator_actor_dead
-        and not row.is_detached
         and states.get(row.state) in HOLDING
+        and not row.is_detached
+        # Tune's own trial groups are made by the driver: their creator actor is nil.
+        and not ray.ActorID(row.creator_actor_id).is_nil()
+        # GCS marks a group's creator dead when the actor dies; a group the actor asked for
+        # while it was being killed is registered after that, and is never marked.
+        and (row.creator_actor_dead or _actor_is_dead(row.creator_actor_id))
     ]
 
 
