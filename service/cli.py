@@ -139,6 +139,8 @@ def _print_outcome(outcome) -> None:
             console.print(f"  the log: dmsweep logs {folder.path} {record['trial_id']}")
     for name, path in outcome.outputs.items():
         console.print(f"{name}: {path}")
+    for problem in outcome.tracking_problems:
+        console.print(f"[yellow]not in MLflow[/]: {problem}", highlight=False)
     state = folder.read_state()
     console.print(f"MLflow: {state['tracking']['uri']} (open it with `dmsweep ui`)")
     if outcome.interrupted:

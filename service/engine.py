@@ -71,6 +71,8 @@ class SweepOutcome:
     interrupted: bool
     outputs: dict[str, Path] = field(default_factory=dict)
     best: list[dict[str, Any]] = field(default_factory=list)
+    # what the tracking server could not store (the files are on disk all the same)
+    tracking_problems: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -317,11 +319,13 @@ def finish(
         outputs["best"] = best_file
     status = "interrupted" if interrupted else ("failed" if counts["failed"] else "succeeded")
     folder.update_state(status=status, counts=counts)
+    problems: list[str] = []
     if track is not None and not interrupted:
-        tracking.finish_sweep(
+        problems = tracking.finish_sweep(
             track, outputs, counts, status="FAILED" if counts["failed"] else "FINISHED"
         )
-    return SweepOutcome(folder, counts, interrupted, outputs, best)
+        folder.update_state(tracking_problems=problems)
+    return SweepOutcome(folder, counts, interrupted, outputs, best, problems)
 
 
 def write_sweep_report(

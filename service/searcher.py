@@ -87,6 +87,7 @@ class CellStudies(Searcher):
         self._issued = {plan.name: 0 for plan in plans}
         self._asked: dict[str, tuple[str, int]] = {}  # Tune trial id -> (study, trial number)
         self._done: set[str] = set()
+        self._last_step: dict[str, int] = {}  # Tune trial id -> the last step reported
         self._studies: dict[str, optuna.Study] = {}
         self._storage: optuna.storages.RDBStorage | None = None
 
@@ -143,7 +144,14 @@ class CellStudies(Searcher):
         if trial_id not in self._asked or self.metric not in result:
             return
         _, trial = self._trial(trial_id)
-        trial.report(float(result[self.metric]), step=int(result.get("epoch", 0)))
+        self._report(trial_id, trial, float(result[self.metric]), int(result.get("epoch", 0)))
+
+    def _report(self, trial_id: str, trial: optuna.Trial, value: float, step: int) -> None:
+        # Tune hands the last result to on_trial_complete, and sometimes to on_trial_result
+        # first: Optuna keeps the first value of a step and warns of the second.
+        if self._last_step.get(trial_id) != step:
+            trial.report(value, step=step)
+            self._last_step[trial_id] = step
 
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
@@ -156,8 +164,7 @@ class CellStudies(Searcher):
         plan = self._plans[self._asked[trial_id][0]]
         value = None if result is None else result.get(self.metric)
         if value is not None and "epoch" in result:
-            # The result that ends a trial comes here, not through on_trial_result.
-            trial.report(float(value), step=int(result["epoch"]))
+            self._report(trial_id, trial, float(value), int(result["epoch"]))
         try:
             if error or (value is None and result is not None and "epoch" in result):
                 study.tell(trial, state=TrialState.FAIL)

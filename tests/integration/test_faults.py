@@ -303,3 +303,7 @@ def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path)
     assert outcome.outputs["markdown"].is_file()
     assert parent.info.status == "FAILED"
     assert str(artifact_root) in parent.data.tags["dmsweep.artifact_error.report"]
+    # ... and so do the sweep's state and outcome (`dmsweep run` prints them).
+    assert outcome.tracking_problems
+    assert all(str(artifact_root) in problem for problem in outcome.tracking_problems)
+    assert outcome.folder.read_state()["tracking_problems"] == outcome.tracking_problems
