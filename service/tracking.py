@@ -200,7 +200,11 @@ def start_sweep(
             tags={SWEEP_ID_TAG: sweep_id, "dmsweep.kind": "sweep", **tags, **provenance()},
         )
     )
-    client.log_artifact(run.info.run_id, str(spec_file))
+    try:
+        retrying(lambda: client.log_artifact(run.info.run_id, str(spec_file)))
+    except Exception as error:  # the spec is in the sweep folder all the same
+        problem = _artifact_error(client, run.info.run_id, spec_file.name, error)
+        logger.warning("tracking: %s", problem)
     return Tracking(uri, experiment_id, run.info.run_id, sweep_id)
 
 
