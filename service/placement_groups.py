@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 HOLDING = frozenset({"PENDING", "CREATED", "RESCHEDULING"})
 CHECK_EVERY_S = 2.0
+END_WAIT_S = 20.0
 
 
 def _gcs_table() -> list[Any] | None:
@@ -52,25 +53,31 @@ def _actor_is_dead(actor_id: bytes) -> bool:
     return not info or info.get("State") == "DEAD"
 
 
-def orphaned_placement_groups() -> list[str]:
-    """Ids (hex) of this job's placement groups that hold resources for a dead creator actor."""
+def _actors_groups() -> dict[str, bool]:
+    """Groups of this job that hold resources for an actor: id (hex) -> whether it is dead."""
     table = _gcs_table()
     if table is None:
-        return []
+        return {}
     job = ray.get_runtime_context().get_job_id()
     states = {value: name for name, value in _state_values().items()}
-    return [
-        row.placement_group_id.hex()
+    return {
+        row.placement_group_id.hex(): (
+            # GCS marks a group's creator dead when the actor dies; a group the actor asked
+            # for while it was being killed is registered after that, and is never marked.
+            row.creator_actor_dead or _actor_is_dead(row.creator_actor_id)
+        )
         for row in table
         if row.creator_job_id.hex() == job
         and states.get(row.state) in HOLDING
         and not row.is_detached
         # Tune's own trial groups are made by the driver: their creator actor is nil.
         and not ray.ActorID(row.creator_actor_id).is_nil()
-        # GCS marks a group's creator dead when the actor dies; a group the actor asked for
-        # while it was being killed is registered after that, and is never marked.
-        and (row.creator_actor_dead or _actor_is_dead(row.creator_actor_id))
-    ]
+    }
+
+
+def orphaned_placement_groups() -> list[str]:
+    """Ids (hex) of this job's placement groups that hold resources for a dead creator actor."""
+    return [pg_id for pg_id, dead in _actors_groups().items() if dead]
 
 
 def _state_values() -> dict[str, int]:
@@ -97,20 +104,35 @@ def release_orphaned_placement_groups() -> list[str]:
 
 
 class PlacementGroupReaper(tune.Callback):
-    """A Tune callback of the sweep's driver: releases orphaned groups as the sweep goes on."""
+    """A Tune callback of the sweep's driver: releases orphaned groups as the sweep goes on.
 
-    def __init__(self, every_s: float = CHECK_EVERY_S) -> None:
+    At the end it waits up to ``end_wait_s`` for the controllers of the last stopped trials
+    to die, and releases their groups too: a stop can be Tune's last act before ``fit``
+    returns, and a driver that goes on (a notebook, a test session) would keep them.
+    """
+
+    def __init__(self, every_s: float = CHECK_EVERY_S, end_wait_s: float = END_WAIT_S) -> None:
         self.every_s = every_s
+        self.end_wait_s = end_wait_s
         self._next = 0.0
         self.released: list[str] = []
 
-    def on_step(self, iteration: int, trials: list, **info: Any) -> None:
-        """Each turn of Tune's loop, at most every ``every_s`` seconds."""
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """After each turn of Tune's loop, at most every ``every_s`` seconds."""
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self.every_s
             self.released += release_orphaned_placement_groups()
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Once more when the last trial has ended."""
-        self.released += release_orphaned_placement_groups()
+        """Until no trial's controller holds a group, or ``end_wait_s`` has passed."""
+        deadline = time.monotonic() + self.end_wait_s
+        while True:
+            self.released += release_orphaned_placement_groups()
+            alive = list(_actors_groups())
+            if not alive:
+                return
+            if time.monotonic() > deadline:
+                log.warning("placement groups still held by live actors: %s", alive)
+                return
+            time.sleep(0.5)

@@ -7,10 +7,12 @@ import time
 
 import pytest
 import ray
+from ray import tune
 from ray._private.state import state
 from ray.util import placement_group, placement_group_table, remove_placement_group
 
 from service.placement_groups import (
+    PlacementGroupReaper,
     _gcs_table,
     orphaned_placement_groups,
     release_orphaned_placement_groups,
@@ -122,3 +124,8 @@ def test_a_group_asked_for_by_an_actor_being_killed_is_released():
     assert state_of(orphan) == "CREATED"
     assert release_orphaned_placement_groups() == [orphan]
     assert wait_for(lambda: state_of(orphan) == "REMOVED")
+
+
+def test_the_reaper_listens_to_hooks_tune_calls():
+    hooks = [name for name in vars(PlacementGroupReaper) if name.startswith("on_")]
+    assert hooks and all(callable(getattr(tune.Callback, name, None)) for name in hooks), hooks
