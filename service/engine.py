@@ -38,7 +38,7 @@ from ray import tune
 from service import tracking
 from service.capacity import autoscaling_nodes, resource_problems
 from service.placement_groups import PlacementGroupReaper
-from service.ray_options import HEALTH_CHECK_INTERVAL_S, SLOT, ray_init_options
+from service.ray_options import SLOT, ray_init_options
 from service.report import write_report
 from service.scheduler import StudyASHA
 from service.searcher import CellStudies, StudyPlan
@@ -94,7 +94,6 @@ def connect(spec: SweepSpec, address: str | None = None) -> None:
     The local Ray gets one ``trial_slot`` per trial that fits its CPUs; a Ray already started in
     this process (tests, notebooks) is used as it is. The options: ``service.ray_options``.
     """
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     # The sweep draws its own progress; Tune's tables would interleave with it.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():

@@ -58,8 +58,10 @@ def _actors_groups() -> dict[str, bool]:
     table = _gcs_table()
     if table is None:
         return {}
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    holding = {PlacementGroupTableData.PlacementGroupState.Value(name) for name in HOLDING}
     job = ray.get_runtime_context().get_job_id()
-    states = {value: name for name, value in _state_values().items()}
     return {
         row.placement_group_id.hex(): (
             # GCS marks a group's creator dead when the actor dies; a group the actor asked
@@ -68,7 +70,7 @@ def _actors_groups() -> dict[str, bool]:
         )
         for row in table
         if row.creator_job_id.hex() == job
-        and states.get(row.state) in HOLDING
+        and row.state in holding
         and not row.is_detached
         # Tune's own trial groups are made by the driver: their creator actor is nil.
         and not ray.ActorID(row.creator_actor_id).is_nil()
@@ -80,27 +82,30 @@ def orphaned_placement_groups() -> list[str]:
     return [pg_id for pg_id, dead in _actors_groups().items() if dead]
 
 
-def _state_values() -> dict[str, int]:
-    from ray.core.generated import gcs_pb2
-
-    return dict(gcs_pb2.PlacementGroupTableData.PlacementGroupState.items())
-
-
-def release_orphaned_placement_groups() -> list[str]:
-    """Remove this job's placement groups whose creator actor is dead; their ids."""
+def remove_placement_group_by_id(pg_id: str) -> None:
+    """``ray.util.remove_placement_group`` for a group known by its hex id."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
+    remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+
+
+def _release(pg_ids: list[str]) -> list[str]:
     released = []
-    for pg_id in orphaned_placement_groups():
+    for pg_id in pg_ids:
         try:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            remove_placement_group_by_id(pg_id)
         except Exception as error:  # removed meanwhile by Ray's own cleaner
             log.debug("placement group %s not removed: %s", pg_id, error)
             continue
         log.info("released placement group %s: its Train controller is dead", pg_id)
         released.append(pg_id)
     return released
+
+
+def release_orphaned_placement_groups() -> list[str]:
+    """Remove this job's placement groups whose creator actor is dead; their ids."""
+    return _release(orphaned_placement_groups())
 
 
 class PlacementGroupReaper(tune.Callback):
@@ -128,8 +133,9 @@ class PlacementGroupReaper(tune.Callback):
         """Until no trial's controller holds a group, or ``end_wait_s`` has passed."""
         deadline = time.monotonic() + self.end_wait_s
         while True:
-            self.released += release_orphaned_placement_groups()
-            alive = list(_actors_groups())
+            groups = _actors_groups()
+            self.released += _release([pg_id for pg_id, dead in groups.items() if dead])
+            alive = [pg_id for pg_id, dead in groups.items() if not dead]
             if not alive:
                 return
             if time.monotonic() > deadline:

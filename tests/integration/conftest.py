@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -17,7 +16,6 @@ def local_ray() -> Iterator[None]:
 
     from service.ray_options import ray_init_options
 
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
     ray.init(**ray_init_options("local", slots=TRIAL_SLOTS, num_cpus=RAY_CPUS))
     yield
     ray.shutdown()
@@ -55,12 +53,10 @@ def _shared_ray_left_clean(request):
         return
     held = _held_placement_groups(wait_s=30)
     if held:
-        from ray._raylet import PlacementGroupID
-        from ray.util import remove_placement_group
-        from ray.util.placement_group import PlacementGroup
+        from service.placement_groups import remove_placement_group_by_id
 
         for pg_id in held:
-            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+            remove_placement_group_by_id(pg_id)
         pytest.fail(f"{request.node.name} left placement groups in Ray: {held}")
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import sys
 import threading
 import time
@@ -26,14 +25,8 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_nodes
 
 from service.engine import run_sweep
-from service.ray_options import ray_init_options
+from service.ray_options import free_local_port, ray_init_options
 from service.spec import spec_from_dict
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def on_node(log: str, node_id: str) -> bool:
@@ -75,7 +68,7 @@ def main(spec_file: str, storage: str) -> None:
             # dead, so the worker placement group of that driver's trial is never freed and
             # the trial's retry waits for a CPU forever.
             "include_dashboard": True,
-            "dashboard_port": free_port(),
+            "dashboard_port": free_local_port(),
             "dashboard_agent_listen_port": None,
         },
     )

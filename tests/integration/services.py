@@ -23,7 +23,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from typing import TypeVar
 
 from sweep_helpers import session_processes
 
+from service.ray_options import free_local_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtual environment's scripts (mlflow, ray)
 T = TypeVar("T")
@@ -48,11 +49,7 @@ SCHEME = "postgresql+psycopg2"
 # --- ports, HTTP, processes ----------------------------------------------------------------
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now (the OS's choice; free until someone takes it)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+free_port = free_local_port  # a port of 127.0.0.1 nobody listens on now
 
 
 @dataclass
