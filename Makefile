@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # The integration tests run Debian's PostgreSQL (the service's store, MLflow's backend) and
 # Chromium (the MLflow UI in a browser); installed only when missing.

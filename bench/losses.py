@@ -14,28 +14,19 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# `python bench/<name>.py` puts only bench/ on sys.path; tests.support lives in the repo root.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 from _timing import devices, median_seconds, setup
 from resnet_step import resnet18_step_seconds
 from rich.console import Console
 from rich.table import Table
 
+from tests.support.dm_reference import textbook_dm_ce
 from trainers import losses
 
 BATCH = 256
-
-
-def textbook_dm_ce(logits, y_a, y_b, lam, eta):
-    """DM(CE) written the obvious way: two masked logsumexps, autograd for the backward."""
-    log_p = F.log_softmax(logits, dim=1)
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    mce = -(lam * log_p[rows, y_a] + (1 - lam) * log_p[rows, y_b])
-    lse_without_b = torch.logsumexp(logits.scatter(1, y_b[:, None], float("-inf")), dim=1)
-    lse_without_a = torch.logsumexp(logits.scatter(1, y_a[:, None], float("-inf")), dim=1)
-    decoupled = lse_without_b - logits[rows, y_a] + lse_without_a - logits[rows, y_b]
-    return (mce + eta * torch.where(y_a != y_b, decoupled, 0.0)).mean()
 
 
 def loss_steps(num_classes: int, device: torch.device):

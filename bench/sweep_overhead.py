@@ -36,7 +36,6 @@ import math
 import os
 import re
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+# `python bench/<name>.py` puts only bench/ on sys.path; tests.support lives in the repo root.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from tests.support import REPO
+from tests.support.processes import end_session
+
 RESULT = "SWEEP_OVERHEAD_RESULT "
 OURS_INTERVAL = 0.2  # service.engine.HEALTH_CHECK_INTERVAL_S
 RAY_INTERVAL = 2.0  # Ray Train's default
@@ -101,7 +105,8 @@ def calibrate(cpus: float, seconds: float) -> tuple[int, float]:
     """
     import torch
 
-    from service.spec import spec_from_dict, trials
+    from service.spec.cells import trials
+    from service.spec.reading import spec_from_dict
     from trainers.loop import build_trial, train_step
 
     torch.set_num_threads(max(1, int(cpus)))
@@ -155,26 +160,34 @@ def _spans(events: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     ]
 
 
+def trial_clock(events: dict[str, dict[str, float]]) -> Any:
+    """A Tune callback writing when the driver sees each trial start and end into ``events``."""
+    from ray import tune
+
+    class Clock(tune.Callback):
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            events.setdefault(trial.trial_id, {}).setdefault("start", time.perf_counter())
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
+            events.setdefault(trial.trial_id, {})["end"] = time.perf_counter()
+
+        on_trial_error = on_trial_complete
+
+    return Clock()
+
+
 def child_engine(raw: dict[str, Any], interval: float) -> dict[str, Any]:
     """The spec through ``service.engine.run_sweep``, on a Ray this process starts."""
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(interval)  # read by connect()
     import ray
     import yaml
 
-    from service.engine import connect, run_sweep
-    from service.spec import spec_from_dict
-    from service.sweep_folder import SweepFolder
+    from service.results.folder import SweepFolder
+    from service.spec.reading import spec_from_dict
+    from service.sweep.engine import connect, run_sweep
 
     spec = spec_from_dict(raw)
     events: dict[str, dict[str, float]] = {}
-
-    def on_change(event: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        times = events.setdefault(event["trial_id"], {})
-        if event["event"] == "start":
-            times.setdefault("start", now)
-        elif event["event"] in ("complete", "error"):
-            times["end"] = now
 
     started = time.perf_counter()
     connect(spec)  # ray.init(), as `dmsweep run` starts its local Ray
@@ -183,7 +196,7 @@ def child_engine(raw: dict[str, Any], interval: float) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as storage:
             started = time.perf_counter()
             text = yaml.safe_dump(raw, sort_keys=False)
-            outcome = run_sweep(spec, text, storage_path=storage, on_change=on_change)
+            outcome = run_sweep(spec, text, storage_path=storage, callbacks=[trial_clock(events)])
             wall = time.perf_counter() - started
             folder = SweepFolder(outcome.folder.path)
             trials = _spans(events)
@@ -218,21 +231,13 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray import tune
 
-    from service.ray_options import ray_init_options
-    from service.spec import spec_from_dict, trials
+    from service.spec.cells import trials
+    from service.spec.reading import spec_from_dict
+    from service.sweep.ray_setup import ray_init_options
 
     spec = spec_from_dict(raw)
     configs = [config.model_dump(mode="json") for _, _, config in trials(spec)]
     events: dict[str, dict[str, float]] = {}
-
-    class Clock(tune.Callback):
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            events.setdefault(trial.trial_id, {}).setdefault("start", time.perf_counter())
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any):
-            events.setdefault(trial.trial_id, {})["end"] = time.perf_counter()
-
-        on_trial_error = on_trial_complete
 
     started = time.perf_counter()
     ray.init(**ray_init_options("local", slots=1))  # as service.engine.connect starts one
@@ -245,7 +250,7 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
                 param_space={"trial": tune.grid_search(configs)},
                 tune_config=tune.TuneConfig(max_concurrent_trials=1),
                 run_config=tune.RunConfig(
-                    name="plain", storage_path=storage, callbacks=[Clock()], verbose=0
+                    name="plain", storage_path=storage, callbacks=[trial_clock(events)], verbose=0
                 ),
             )
             started = time.perf_counter()
@@ -269,35 +274,6 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 # --- the parent ---------------------------------------------------------------------------------
-
-
-def _session_processes(session_id: int) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z" and os.getsid(int(entry.name)) == session_id:
-                    pids.append(int(entry.name))
-            except (OSError, IndexError):
-                continue
-    return pids
-
-
-def _end_session(session_id: int) -> int:
-    """End what is left of a child's session (its Ray, should it outlive the child)."""
-    deadline = time.monotonic() + 10  # Ray's own processes end shortly after ray.shutdown()
-    while _session_processes(session_id) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = _session_processes(session_id)
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in _session_processes(session_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + 10
-        while _session_processes(session_id) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    return len(left)
 
 
 def run_child(
@@ -325,7 +301,9 @@ def run_child(
             child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             notes.append(f"{kind} (interval {interval:g} s): no result within {timeout:.0f} s")
-        left = _end_session(child.pid)
+        # What is left of the child's session is its Ray, should it outlive the child: Ray's own
+        # processes end shortly after ray.shutdown(), so they get 10 s before any signal.
+        left = end_session(child.pid, wait_s=10, grace_s=10)
         child.wait()
         if left:
             notes.append(f"{kind} (interval {interval:g} s): {left} process(es) outlived the child")

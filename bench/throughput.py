@@ -16,14 +16,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# `python bench/<name>.py` puts only bench/ on sys.path; tests.support lives in the repo root.
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from _timing import devices, median_seconds, setup
 from rich.console import Console
 from rich.table import Table
 
+from tests.support.real_data import cifar10_archive, unpack_cifar10_jpg
 from trainers.augment import TrainAugment, mean_std
 from trainers.backbones import build_backbone
 from trainers.config import TrainConfig
@@ -39,7 +40,6 @@ from trainers.loop import build_trial, train_step
 from trainers.recipes import get_recipe
 
 BATCH = 100
-SHARED = Path(os.environ.get("DMSWEEP_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
 def trial_config(backbone: str, device: torch.device, loss: str = "dm_ce") -> TrainConfig:
@@ -160,17 +160,16 @@ def main() -> None:
 
     if args.no_data:
         return
-    archive = SHARED / "data" / "cifar10-jpg.tar.gz"
+    archive = cifar10_archive()
     if not archive.is_file():
         console.print(f"data path: skipped, {archive} is not there")
         return
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(archive) as packed:
-            packed.extractall(tmp, filter="data")
+        cifar_root = unpack_cifar10_jpg(Path(tmp))
         table = Table(title="data path alone, 50,000 CIFAR-10 train images, CPU")
         table.add_column("path")
         table.add_column("images/s", justify="right")
-        for name, rate in data_throughput(Path(tmp) / "cifar10-jpg", Path(tmp)).items():
+        for name, rate in data_throughput(cifar_root, Path(tmp)).items():
             table.add_row(name, f"{rate:.0f}")
         console.print(table)
 

@@ -16,18 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from api_server import AUTH, TOKEN, YAML, Served
 
-from service.api import create_app
-from service.settings import ServiceSettings
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("api"))
-    served.start()
-    yield served
-    served.stop()
+from service.server.app import create_app
+from service.server.settings import ServiceSettings
+from tests.support.api_server import AUTH, TOKEN, YAML, Served
 
 
 @pytest.fixture
@@ -53,6 +45,17 @@ def spec_text(name: str = "api-smoke", **changes) -> str:
     return yaml.safe_dump(spec)
 
 
+def one_cell_grid(dataset: str) -> dict:
+    """A grid of one cell on ``dataset``: smallnet, mixup, MCE, seed 0."""
+    return {
+        "dataset": [dataset],
+        "backbone": ["smallnet"],
+        "method": ["mixup"],
+        "loss": ["mce"],
+        "seeds": [0],
+    }
+
+
 def refused(served: Served, client: httpx.Client, body, headers, status: int) -> httpx.Response:
     """Send a submit that must be refused with ``status``; check it created nothing."""
     before = served.created()
@@ -64,6 +67,13 @@ def refused(served: Served, client: httpx.Client, body, headers, status: int) ->
 
 def problems(response: httpx.Response) -> dict[str, str]:
     return {d["loc"]: d["msg"] for d in response.json()["detail"]}
+
+
+def refused_naming(served: Served, client: httpx.Client, text: str, field: str, words: str):
+    """A spec refused with 422 whose problem at ``field`` says ``words``."""
+    found = problems(refused(served, client, text, YAML, 422))
+    assert field in found, found
+    assert words in found[field]
 
 
 # --- auth -----------------------------------------------------------------------------------
@@ -156,13 +166,7 @@ def test_submit_json(client):
 def test_data_root_given_relative_is_resolved_under_the_data_root(served, client):
     body = spec_text(
         "relative-root",
-        grid={
-            "dataset": ["cifar10"],
-            "backbone": ["smallnet"],
-            "method": ["mixup"],
-            "loss": ["mce"],
-            "seeds": [0],
-        },
+        grid=one_cell_grid("cifar10"),
         data={"cifar10": {"root": "cifar10"}},
     )
     response = client.post("/sweeps", content=body, headers=YAML)
@@ -250,20 +254,11 @@ def test_deep_nesting_is_refused(served, client):
     ],
 )
 def test_invalid_settings_are_422_naming_the_field(served, client, changes, field, words):
-    response = refused(served, client, spec_text(**changes), YAML, 422)
-    found = problems(response)
-    assert field in found, found
-    assert words in found[field]
+    refused_naming(served, client, spec_text(**changes), field, words)
 
 
 def test_unknown_names_list_what_is_allowed(served, client):
-    grid = {
-        "dataset": ["imagenet-22k"],
-        "backbone": ["smallnet"],
-        "method": ["mixup"],
-        "loss": ["mce"],
-        "seeds": [0],
-    }
+    grid = one_cell_grid("imagenet-22k")
     response = refused(served, client, spec_text(grid=grid), YAML, 422)
     (field, message), *_ = problems(response).items()
     assert field.startswith("grid.dataset")
@@ -290,10 +285,7 @@ def test_unknown_names_list_what_is_allowed(served, client):
     ],
 )
 def test_paths_outside_the_service_roots_are_422(served, client, changes, field, words):
-    response = refused(served, client, spec_text(**changes), YAML, 422)
-    found = problems(response)
-    assert field in found, found
-    assert words in found[field]
+    refused_naming(served, client, spec_text(**changes), field, words)
 
 
 def test_a_symlink_out_of_the_data_root_is_refused(served, client):
@@ -307,13 +299,7 @@ def test_a_symlink_out_of_the_data_root_is_refused(served, client):
 
 
 def test_missing_data_folder_is_422(served, client):
-    grid = {
-        "dataset": ["cifar100"],
-        "backbone": ["smallnet"],
-        "method": ["mixup"],
-        "loss": ["mce"],
-        "seeds": [0],
-    }
+    grid = one_cell_grid("cifar100")
     response = refused(served, client, spec_text(grid=grid), YAML, 422)
     message = problems(response)["data.cifar100.root"]
     assert str(served.data / "cifar100") in message and "does not exist" in message

@@ -1,30 +1,23 @@
 """Bad input is refused up front, through the CLI and through the API, and creates nothing.
 
-The cases are the README's troubleshooting table (tests/bad_inputs.py). What only shows when
-data is read (an unreadable image, a pickle of the wrong shape) and what needs a cluster (more
-GPUs than it has) are in tests/integration/test_bad_input_runtime.py.
+The cases are the README's troubleshooting table (tests/support/bad_inputs.py). What only shows
+when data is read (an unreadable image, a pickle of the wrong shape) and what needs a cluster
+(more GPUs than it has) are in tests/integration/test_bad_input_runtime.py.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from api_server import AUTH, YAML, Served
-from bad_inputs import CASES, README_CASES, Case, changed
 from typer.testing import CliRunner
 
 from service.cli import app
+from tests.support.api_server import AUTH, YAML, Served
+from tests.support.bad_inputs import CASES, README_CASES, Case, changed, flat
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def flat(text: str) -> str:
-    """Rich wraps long lines; compare words with single spaces."""
-    return re.sub(r"\s+", " ", text)
 
 
 def cli_refuses(tmp_path: Path, text: str, *words: str) -> None:
@@ -50,14 +43,6 @@ def api_refuses(served: Served, text: str, status: int, *words: str) -> None:
     for word in words:
         assert word in detail, (word, detail)
     assert served.created() == before
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[Served]:
-    served = Served(tmp_path_factory.mktemp("bad-input-api"))
-    served.start()
-    yield served
-    served.stop()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

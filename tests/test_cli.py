@@ -200,7 +200,7 @@ def test_the_field_reference_is_current():
     assert result.stdout == (REPO / "search_spaces/REFERENCE.md").read_text(), (
         "regenerate it: dmsweep schema --markdown > search_spaces/REFERENCE.md"
     )
-    from service.spec import SweepSpec
+    from service.spec.model import SweepSpec
 
     for name in SweepSpec.model_fields:
         assert f"| `{name}` |" in result.stdout

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.support.real_data import unpack_cifar10_jpg
 from trainers.data import (
     DATASETS,
     ImageFiles,
@@ -160,8 +161,6 @@ def test_open_dataset_defaults_the_root_to_the_data_root_variable(monkeypatch, t
 
 
 def test_missing_real_data_fails_naming_the_archive(monkeypatch, tmp_path):
-    from real_data import unpack_cifar10_jpg
-
     monkeypatch.setenv("DMSWEEP_SHARED", str(tmp_path / "elsewhere"))
     expected = str(tmp_path / "elsewhere" / "data" / "cifar10-jpg.tar.gz")
     with pytest.raises(pytest.fail.Exception, match=re.escape(expected) + " is missing"):

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.dm_reference import textbook_dm_ce
+from tests.support.training import Recorder, synthetic_trial, whole_interrupted_resumed
 from trainers import losses
 from trainers.mixing import INTERPOLATION_BASED, POLICIES
 
@@ -115,8 +117,6 @@ def test_policies_reject_a_cpu_generator_for_a_cuda_batch(cuda):
 
 
 def test_the_training_loop_runs_on_cuda(cuda):
-    from test_loop import Recorder, synthetic_trial
-
     from trainers.loop import run
 
     recorder = Recorder()
@@ -141,17 +141,6 @@ def test_train_augment_on_cuda_is_reproducible(cuda, recipe):
 # --------------------------------------------------------------------------- losses, in depth
 
 
-def _textbook_dm_ce(z, y_a, y_b, lam, eta):
-    """DM(CE) the obvious way (two masked logsumexps), differentiated by autograd."""
-    log_p = torch.log_softmax(z, dim=1)
-    rows = torch.arange(z.shape[0], device=z.device)
-    mce = -(lam * log_p[rows, y_a] + (1 - lam) * log_p[rows, y_b])
-    lse_without_b = torch.logsumexp(z.scatter(1, y_b[:, None], float("-inf")), dim=1)
-    lse_without_a = torch.logsumexp(z.scatter(1, y_a[:, None], float("-inf")), dim=1)
-    decoupled = lse_without_b - z[rows, y_a] + lse_without_a - z[rows, y_b]
-    return (mce + eta * torch.where(y_a != y_b, decoupled, 0.0)).mean()
-
-
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 @pytest.mark.parametrize("per_sample", [True, False])
 def test_dm_ce_on_cuda_matches_cpu_and_the_textbook_form_in_float64(cuda, scale, per_sample):
@@ -171,7 +160,7 @@ def test_dm_ce_on_cuda_matches_cpu_and_the_textbook_form_in_float64(cuda, scale,
 
     z_ref = z.detach().clone().requires_grad_(True)
     lam_ref = lam if per_sample else torch.full((48,), lam, dtype=torch.float64, device=cuda)
-    reference = _textbook_dm_ce(z_ref, a, b, lam_ref, 0.7)
+    reference = textbook_dm_ce(z_ref, a, b, lam_ref, 0.7)
     (grad_ref,) = torch.autograd.grad(reference, z_ref)
     torch.testing.assert_close(on_gpu, reference, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(grad_gpu, grad_ref, rtol=1e-8, atol=1e-12)
@@ -264,8 +253,6 @@ def test_policies_on_cuda_are_reproducible_and_true_on_non_square_images(name):
 
 @pytest.mark.parametrize("method", ["cutmix", "mixup", "fmix", "saliencymix", "manifoldmix"])
 def test_a_training_step_on_cuda_does_not_synchronise(cuda, method):
-    from test_loop import synthetic_trial
-
     from trainers.loop import build_trial, train_step
 
     trial = build_trial(synthetic_trial(device="cuda", mixing={"method": method, "alpha": 1.0}))
@@ -283,18 +270,11 @@ def test_a_training_step_on_cuda_does_not_synchronise(cuda, method):
 
 
 def test_amp_training_on_cuda_resumes_from_its_checkpoint(tmp_path):
-    from test_loop import Recorder, synthetic_trial
-
-    from trainers.loop import load_checkpoint, run
+    from trainers.loop import load_checkpoint
 
     trial = synthetic_trial(device="cuda", epochs=3, recipe_overrides={"amp": True})
-    whole = Recorder(keep=tmp_path / "whole")
-    run(trial, whole)
-    interrupted = Recorder(keep=tmp_path / "interrupted", stop_after=2)
-    with pytest.raises(KeyboardInterrupt):
-        run(trial, interrupted)
-    resumed = Recorder(keep=tmp_path / "resumed")
-    final = run(trial, resumed, resume_from=interrupted.checkpoints[-1])
+    whole, interrupted, resumed = whole_interrupted_resumed(trial, tmp_path, stop_after=2)
+    final = resumed.metrics[-1]
 
     assert [m["epoch"] for m in resumed.metrics] == [3]
     for metrics in (*whole.metrics, *resumed.metrics):
@@ -329,8 +309,6 @@ def test_amp_training_on_cuda_resumes_from_its_checkpoint(tmp_path):
 def test_the_paper_recipes_train_on_cuda(recipe, loss):
     # DeiT: RandAugment round trip through the CPU, random erasing, EMA, Mixup/CutMix switching.
     # RSB A3: repeated augmentation, LAMB, BCE, fp16 autocast with a grad scaler.
-    from test_loop import Recorder, synthetic_trial
-
     from trainers.loop import run
 
     trial = synthetic_trial(

@@ -2,7 +2,7 @@
 
 Every kustomization is rendered with `kubectl kustomize` (no cluster needed); each object is
 validated against the Kubernetes schemas (kubernetes-validate, strict: unknown fields fail) or
-the KubeRay ones in ../shared/schemas/kubernetes; then the fields the deployment relies on are
+the KubeRay ones in tests/data/kubernetes-schemas; then the fields the deployment relies on are
 checked one by one, since a schema cannot say that a GPU worker has a GPU or that a
 NetworkPolicy keeps Ray's ports inside the namespace.
 """
@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "deploy" / "k8s"
 README = REPO / "deploy" / "README.md"
 DOCKERFILE = REPO / "deploy" / "docker" / "Dockerfile"
-SCHEMAS = REPO.parent / "shared" / "schemas" / "kubernetes"
+SCHEMAS = REPO / "tests" / "data" / "kubernetes-schemas"
 
 NAMESPACE = "dmsweep"
 OPERATOR_NAMESPACE = "kuberay-system"
@@ -114,9 +114,8 @@ def _schemas() -> Path:
     missing = [str(path) for path in needed if not path.is_file()]
     if missing:
         pytest.fail(
-            f"the KubeRay JSON schemas are missing: {', '.join(missing)}. The tests read them from "
-            f"the shared folder beside the repository, {SCHEMAS} (<repo>/../shared/schemas/"
-            "kubernetes, see its README.md); check it out there.",
+            f"the KubeRay JSON schemas are missing: {', '.join(missing)}. They are part of the "
+            f"repository, in {SCHEMAS} (see its README.md): restore them from version control.",
             pytrace=False,
         )
     return SCHEMAS

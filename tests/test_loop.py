@@ -4,8 +4,6 @@ that it learns, that a resumed run is the same run, and that it stops on a broke
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -13,64 +11,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trainers.config import TrainConfig
+from tests.support.ports import free_port
+from tests.support.training import (
+    EPOCH_METRICS,
+    SUMMARY_METRICS,
+    Recorder,
+    synthetic_trial,
+    whole_interrupted_resumed,
+)
 from trainers.loop import NonFiniteLossError, load_checkpoint, run
-
-EPOCH_METRICS = {
-    "epoch",
-    "train_loss",
-    "val_top1",
-    "val_top5",
-    "mixed_top1",
-    "mixed_top2",
-    "lr",
-    "epoch_time_s",
-    "images_per_s",
-}
-
-
-def synthetic_trial(**changes) -> TrainConfig:
-    trial = {
-        "data": {
-            "name": "synthetic",
-            "num_classes": 5,
-            "image_size": 16,
-            "synthetic_images": {"train": 400, "test": 200},
-        },
-        "backbone": {"name": "smallnet"},
-        "mixing": {"method": "cutmix", "alpha": 1.0},
-        "loss": {"name": "dm_ce", "eta": 0.1},
-        "recipe": "smoke",
-        "epochs": 3,
-        "batch_size": 32,
-        "seed": 0,
-    }
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(trial.get(key), dict):
-            trial[key] = {**trial[key], **value}
-        else:
-            trial[key] = value
-    return TrainConfig.model_validate(trial)
-
-
-class Recorder:
-    """A report callback that keeps the metrics and copies every checkpoint it is handed."""
-
-    def __init__(self, keep: Path | None = None, stop_after: int | None = None):
-        self.metrics: list[dict] = []
-        self.checkpoints: list[Path] = []
-        self.keep, self.stop_after = keep, stop_after
-
-    def __call__(self, metrics, checkpoint):
-        self.metrics.append(dict(metrics))
-        if checkpoint is not None:
-            assert (Path(checkpoint) / "state.pt").is_file()
-            if self.keep is not None:
-                target = self.keep / f"epoch{metrics['epoch']}"
-                shutil.copytree(checkpoint, target)
-                self.checkpoints.append(target)
-        if self.stop_after is not None and metrics["epoch"] == self.stop_after:
-            raise KeyboardInterrupt(f"interrupted after epoch {metrics['epoch']}")
 
 
 def test_reports_every_epoch_and_learns(tmp_path):
@@ -78,10 +27,10 @@ def test_reports_every_epoch_and_learns(tmp_path):
     final = run(synthetic_trial(), recorder)
     assert [m["epoch"] for m in recorder.metrics] == [1, 2, 3]
     for metrics in recorder.metrics:
-        assert set(metrics) >= EPOCH_METRICS
+        assert set(metrics) >= {"epoch", *EPOCH_METRICS}
         assert 0 <= metrics["mixed_top2"] <= metrics["mixed_top1"] <= 100
         assert metrics["val_top1"] <= metrics["val_top5"] <= 100
-    assert {"top1_median_last10", "top1_best"} <= set(final)
+    assert set(SUMMARY_METRICS) <= set(final)
     assert final["top1_best"] == max(m["val_top1"] for m in recorder.metrics)
     assert final["top1_median_last10"] == sorted(m["val_top1"] for m in recorder.metrics)[1]
     assert final["val_top1"] > 40  # chance is 20%
@@ -112,13 +61,7 @@ def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
     torch.use_deterministic_algorithms(True)
     try:
         trial = synthetic_trial(epochs=4, checkpoint_every=1)
-        whole = Recorder(keep=tmp_path / "whole")
-        run(trial, whole)
-        interrupted = Recorder(keep=tmp_path / "interrupted", stop_after=2)
-        with pytest.raises(KeyboardInterrupt):
-            run(trial, interrupted)
-        resumed = Recorder(keep=tmp_path / "resumed")
-        run(trial, resumed, resume_from=interrupted.checkpoints[-1])
+        whole, _, resumed = whole_interrupted_resumed(trial, tmp_path, stop_after=2)
     finally:
         torch.use_deterministic_algorithms(False)
     assert [m["epoch"] for m in resumed.metrics] == [3, 4]
@@ -148,12 +91,6 @@ def test_fgsm_error_is_reported_when_asked():
 # --------------------------------------------------------------------------- torch.distributed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(
     rank: int, world_size: int, port: int, out: str, stop_after=None, resume_from=None
 ) -> None:
@@ -173,7 +110,7 @@ def _ddp_worker(
 
 
 def _spawn(out: Path, **options) -> tuple[dict, dict]:
-    args = (2, _free_port(), str(out), options.get("stop_after"), options.get("resume_from"))
+    args = (2, free_port(), str(out), options.get("stop_after"), options.get("resume_from"))
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
 

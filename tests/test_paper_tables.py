@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import csv
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from service import defaults
-from service.report import PAPER_RESULTS, load_paper_results, pivot
-from service.spec import expand, load_spec, spec_from_dict, summary, train_config, trials
+from service.results.paper import PAPER_RESULTS, load_paper_results
+from service.results.pivot import pivot
+from service.spec import defaults
+from service.spec.cells import expand, summary, train_config, trials
+from service.spec.reading import load_spec, spec_from_dict
+from tests.support.paper import table_rows
 from trainers.config import METHODS
 from trainers.recipes import get_recipe
 
@@ -60,21 +62,6 @@ NEW_SPECS: dict[str, tuple[str, str, int, int, set[str], set[str]]] = {
         {"resnet18", "resnext50_32x4d"},
     ),
 }
-
-
-def shared_dir() -> Path:
-    override = os.environ.get("DMSWEEP_SHARED")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared"
-
-
-def paper_lines() -> list[str]:
-    paper = shared_dir() / "paper" / "decoupled-mixup.txt"
-    if not paper.is_file():
-        pytest.fail(
-            f"the paper's text {paper} is missing: these tests need the shared folder beside the "
-            "repository, or DMSWEEP_SHARED pointing at one holding paper/decoupled-mixup.txt"
-        )
-    return paper.read_text(encoding="utf-8").splitlines()
 
 
 def read_csv(table: str) -> list[dict[str, str]]:
@@ -195,20 +182,6 @@ def test_table5_starts_from_local_imagenet_weights() -> None:
 
 # --- (b) the CSVs against the paper's text -------------------------------------------------------
 
-LABELS = {
-    "Vanilla": "vanilla",
-    "Mixup": "mixup",
-    "CutMix": "cutmix",
-    "ManifoldMix": "manifoldmix",
-    "SaliencyMix": "saliencymix",
-    "FMix*": "fmix",
-    "PuzzleMix": "puzzlemix",
-    "ResizeMix*": "resizemix",
-    "AutoMix*": "automix",
-    "SAMix*": "samix",
-    "RSB*": "mixup_cutmix",  # Table 3: RSB A3's Mixup / CutMix switching
-    "DeiT": "mixup_cutmix",  # Table 4: DeiT's Mixup / CutMix switching
-}
 # The columns each table's rows are read as (README.md says why for Tables 3 and 5).
 PAIR = ("mce", "dm_ce")
 COLUMNS = {
@@ -226,26 +199,17 @@ ROWS = {"2": 10, "3": 10, "4": 9, "5": 8}
 
 def paper_table(table: str) -> dict[tuple[str, str, str, str], float]:
     """One table's numbers parsed from the extracted text's tab-separated rows."""
-    lines = paper_lines()
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"Table {table}. "))
+    rows = table_rows(table)
     numbers: dict[tuple[str, str, str, str], float] = {}
-    rows = 0
-    for line in lines[start + 1 :]:
-        if line.startswith("Table ") or (rows and not line.strip()):
-            break
-        label, *values = line.split("\t")
-        if label not in LABELS:
-            continue
-        rows += 1
-        assert len(values) == len(COLUMNS[table]), line
+    for method, values in rows:
+        assert len(values) == len(COLUMNS[table]), (method, values)
         for (dataset, backbone, loss), value in zip(COLUMNS[table], values, strict=True):
             if value == "-":  # Table 2: vanilla has no DM(CE)
                 continue
-            method = LABELS[label]
             # Vanilla does not mix: its MCE-column number is plain CE training.
             loss = "ce" if method == "vanilla" else loss
             numbers[(dataset, backbone, method, loss)] = float(value)
-    assert rows == ROWS[table], f"Table {table}: {rows} rows"
+    assert len(rows) == ROWS[table], f"Table {table}: {len(rows)} rows"
     return numbers
 
 

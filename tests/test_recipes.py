@@ -12,16 +12,9 @@ from timm.optim import Lamb
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from trainers.recipes import (
-    RECIPES,
-    Recipe,
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    epoch_order,
-    get_recipe,
-    scaled_lr,
-)
+from trainers.optim import build_ema, build_optimizer, build_scheduler, scaled_lr
+from trainers.order import epoch_order
+from trainers.recipes import RECIPES, Recipe, get_recipe
 
 # The paper's values, written out again: Sec. 4.1 for CIFAR-100, Tiny-ImageNet and fine-grained,
 # Table 10 for the three ImageNet-1k procedures. Unlisted fields must hold the "not used" value.

@@ -4,31 +4,20 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from service.report import (
-    PAPER_RESULTS,
-    gains_chart,
-    load_paper_results,
-    pivot,
-    read_results,
-    to_html,
-    to_markdown,
-    write_report,
-    write_results,
-)
+from service.results.paper import PAPER_RESULTS, load_paper_results
+from service.results.pivot import pivot
+from service.results.render import gains_chart, to_html, to_markdown
+from service.results.report import write_report
+from service.results.results_file import read_results, write_results
+from tests.support.paper import table_rows
 
 C100_R18_MCE = ("cifar100", "resnet18_cifar", "mce")
 C100_R18_DM = ("cifar100", "resnet18_cifar", "dm_ce")
-
-
-def shared_dir() -> Path:
-    override = os.environ.get("DMSWEEP_SHARED")
-    return Path(override) if override else Path(__file__).resolve().parents[2] / "shared"
 
 
 def trial(method: str, loss: str, seed: int, top1: float | None, **extra: Any) -> dict[str, Any]:
@@ -191,18 +180,7 @@ def test_write_report(tmp_path: Path) -> None:
 
 # --- the paper's numbers ------------------------------------------------------------------------
 
-# Table 1's row labels -> dmsweep's method names; its ten columns in order.
-TABLE1_METHODS = {
-    "Mixup": "mixup",
-    "CutMix": "cutmix",
-    "ManifoldMix": "manifoldmix",
-    "SaliencyMix": "saliencymix",
-    "FMix*": "fmix",
-    "PuzzleMix": "puzzlemix",
-    "ResizeMix*": "resizemix",
-    "AutoMix*": "automix",
-    "SAMix*": "samix",
-}
+# Table 1's ten columns in order.
 TABLE1_COLUMNS = [
     (dataset, backbone, loss)
     for dataset, backbones in (
@@ -216,22 +194,11 @@ TABLE1_COLUMNS = [
 
 def paper_table1() -> dict[tuple[str, str, str, str], float]:
     """Table 1's numbers parsed from the paper's extracted text (its tab-separated rows)."""
-    paper = shared_dir() / "paper" / "decoupled-mixup.txt"
-    if not paper.is_file():
-        pytest.fail(
-            f"the paper's text {paper} is missing: the transcription test needs the shared folder "
-            "beside the repository, or DMSWEEP_SHARED pointing at one holding "
-            "paper/decoupled-mixup.txt"
-        )
-    lines = paper.read_text(encoding="utf-8").splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("Table 1. "))
     numbers = {}
-    for line in lines[start : start + 20]:
-        label, *values = line.split("\t")
-        if label in TABLE1_METHODS:
-            assert len(values) == len(TABLE1_COLUMNS), line
-            for (dataset, backbone, loss), value in zip(TABLE1_COLUMNS, values, strict=True):
-                numbers[(dataset, backbone, TABLE1_METHODS[label], loss)] = float(value)
+    for method, values in table_rows("1"):
+        assert len(values) == len(TABLE1_COLUMNS), (method, values)
+        for (dataset, backbone, loss), value in zip(TABLE1_COLUMNS, values, strict=True):
+            numbers[(dataset, backbone, method, loss)] = float(value)
     return numbers
 
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from service.searcher import CellStudies, StudyPlan
+from service.sweep.searcher import CellStudies, StudyPlan
 
 
 def searcher(tmp_path, epochs: int) -> CellStudies:

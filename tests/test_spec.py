@@ -8,18 +8,11 @@ from typing import Any
 
 import pytest
 
-from service import defaults
-from service.spec import (
-    MAX_TRIALS,
-    expand,
-    json_schema,
-    load_spec,
-    search_space,
-    spec_from_dict,
-    study_name,
-    summary,
-    trials,
-)
+from service.spec import defaults
+from service.spec.cells import expand, search_space, study_name, summary, trials
+from service.spec.model import MAX_TRIALS
+from service.spec.reading import load_spec, spec_from_dict
+from service.spec.reference import json_schema
 from trainers.config import TrainConfig
 
 SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
@@ -373,22 +366,22 @@ def test_search_errors(search: dict[str, Any], path: str, allowed: str) -> None:
 # --- data and schema -----------------------------------------------------------------------------
 
 
-def test_check_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service.spec import check_data
+def test_data_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.spec.data_check import data_problems
 
     monkeypatch.setenv("DMSWEEP_DATA_ROOT", str(tmp_path))
     spec = spec_from_dict(make(dataset=["cifar100", "synthetic"], backbone=["smallnet"]))
-    (problem,) = check_data(spec)
-    assert str(tmp_path / "cifar100") in problem
+    (problem,) = data_problems(spec)
+    assert str(tmp_path / "cifar100") in str(problem)
     (tmp_path / "cifar100").mkdir()
-    assert check_data(spec) == []
+    assert data_problems(spec) == []
     spec = spec_from_dict(make(data={"cifar100": {"root": str(tmp_path / "elsewhere")}}))
-    (problem,) = check_data(spec)
-    assert str(tmp_path / "elsewhere") in problem
+    (problem,) = data_problems(spec)
+    assert str(tmp_path / "elsewhere") in str(problem)
     monkeypatch.delenv("DMSWEEP_DATA_ROOT")
-    assert check_data(load_spec(SPECS / "smoke.yaml")) == []
-    (problem,) = check_data(spec_from_dict(make()))
-    assert "DMSWEEP_DATA_ROOT" in problem
+    assert data_problems(load_spec(SPECS / "smoke.yaml")) == []
+    (problem,) = data_problems(spec_from_dict(make()))
+    assert "DMSWEEP_DATA_ROOT" in str(problem)
 
 
 def test_json_schema() -> None:

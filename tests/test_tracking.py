@@ -6,7 +6,7 @@ import logging
 
 from mlflow import MlflowClient
 
-from service.tracking import start_sweep
+from service.tracking.sweep_runs import start_sweep
 
 
 def test_a_sweep_starts_when_its_spec_cannot_be_stored_and_the_run_says_why(tmp_path, caplog):

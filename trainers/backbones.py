@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import timm
 import torch.nn.functional as F
@@ -55,7 +55,14 @@ PAPER_TIMM_BACKBONES = (
 """The ImageNet-layout networks of the paper's Tables 2-6 and 9, by timm name."""
 
 
-def _check_stage(model: nn.Module, mix_stage: int) -> None:
+class _Staged(Protocol):
+    """A network with ManifoldMix stages, as an attribute or a property."""
+
+    @property
+    def mix_stages(self) -> int: ...
+
+
+def _check_stage(model: _Staged, mix_stage: int) -> None:
     stages = model.mix_stages
     if not 0 <= mix_stage < stages:
         allowed = ", ".join(str(stage) for stage in range(stages))
@@ -83,11 +90,14 @@ class TimmBackbone(nn.Module):
     @property
     def pretrained_cfg(self) -> dict[str, Any]:
         """The timm model's pretrained config (input size, mean and std, classifier name)."""
-        return self.model.pretrained_cfg
+        cfg = self.model.pretrained_cfg
+        assert isinstance(cfg, dict)  # timm's model builder sets a plain dict
+        return cfg
 
     def no_weight_decay(self) -> set[str]:
         """Parameters timm exempts from weight decay (position embeddings, ...), named as here."""
-        names = self.model.no_weight_decay() if hasattr(self.model, "no_weight_decay") else ()
+        no_weight_decay = getattr(self.model, "no_weight_decay", None)
+        names = no_weight_decay() if no_weight_decay is not None else ()
         return {f"model.{name}" for name in names}
 
     def forward(self, x: Tensor, mix: Mix | None = None, mix_stage: int = 0) -> Tensor:
@@ -106,8 +116,9 @@ class StagedResNet(TimmBackbone):
     """
 
     mix_stages: int = 3
+    model: ResNet
 
-    def __init__(self, model: ResNet) -> None:
+    def __init__(self, model: nn.Module) -> None:
         if not isinstance(model, ResNet):
             raise ValueError(f"StagedResNet wraps timm's ResNet; got {type(model).__name__}")
         super().__init__(model)
@@ -120,8 +131,8 @@ class StagedResNet(TimmBackbone):
                 x = mix(x)
         m = self.model
         x = m.maxpool(m.act1(m.bn1(m.conv1(x))))
-        for stage, layer in enumerate((m.layer1, m.layer2, m.layer3, m.layer4), start=1):
-            x = layer(x)
+        for stage, layer in enumerate(("layer1", "layer2", "layer3", "layer4"), start=1):
+            x = m.get_submodule(layer)(x)
             if mix is not None and stage == mix_stage:
                 x = mix(x)
         return m.forward_head(x)
@@ -138,9 +149,13 @@ def _cifar_resnet(timm_name: str, num_classes: int, **options: Any) -> StagedRes
     for ``layer1``; the CIFAR stem keeps the full resolution there.
     """
     model = timm.create_model(timm_name, num_classes=num_classes, **options)
-    model.conv1 = nn.Conv2d(
-        model.conv1.in_channels, model.conv1.out_channels, 3, padding=1, bias=False
-    )
+    stem = model.conv1
+    if not isinstance(stem, nn.Conv2d):
+        raise ValueError(
+            f"the CIFAR stem replaces a single conv stem; {timm_name} with {options} has a "
+            f"{type(stem).__name__} (leave out stem_type)"
+        )
+    model.conv1 = nn.Conv2d(stem.in_channels, stem.out_channels, 3, padding=1, bias=False)
     nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # timm's
     model.maxpool = nn.Identity()
     return StagedResNet(model)

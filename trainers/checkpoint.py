@@ -23,14 +23,14 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, object]:
 
     Stored as tensors and plain numbers so that ``torch.load(weights_only=True)`` reads them.
     """
-    numpy_state = np.random.get_state()
+    numpy_state = np.random.get_state(legacy=False)["state"]  # MT19937's key and position
     return {
         "generators": {name: g.get_state() for name, g in generators.items()},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python": list(random.getstate()[1]),
-        "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
-        "numpy_pos": int(numpy_state[2]),
+        "numpy": torch.from_numpy(numpy_state["key"].astype(np.int64)),
+        "numpy_pos": int(numpy_state["pos"]),
     }
 
 
@@ -43,7 +43,8 @@ def restore_rng(state: dict, generators: dict[str, torch.Generator]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     random.setstate((3, tuple(state["python"]), None))
     numpy_keys = state["numpy"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", numpy_keys, state["numpy_pos"]))
+    # The checkpoint keeps no cached Gaussian: restore none (has_gauss 0, gauss 0.0).
+    np.random.set_state(("MT19937", numpy_keys, state["numpy_pos"], 0, 0.0))
 
 
 def save_checkpoint(state: dict, trial: dict) -> str:

@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
-from trainers.mixing import POLICIES
-from trainers.mixing.methods import METHODS
-from trainers.objectives import LOSSES, SOFTMAX_LOSSES, objective
+from trainers.objectives import objective
 from trainers.recipes import get_recipe
+from trainers.validation import StrictModel, describe_errors
+from trainers.vocabulary import BOUNDS, LOSSES, METHODS, SOFTMAX_LOSSES, takes_alpha
 
 M = TypeVar("M", bound=BaseModel)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _fraction_or_count(amount: float) -> float:
@@ -32,10 +28,9 @@ def _fraction_or_count(amount: float) -> float:
     return amount
 
 
-class DataConfig(_Strict):
-    """Which images: a data set name, where it lives and which part of it is used."""
+class DataSettings(StrictModel):
+    """Where a data set lives and which part of it is used (a sweep spec's ``data.<name>``)."""
 
-    name: str = Field(description="cifar10, cifar100, tiny_imagenet, cub200, ... or synthetic")
     source: str | None = Field(None, description="cifar, imagefolder, parquet or synthetic")
     root: str | None = Field(None, description="default: $DMSWEEP_DATA_ROOT/<name>")
     image_size: int | None = Field(None, ge=8, description="default: the data set's own")
@@ -54,37 +49,50 @@ class DataConfig(_Strict):
     )
 
 
-class BackboneConfig(_Strict):
-    """The network: a dmsweep or timm name, options passed through, initial weights."""
+class DataConfig(DataSettings):
+    """Which images: a data set name, where it lives and which part of it is used."""
 
-    name: str
+    name: str = Field(description="cifar10, cifar100, tiny_imagenet, cub200, ... or synthetic")
+
+
+class BackboneSettings(StrictModel):
+    """Options and initial weights of a backbone (a sweep spec's ``backbones.<name>``)."""
+
     options: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="a local state dict or timm checkpoint")
     pretrained: bool = Field(False, description="timm's own download (needs network)")
 
 
-class MixingConfig(_Strict):
+class BackboneConfig(BackboneSettings):
+    """The network: a dmsweep or timm name, options passed through, initial weights."""
+
+    name: str
+
+
+class MixingConfig(StrictModel):
     """The mixing method and its Beta(alpha, alpha) parameter."""
 
     method: str = Field(description=f"one of {', '.join(METHODS)}")
-    alpha: float | None = Field(None, gt=0, description="needed by every policy but resizemix")
+    alpha: Annotated[float, BOUNDS["alpha"].constraint()] | None = Field(
+        None, description="needed by every policy but resizemix"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> MixingConfig:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
-        if self.method in POLICIES and self.method != "resizemix" and self.alpha is None:
+        if takes_alpha(self.method) and self.alpha is None:
             raise ValueError(f"method {self.method!r} needs alpha (> 0)")
         return self
 
 
-class LossConfig(_Strict):
+class LossConfig(StrictModel):
     """The loss and its hyperparameters (eta for dm_ce; xi and t for dm_bce)."""
 
     name: str = Field(description=f"one of {', '.join(LOSSES)}")
-    eta: float | None = Field(None, ge=0)
-    xi: float | None = Field(None, gt=0, le=1)
-    t: float | None = Field(None, ge=0)
+    eta: Annotated[float, BOUNDS["eta"].constraint()] | None = Field(None)
+    xi: Annotated[float, BOUNDS["xi"].constraint()] | None = Field(None)
+    t: Annotated[float, BOUNDS["t"].constraint()] | None = Field(None)
 
     @model_validator(mode="after")
     def _check(self) -> LossConfig:
@@ -97,7 +105,7 @@ class LossConfig(_Strict):
         return {k: v for k, v in values.items() if v is not None}
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     """What is measured besides accuracy."""
 
     fgsm: bool = Field(False, description="FGSM error of Table 8 at the end (white-box)")
@@ -105,7 +113,7 @@ class EvalConfig(_Strict):
     mixed_batch: int = Field(256, ge=2, description="size of the fixed mixed validation batch")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """One trial: data, backbone, mixing, loss, recipe (plus overrides), seed and bookkeeping."""
 
     data: DataConfig
@@ -171,10 +179,3 @@ def load_yaml_model(path: str | Path, model: type[M]) -> M:
 def load_train_config(path: str | Path) -> TrainConfig:
     """Read a trial from YAML."""
     return load_yaml_model(path, TrainConfig)
-
-
-def describe_errors(error: ValidationError) -> str:
-    """One line per failing field: ``path.to.field: message``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in error.errors()
-    )

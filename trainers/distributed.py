@@ -7,11 +7,13 @@ one process, in ``torchrun`` and in Ray Train workers.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,10 @@ def average_buffers(model: nn.Module, ranks: Ranks) -> None:
             buffer.div_(ranks.world_size)
 
 
-def gather(value: object, ranks: Ranks) -> list[object]:
+def gather(value: T, ranks: Ranks) -> list[T]:
     """Every rank's ``value``, in rank order (a collective: every rank must call it)."""
     if ranks.world_size == 1:
         return [value]
-    gathered: list[object] = [None] * ranks.world_size
+    gathered: list[Any] = [None] * ranks.world_size  # all_gather_object fills every slot
     dist.all_gather_object(gathered, value)
     return gathered

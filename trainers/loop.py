@@ -20,9 +20,11 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from trainers.augment import EvalTransform, TrainAugment, mean_std
@@ -35,14 +37,9 @@ from trainers.evaluate import accuracy, fgsm_error_rate, fixed_mixed_batch, mixe
 from trainers.metrics import median_of_last
 from trainers.mixing.methods import MethodMixer
 from trainers.objectives import Objective, objective
-from trainers.recipes import (
-    Recipe,
-    build_ema,
-    build_optimizer,
-    build_scheduler,
-    epoch_order,
-    get_recipe,
-)
+from trainers.optim import build_ema, build_optimizer, build_scheduler
+from trainers.order import epoch_order
+from trainers.recipes import Recipe, get_recipe
 
 __all__ = ["NonFiniteLossError", "Trial", "build_trial", "load_checkpoint", "run", "train_step"]
 
@@ -84,7 +81,7 @@ class Trial:
     train_model: nn.Module  # the model, or its DistributedDataParallel wrapper
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: nn.Module | None
+    ema: ModelEmaV3 | None
     scaler: torch.amp.GradScaler
     amp: bool
     augment: TrainAugment
@@ -99,17 +96,7 @@ class Trial:
 
     def epoch_indices(self, epoch: int) -> Tensor:
         """Labelled training images of this rank for ``epoch``, in training order."""
-        order = epoch_order(
-            len(self.labelled),
-            epoch=epoch,
-            # Spread the seeds: the sampler seeds with seed + epoch, which would make seed s + 1
-            # replay seed s one epoch later.
-            seed=self.config.seed * 1_000_003,
-            rank=self.ranks.rank,
-            world_size=self.ranks.world_size,
-            repeated_aug=self.recipe.repeated_aug,
-            num_repeats=self.recipe.num_repeats,
-        )
+        order = _rank_order(self.config, self.recipe, self.ranks, len(self.labelled), epoch)
         return self.labelled[order]
 
     @property
@@ -118,23 +105,40 @@ class Trial:
         return {"device": self.generator, "choices": self.choices}
 
 
+def _rank_order(
+    config: TrainConfig, recipe: Recipe, ranks: Ranks, labelled: int, epoch: int
+) -> Tensor:
+    """Positions among the ``labelled`` images that this rank trains on in ``epoch``, in order."""
+    return epoch_order(
+        labelled,
+        epoch=epoch,
+        # Spread the seeds: the sampler seeds with seed + epoch, which would make seed s + 1
+        # replay seed s one epoch later.
+        seed=config.seed * 1_000_003,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+        repeated_aug=recipe.repeated_aug,
+        num_repeats=recipe.num_repeats,
+    )
+
+
 def _open_data(config: TrainConfig) -> tuple[ImageSource, ImageSource]:
     data = config.data
-    options = {
-        "source": data.source,
-        "root": data.root,
-        "image_size": data.image_size,
-        "seed": config.seed,
-    }
-    if data.name == "synthetic":
-        options["synthetic"] = {
-            "num_classes": data.num_classes,
-            "images": data.synthetic_images,
-        }
-    train = open_dataset(
-        data.name, "train", subset=data.subset, label_fraction=data.label_fraction, **options
+    open_split = partial(
+        open_dataset,
+        data.name,
+        source=data.source,
+        root=data.root,
+        image_size=data.image_size,
+        seed=config.seed,
+        synthetic=(
+            {"num_classes": data.num_classes, "images": data.synthetic_images}
+            if data.name == "synthetic"
+            else None
+        ),
     )
-    test = open_dataset(data.name, "test", **options)
+    train = open_split("train", subset=data.subset, label_fraction=data.label_fraction)
+    test = open_split("test")
     if data.test_subset is not None:
         test = subset(test, data.test_subset, seed=config.seed)
     return train, test
@@ -173,11 +177,14 @@ def build_trial(config: TrainConfig) -> Trial:
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     optimizer = build_optimizer(model, recipe, batch_size)
+    steps_per_epoch = math.ceil(
+        len(_rank_order(config, recipe, ranks, len(labelled), 0)) / rank_batch
+    )
     mean, std = mean_std(config.data.name)
     amp = recipe.amp and ranks.device.type == "cuda"
     stream_seed = config.seed * 1_000_003 + ranks.rank  # one stream per rank
     generator = torch.Generator(device=ranks.device).manual_seed(stream_seed)
-    trial = Trial(
+    return Trial(
         config=config,
         recipe=recipe,
         ranks=ranks,
@@ -189,7 +196,7 @@ def build_trial(config: TrainConfig) -> Trial:
         model=model,
         train_model=train_model,
         optimizer=optimizer,
-        scheduler=None,  # needs the epoch length, set below
+        scheduler=build_scheduler(optimizer, recipe, steps_per_epoch, epochs),
         ema=build_ema(model, recipe),
         scaler=torch.amp.GradScaler(ranks.device.type, enabled=amp),
         amp=amp,
@@ -212,9 +219,6 @@ def build_trial(config: TrainConfig) -> Trial:
         mean=mean,
         std=std,
     )
-    steps_per_epoch = math.ceil(len(trial.epoch_indices(0)) / rank_batch)
-    trial.scheduler = build_scheduler(optimizer, recipe, steps_per_epoch, epochs)
-    return trial
 
 
 def train_step(trial: Trial, images: Tensor, targets: Tensor) -> Tensor:
@@ -313,7 +317,8 @@ def run(
         seed=config.seed,
         device=ranks.device,
     )
-    start_epoch, history = 0, []
+    start_epoch = 0
+    history: list[float] = []
     if resume_from is not None:
         start_epoch, history = _restore(trial, load_checkpoint(resume_from))
 

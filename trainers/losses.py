@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from trainers.vocabulary import BOUNDS
+
 __all__ = ["ce", "dm_bce", "dm_ce", "mbce", "mce", "rescale_lambda"]
 
 Lambda = float | Tensor
@@ -102,10 +104,10 @@ def _check_nonnegative(value: float, name: str) -> None:
 
 
 def _check_xi(xi: float) -> None:
-    # Eq. (3) writes 0 <= xi < 1, but the paper's defaults and grid use xi = 1 and xi = 0 divides
-    # by zero, so the range that makes sense is (0, 1].
-    if isinstance(xi, bool) or not isinstance(xi, (int, float)) or not 0 < xi <= 1:
-        raise ValueError(f"xi must lie within (0, 1]; got {xi!r}")
+    # The range, and why it is not Eq. (3)'s: trainers.vocabulary.BOUNDS.
+    allowed = BOUNDS["xi"]
+    if isinstance(xi, bool) or not isinstance(xi, (int, float)) or not allowed.admits(xi):
+        raise ValueError(f"xi must lie within {allowed.interval}; got {xi!r}")
 
 
 def _mixed_inputs(

@@ -13,20 +13,15 @@ from torch import Tensor
 
 from trainers import losses
 from trainers.mixing import MixedBatch
+from trainers.vocabulary import LOSS_HYPERPARAMETERS, LOSSES, SOFTMAX_LOSSES
 
 Objective = Callable[[Tensor, MixedBatch], Tensor]
-
-# Names of the grid's `loss` axis: plain CE (no mixing), MCE and DM(CE) (Sec. 2.1, 3.1), one- and
-# two-hot MBCE and DM(BCE) (Sec. 3.3).
-LOSSES = ("ce", "mce", "dm_ce", "mbce", "mbce_two", "dm_bce")
-SOFTMAX_LOSSES = frozenset({"ce", "mce", "dm_ce"})
-_NEEDS = {"dm_ce": {"eta"}, "dm_bce": {"xi", "t"}}
 
 
 def _check_hyperparameters(name: str, given: set[str]) -> None:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
-    required = _NEEDS.get(name, set())
+    required = set(LOSS_HYPERPARAMETERS[name])
     if given != required:
         missing, extra = sorted(required - given), sorted(given - required)
         detail = "; ".join(
@@ -47,11 +42,13 @@ def _unsmoothed(name: str, eta: float | None, xi: float | None, t: float | None)
     if name == "mce":
         return lambda z, b: losses.mce(z, b.y_a, b.y_b, b.lam)
     if name == "dm_ce":
+        assert eta is not None  # _check_hyperparameters asked for it
         return lambda z, b: losses.dm_ce(z, b.y_a, b.y_b, b.lam, eta=eta)
     if name == "mbce":
         return lambda z, b: losses.mbce(z, b.y_a, b.y_b, b.lam)
     if name == "mbce_two":
         return lambda z, b: losses.mbce(z, b.y_a, b.y_b, b.lam, two_hot=True)
+    assert xi is not None and t is not None  # dm_bce: _check_hyperparameters asked for both
     return lambda z, b: losses.dm_bce(z, b.y_a, b.y_b, b.lam, xi=xi, t=t)
 
 

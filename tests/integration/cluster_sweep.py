@@ -1,8 +1,8 @@
 """Run a sweep on a 2-node ``ray.cluster_utils.Cluster`` (one process, its own Ray).
 
 Usage: ``python cluster_sweep.py SPEC.yaml STORAGE``; prints the outcome as JSON (the node each
-trial's workers ran on, read from the trial logs). Run by test_sweep_cluster.py in a subprocess:
-a process can be connected to one Ray only, and the test session holds another.
+trial's workers ran on, read from the trial logs). Run by test_sweep_cluster.py in a subprocess
+(tests/support/cluster.py says why).
 """
 
 from __future__ import annotations
@@ -14,22 +14,14 @@ from pathlib import Path
 
 import ray
 import yaml
-from ray.cluster_utils import Cluster
 
-from service.engine import run_sweep
-from service.ray_options import ray_init_options
-from service.spec import spec_from_dict
+from service.spec.reading import spec_from_dict
+from service.sweep.engine import run_sweep
+from tests.support.cluster import two_node_cluster
 
 
 def main(spec_file: str, storage: str) -> None:
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "resources": {"trial_slot": 1}},
-    )
-    try:
-        cluster.add_node(num_cpus=1, resources={"trial_slot": 1})
-        cluster.wait_for_nodes()
-        ray.init(**ray_init_options(cluster.address))
+    with two_node_cluster():
         text = Path(spec_file).read_text()
         outcome = run_sweep(spec_from_dict(yaml.safe_load(text)), text, storage_path=storage)
         nodes = {}
@@ -47,9 +39,6 @@ def main(spec_file: str, storage: str) -> None:
                 }
             )
         )
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 if __name__ == "__main__":

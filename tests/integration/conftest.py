@@ -14,7 +14,7 @@ def local_ray() -> Iterator[None]:
     """One local Ray for the session, ended by this fixture (never `ray stop`)."""
     import ray
 
-    from service.ray_options import ray_init_options
+    from service.sweep.ray_setup import ray_init_options
 
     ray.init(**ray_init_options("local", slots=TRIAL_SLOTS, num_cpus=RAY_CPUS))
     yield
@@ -53,7 +53,7 @@ def _shared_ray_left_clean(request):
         return
     held = _held_placement_groups(wait_s=30)
     if held:
-        from service.placement_groups import remove_placement_group_by_id
+        from service.sweep.ray_workarounds import remove_placement_group_by_id
 
         for pg_id in held:
             remove_placement_group_by_id(pg_id)
@@ -79,7 +79,7 @@ def stack():
 @pytest.fixture(scope="session")
 def served_smoke(stack):
     """search_spaces/smoke.yaml submitted over HTTP, run to its end: (stack, final view)."""
-    from sweep_helpers import REPO
+    from tests.support import REPO
 
     sweep = stack.submit((REPO / "search_spaces" / "smoke.yaml").read_text())
     return stack, stack.wait(sweep["id"], ("succeeded", "failed", "cancelled"))

@@ -4,7 +4,7 @@ Usage: ``python fault_cluster.py SPEC.yaml STORAGE``; prints the outcome as JSON
 line. Each node has one CPU and one trial slot, so with two trials each node holds one trial's
 driver and one trial's worker. Once every trial with a process on the second node has a
 registered checkpoint (its log shows epoch 2: epoch 1's report was taken), the node is removed
-as in a crash. Run by test_faults.py in a subprocess: a process is connected to one Ray only.
+as in a crash. Run by test_faults.py in a subprocess (tests/support/cluster.py says why).
 """
 
 from __future__ import annotations
@@ -17,16 +17,15 @@ import threading
 import time
 from pathlib import Path
 
-import ray
 import yaml
 from ray import tune
-from ray._common.utils import reset_ray_address
 from ray.cluster_utils import Cluster
 from ray.util.state import list_nodes
 
-from service.engine import run_sweep
-from service.ray_options import free_local_port, ray_init_options
-from service.spec import spec_from_dict
+from service.spec.reading import spec_from_dict
+from service.sweep.engine import run_sweep
+from tests.support.cluster import two_node_cluster
+from tests.support.ports import free_port
 
 
 def on_node(log: str, node_id: str) -> bool:
@@ -58,24 +57,13 @@ def remove_when_ready(cluster: Cluster, node, storage: Path, trials: int, done: 
 def main(spec_file: str, storage: str) -> None:
     # The test ends this process with SIGTERM when it runs too long: clean up as on an error.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    cluster = Cluster(
-        initialize_head=True,
-        head_node_args={
-            "num_cpus": 1,
-            "resources": {"trial_slot": 1},
-            # A dashboard of its own: the test session's Ray holds the default port, and
-            # without a dashboard Ray Train cannot tell that a lost driver's controller is
-            # dead, so the worker placement group of that driver's trial is never freed and
-            # the trial's retry waits for a CPU forever.
-            "include_dashboard": True,
-            "dashboard_port": free_local_port(),
-            "dashboard_agent_listen_port": None,
-        },
-    )
-    try:
-        node = cluster.add_node(num_cpus=1, resources={"trial_slot": 1})
-        cluster.wait_for_nodes()
-        ray.init(**ray_init_options(cluster.address))
+    # A dashboard of its own: the test session's Ray holds the default port, and without a
+    # dashboard Ray Train cannot tell that a lost driver's controller is dead, so the worker
+    # placement group of that driver's trial is never freed and the trial's retry waits for a
+    # CPU forever.
+    with two_node_cluster(
+        include_dashboard=True, dashboard_port=free_port(), dashboard_agent_listen_port=None
+    ) as (cluster, node):
         list_nodes(limit=1)  # the dashboard answers (it raises otherwise)
         text = Path(spec_file).read_text()
         spec = spec_from_dict(yaml.safe_load(text))
@@ -102,14 +90,6 @@ def main(spec_file: str, storage: str) -> None:
                 }
             )
         )
-    finally:
-        ray.shutdown()
-        try:
-            cluster.shutdown()
-        finally:
-            # The cluster's address is in /tmp/ray/ray_current_cluster until then: left there,
-            # every later ray.init() without an address on this machine joins a dead cluster.
-            reset_ray_address()
 
 
 if __name__ == "__main__":

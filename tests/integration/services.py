@@ -34,11 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from sweep_helpers import session_processes
+from tests.support import REPO
+from tests.support.ports import free_port
+from tests.support.processes import end_session
 
-from service.ray_options import free_local_port
-
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the virtual environment's scripts (mlflow, ray)
 T = TypeVar("T")
 SYSTEM_PACKAGES = "run `make system-packages`"
@@ -46,10 +45,7 @@ SYSTEM_PACKAGES = "run `make system-packages`"
 SCHEME = "postgresql+psycopg2"
 
 
-# --- ports, HTTP, processes ----------------------------------------------------------------
-
-
-free_port = free_local_port  # a port of 127.0.0.1 nobody listens on now
+# --- HTTP, processes ------------------------------------------------------------------------
 
 
 @dataclass
@@ -104,16 +100,7 @@ class Service:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(session, signal.SIGKILL)
                 self.process.wait(10)
-        for left_over_signal, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            pids = session_processes(session)
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, left_over_signal)
-            deadline = time.monotonic() + wait_s
-            while session_processes(session) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        end_session(session, wait_s=10)
 
 
 def start_service(

@@ -23,7 +23,6 @@ from services import (
     Postgres,
     RayNode,
     Service,
-    free_port,
     mlflow_server,
     postgres_server,
     ray_auth_env,
@@ -33,6 +32,8 @@ from services import (
     start_service,
     wait_for_http,
 )
+
+from tests.support.ports import free_port
 
 FINAL = ("succeeded", "failed", "cancelled")
 

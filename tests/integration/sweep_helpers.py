@@ -1,19 +1,14 @@
-"""Helpers of the integration tests: tiny specs, the engine, processes in their own session."""
+"""Helpers of the integration tests: tiny specs, the engine, what a sweep left in MLflow."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
+import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
+from mlflow import MlflowClient
 
 # 4 logical CPUs on 2 cores: two 1-worker trials at once, each trial's driver on a slot.
 RAY_CPUS = 4
@@ -50,6 +45,17 @@ def tiny_spec(name: str, **changes: Any) -> dict[str, Any]:
     return spec
 
 
+def synthetic_data(train_images: int) -> dict[str, Any]:
+    """A spec's ``data``: synthetic 32-pixel images of 4 classes, 128 of them to test on."""
+    return {
+        "synthetic": {
+            "num_classes": 4,
+            "image_size": 32,
+            "synthetic_images": {"train": train_images, "test": 128},
+        }
+    }
+
+
 def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
     path = folder / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -58,53 +64,20 @@ def write_spec(folder: Path, spec: dict[str, Any]) -> Path:
 
 def run_spec(spec: dict[str, Any], storage: Path):
     """Run a spec through the engine on the session's Ray; the outcome."""
-    from service.engine import run_sweep
-    from service.spec import spec_from_dict
+    from service.spec.reading import spec_from_dict
+    from service.sweep.engine import run_sweep
 
     text = yaml.safe_dump(spec, sort_keys=False)
     return run_sweep(spec_from_dict(spec), text, storage_path=storage)
 
 
-# --- processes a test starts: its own session, ended by session id -----------------------------
-
-
-def start_session(command: list[str], log: Path, env: dict[str, str] | None = None):
-    """A process in a new session (Ray's processes it starts keep that session id)."""
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO), **(env or {})},
-    )
-
-
-def session_processes(session_id: int) -> list[int]:
-    """Live processes of a session (zombies, already dead, are left to their reaper)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                if state != "Z" and os.getsid(int(entry.name)) == session_id:
-                    pids.append(int(entry.name))
-            except (OSError, IndexError):
-                continue
-    return pids
-
-
-def end_session(session_id: int, wait_s: float = 20) -> None:
-    """SIGTERM, then SIGKILL, every process of a session this test started."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in session_processes(session_id):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        deadline = time.monotonic() + wait_s
-        while session_processes(session_id) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if not session_processes(session_id):
-            return
+def mlflow_children(folder: Path):
+    """A sweep's MLflow client, parent run and child runs (one per trial), from its folder."""
+    state = json.loads((folder / "sweep.json").read_text())["tracking"]
+    client = MlflowClient(tracking_uri=state["uri"])
+    runs = client.search_runs([state["experiment_id"]], max_results=100)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
+    return client, client.get_run(state["parent_run_id"]), children
 
 
 DMSWEEP = [sys.executable, "-m", "service.cli"]

@@ -8,26 +8,21 @@ error naming the file, and the other trials of the sweep go on.
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import yaml
-from api_server import YAML, Served
-from bad_inputs import changed
 from PIL import Image
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.sweep_folder import find_sweep
+from service.results.folder import find_sweep
+from tests.support.api_server import YAML, Served
+from tests.support.bad_inputs import changed, flat
 
 pytestmark = pytest.mark.disturbs_shared_ray
-
-
-def flat(text: str) -> str:
-    return re.sub(r"\s+", " ", text)
 
 
 def dashboard_url() -> str:

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections import defaultdict
@@ -20,21 +19,16 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
-from sweep_helpers import end_session, run_spec, start_session, tiny_spec, write_spec
+from sweep_helpers import mlflow_children, run_spec, synthetic_data, tiny_spec, write_spec
 
-from service.engine import create_sweep, execute
-from service.spec import spec_from_dict
+from service.spec.reading import spec_from_dict
+from service.sweep.engine import create_sweep, execute
+from tests.support.cluster import run_cluster_script
 
 SCRIPT = Path(__file__).with_name("fault_cluster.py")
 EPOCHS = 4
 # Epochs of ~1.5 s on 2 cores: a fault lands between two checkpoints, far from a trial's end.
-DATA = {
-    "synthetic": {
-        "num_classes": 4,
-        "image_size": 32,
-        "synthetic_images": {"train": 1024, "test": 128},
-    }
-}
+DATA = synthetic_data(train_images=1024)
 WORKER_START = re.compile(r"start: worker on node \w+, pid (\d+)")
 
 pytestmark = pytest.mark.disturbs_shared_ray
@@ -91,14 +85,6 @@ class Watcher(threading.Thread):
         return self.acted_on
 
 
-def mlflow_children(folder: Path):
-    state = json.loads((folder / "sweep.json").read_text())["tracking"]
-    client = MlflowClient(tracking_uri=state["uri"])
-    runs = client.search_runs([state["experiment_id"]], max_results=100)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
-    return client, client.get_run(state["parent_run_id"]), children
-
-
 def tune_results(folder: Path, trial_id: str) -> list[dict]:
     """Every result Tune received from a trial: its ``result.json``, one line per report."""
     found = list(folder.glob(f"*{trial_id}*/result.json"))
@@ -117,9 +103,11 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> dict[int, list[floa
     return dict(history)
 
 
-@pytest.mark.usefixtures("local_ray")
-def test_a_killed_worker_resumes_from_its_checkpoint_and_is_recorded_once(tmp_path):
-    """The training worker of a one-trial sweep is SIGKILLed after its second epoch."""
+# --- a killed worker ---------------------------------------------------------------------------
+
+
+def _run_killing_the_worker_after_epoch_2(tmp_path: Path):
+    """A one-trial sweep whose training worker is SIGKILLed: (outcome, trial id, killed pid)."""
 
     def trained_two_epochs(folder: Path):
         # "epoch 2:" is logged once epoch 1's report, with its checkpoint, was taken (the loop
@@ -136,13 +124,23 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_is_recorded_once(tmp_pa
     watcher.start()
     outcome = run_spec(fault_spec("kill-worker", ["mce"]), tmp_path)
     trial_id, killed = watcher.result()
+    return outcome, trial_id, killed
 
+
+def _check_the_trial_succeeded(outcome, trial_id: str) -> dict:
+    """The sweep's one record, that of the trial: succeeded, all epochs."""
     assert outcome.exit_code == 0 and outcome.counts["succeeded"] == 1
     [record] = outcome.folder.records()
     assert record["trial_id"] == trial_id and record["status"] == "succeeded"
     assert record["epoch"] == EPOCHS
+    return record
 
-    # Ray Train restarted the worker group from the last checkpoint, in a new process.
+
+def _check_the_worker_resumed_from_its_checkpoint(outcome, trial_id: str, killed: int) -> set:
+    """Ray Train restarted the worker group from the last checkpoint, in a new process.
+
+    Returns the epochs trained again after the restart.
+    """
     log = outcome.folder.log_file(trial_id).read_text()
     assert log.count("start: worker") == 1 and log.count("resume from") == 1, log
     before, after = log.split("resume from")
@@ -155,17 +153,23 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_is_recorded_once(tmp_pa
     # Epochs trained again after the restart: those after the checkpoint it resumed from.
     again = set(epochs_in(before)) & set(resumed)
     assert again <= {2, 3}
+    return again
 
-    # Tune saw each epoch once (a report lost with the worker never reached it), and one final
-    # result, the record's.
+
+def _check_tune_saw_each_epoch_once(outcome, trial_id: str, record: dict) -> None:
+    """A report lost with the worker never reached Tune; one final result, the record's."""
     rows = tune_results(outcome.folder.path, trial_id)
     assert [r["epoch"] for r in rows] == list(range(1, EPOCHS + 1))
     finals = [r for r in rows if "top1_best" in r]
     assert len(finals) == 1 and finals[0]["top1_best"] == record["top1_best"]
 
-    # MLflow: one child run, finished, with one value per epoch, except an epoch trained again
-    # after the restart, which may carry a second value: the same one (the resumed run is the
-    # same run, bitwise, on CPU). The summary metrics are logged once.
+
+def _check_mlflow_has_each_epoch_once(outcome, trial_id: str, record: dict, again: set) -> None:
+    """One child run, finished, with one value per epoch; the summary metrics logged once.
+
+    An epoch trained again after the restart may carry a second value: the same one (the
+    resumed run is the same run, bitwise, on CPU).
+    """
     client, parent, children = mlflow_children(outcome.folder.path)
     assert len(children) == 1 and parent.info.status == "FINISHED"
     run = children[0]
@@ -183,35 +187,42 @@ def test_a_killed_worker_resumes_from_its_checkpoint_and_is_recorded_once(tmp_pa
     assert {"checkpoint", "learning_curve.png", "trial.yaml"} <= artifacts
 
 
-def test_a_lost_node_reschedules_its_trials_and_each_finishes_once(tmp_path):
-    """Two 1-CPU nodes with a trial slot each: each holds one trial's driver and one trial's
-    worker. The second node is removed as in a crash (``fault_cluster.py``): a lost worker is
-    restarted by Ray Train, a lost driver by Tune, both on the head, from their checkpoints."""
-    spec = write_spec(tmp_path, fault_spec("lost-node", ["mce", "dm_ce"]))
-    log_file = tmp_path / "cluster.log"
-    process = start_session(
-        [sys.executable, str(SCRIPT), str(spec), str(tmp_path / "runs")],
-        log_file,
-        env={"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
-    )
-    try:
-        rc = process.wait(timeout=480)
-    finally:
-        end_session(process.pid)
-    output = log_file.read_text()
-    assert rc == 0, output
-    outcome = json.loads(next(x for x in reversed(output.splitlines()) if x.startswith("{")))
-    assert "removed_at" in outcome["remover"], outcome
-    head, removed = outcome["head"], outcome["removed"]
-    folder = Path(outcome["folder"])
+@pytest.mark.usefixtures("local_ray")
+def test_a_killed_worker_resumes_from_its_checkpoint_and_is_recorded_once(tmp_path):
+    """The training worker of a one-trial sweep is SIGKILLed after its second epoch."""
+    outcome, trial_id, killed = _run_killing_the_worker_after_epoch_2(tmp_path)
+    record = _check_the_trial_succeeded(outcome, trial_id)
+    again = _check_the_worker_resumed_from_its_checkpoint(outcome, trial_id, killed)
+    _check_tune_saw_each_epoch_once(outcome, trial_id, record)
+    _check_mlflow_has_each_epoch_once(outcome, trial_id, record, again)
 
+
+# --- a lost node --------------------------------------------------------------------------------
+
+
+def _run_losing_the_second_node(tmp_path: Path) -> dict:
+    """Two trials, the second node removed mid-sweep: the outcome ``fault_cluster.py`` prints."""
+    spec = write_spec(tmp_path, fault_spec("lost-node", ["mce", "dm_ce"]))
+    outcome = run_cluster_script(
+        SCRIPT, spec, tmp_path / "runs", tmp_path / "cluster.log", timeout_s=480
+    )
+    assert "removed_at" in outcome["remover"], outcome
+    return outcome
+
+
+def _check_both_trials_succeeded(outcome: dict, folder: Path) -> dict[str, dict]:
+    """Both trials recorded as succeeded after every epoch, and Tune ended both; the records."""
     assert outcome["exit_code"] == 0
     records = {r["trial_id"]: r for r in records_in(folder)}
     assert len(records) == 2
     assert {r["status"] for r in records.values()} == {"succeeded"}
     assert {r["epoch"] for r in records.values()} == {EPOCHS}
     assert outcome["tune_trials"] == dict.fromkeys(records, "TERMINATED")
+    return records
 
+
+def _check_what_the_node_held_came_back_on_the_head(folder: Path, head: str, removed: str):
+    """The lost worker and the lost driver each resumed on the head, from their checkpoints."""
     logs = trial_logs(folder)
     lost_driver = [t for t, log in logs.items() if f"driver on node {removed}" in log]
     lost_worker = [t for t, log in logs.items() if f"worker on node {removed}" in log]
@@ -226,25 +237,46 @@ def test_a_lost_node_reschedules_its_trials_and_each_finishes_once(tmp_path):
     # The trial whose driver was lost was retried by Tune, on the head.
     driver_lines = re.findall(r"driver on node (\w+)", logs[lost_driver[0]])
     assert driver_lines == [removed, head], logs[lost_driver[0]]
-    for trial_id, log in logs.items():
+
+
+def _check_each_trial_finished_once(folder: Path) -> None:
+    """Each trial's log says it finished once; Tune has no epoch twice and one final result."""
+    for trial_id, log in trial_logs(folder).items():
         assert log.count("finished") == 1, log
-        # Tune has no epoch twice and one final result. (A lost driver takes with it the
-        # epochs it had not passed on yet: Tune's history of that trial may miss some.)
+        # A lost driver takes with it the epochs it had not passed on yet: Tune's history of
+        # that trial may miss some.
         epochs = [r["epoch"] for r in tune_results(folder, trial_id)]
         assert epochs == sorted(set(epochs)) and epochs[-1] == EPOCHS, epochs
         assert sum("top1_best" in r for r in tune_results(folder, trial_id)) == 1
 
+
+def _check_mlflow_runs_finished(folder: Path, records: dict[str, dict]) -> None:
+    """One finished child run per trial, and the parent run finished."""
     _, parent, children = mlflow_children(folder)
     assert sorted(r.data.tags["dmsweep.trial_id"] for r in children) == sorted(records)
     assert {r.info.status for r in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED"
 
 
-@pytest.mark.usefixtures("local_ray")
-def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path):
-    """The artifact store of the sweep breaks after it started, and one trial's checkpoint
-    folder is replaced by a file mid-trial: that trial fails naming its folder, the other
-    trains to its end; every artifact that could not be stored is named with its path."""
+def test_a_lost_node_reschedules_its_trials_and_each_finishes_once(tmp_path):
+    """Two 1-CPU nodes with a trial slot each: each holds one trial's driver and one trial's
+    worker. The second node is removed as in a crash (``fault_cluster.py``): a lost worker is
+    restarted by Ray Train, a lost driver by Tune, both on the head, from their checkpoints."""
+    outcome = _run_losing_the_second_node(tmp_path)
+    folder = Path(outcome["folder"])
+    records = _check_both_trials_succeeded(outcome, folder)
+    _check_what_the_node_held_came_back_on_the_head(folder, outcome["head"], outcome["removed"])
+    _check_each_trial_finished_once(folder)
+    _check_mlflow_runs_finished(folder, records)
+
+
+# --- storage that fails -------------------------------------------------------------------------
+
+
+def _run_with_storage_broken(tmp_path: Path):
+    """A two-trial sweep whose artifact store is made a file before it runs, and whose first
+    trial to train has its checkpoint folder replaced by a file: (folder, outcome, that trial,
+    the artifact store's path)."""
     spec = fault_spec("storage", ["mce", "dm_ce"])
     folder = create_sweep(spec_from_dict(spec), yaml.safe_dump(spec), storage_path=tmp_path)
     artifact_root = tmp_path / "mlartifacts" / "storage"
@@ -266,13 +298,11 @@ def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path)
     watcher.start()
     outcome = execute(folder)
     blocked = watcher.result()
+    return folder, outcome, blocked, artifact_root
 
-    assert outcome.exit_code == 1 and not outcome.interrupted
-    assert outcome.counts["failed"] == 1 and outcome.counts["succeeded"] == 1
-    records = {r["trial_id"]: r for r in folder.records()}
-    [other] = [t for t in records if t != blocked]
 
-    # The blocked trial failed with an error naming its checkpoint folder and the problem.
+def _check_the_blocked_trial_failed_naming_its_folder(folder, records: dict, blocked: str):
+    """Its error names its checkpoint folder and the problem."""
     failed = records[blocked]
     checkpoints = str(folder.train_dir / blocked)
     assert failed["status"] == "failed"
@@ -280,8 +310,12 @@ def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path)
     assert re.search(r"File exists|Not a directory", failed["error"]), failed["error"]
     assert checkpoints in folder.log_file(blocked).read_text()
 
-    # The other trained to its end, once, and recorded its result; each artifact it could not
-    # store is named in its log with the path and the problem.
+
+def _check_the_other_trial_named_each_artifact_it_lost(
+    folder, records: dict, other: str, artifact_root: Path
+):
+    """It trained to its end, once, and recorded its result; each artifact it could not store
+    is named in its log with the path and the problem."""
     done = records[other]
     assert done["status"] == "succeeded" and done["epoch"] == EPOCHS
     assert done["val_top1"] >= 0 and done["top1_best"] >= done["val_top1"]
@@ -291,7 +325,13 @@ def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path)
         line = next(x for x in log.splitlines() if f"artifact {artifact} was not stored" in x)
         assert "Not a directory" in line and str(artifact_root) in line, line
 
-    # MLflow keeps the metrics (its store is not the artifact store) and says what is missing.
+
+def _check_mlflow_says_what_is_missing(
+    folder, outcome, blocked: str, other: str, artifact_root: Path
+) -> None:
+    """MLflow keeps the metrics (its store is not the artifact store) and says what is missing;
+    so do the sweep's state and outcome."""
+    checkpoints = str(folder.train_dir / blocked)
     client, parent, children = mlflow_children(folder.path)
     runs = {r.data.tags["dmsweep.trial_id"]: r for r in children}
     assert runs[other].info.status == "FINISHED"
@@ -307,3 +347,18 @@ def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path)
     assert outcome.tracking_problems
     assert all(str(artifact_root) in problem for problem in outcome.tracking_problems)
     assert outcome.folder.read_state()["tracking_problems"] == outcome.tracking_problems
+
+
+@pytest.mark.usefixtures("local_ray")
+def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path):
+    """The artifact store of the sweep breaks after it started, and one trial's checkpoint
+    folder is replaced by a file mid-trial: that trial fails naming its folder, the other
+    trains to its end; every artifact that could not be stored is named with its path."""
+    folder, outcome, blocked, artifact_root = _run_with_storage_broken(tmp_path)
+    assert outcome.exit_code == 1 and not outcome.interrupted
+    assert outcome.counts["failed"] == 1 and outcome.counts["succeeded"] == 1
+    records = {r["trial_id"]: r for r in folder.records()}
+    [other] = [t for t in records if t != blocked]
+    _check_the_blocked_trial_failed_naming_its_folder(folder, records, blocked)
+    _check_the_other_trial_named_each_artifact_it_lost(folder, records, other, artifact_root)
+    _check_mlflow_says_what_is_missing(folder, outcome, blocked, other, artifact_root)

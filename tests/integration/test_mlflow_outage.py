@@ -16,22 +16,13 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from services import BIN, MlflowServer, postgres_server, wait_until
-from sweep_helpers import end_session, start_session, tiny_spec, write_spec
+from sweep_helpers import tiny_spec, write_spec
 
-from service.sweep_folder import SweepFolder
+from service.results.folder import SweepFolder
+from tests.support.processes import end_session, start_session
+from tests.support.training import EPOCH_METRICS, SUMMARY_METRICS
 
 EPOCHS = 16
-EPOCH_METRICS = (
-    "train_loss",
-    "val_top1",
-    "val_top5",
-    "mixed_top1",
-    "mixed_top2",
-    "lr",
-    "epoch_time_s",
-    "images_per_s",
-)
-SUMMARY_METRICS = ("top1_median_last10", "top1_best")  # logged with the last epoch
 SWEEP_ID = "outage-1"
 # A Ray of its own: without an address, ray.init() joins the cluster that the last `ray start`
 # on this machine recorded in /tmp/ray/ray_current_cluster, if any.

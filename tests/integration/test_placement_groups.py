@@ -11,7 +11,7 @@ from ray import tune
 from ray._private.state import state
 from ray.util import placement_group, placement_group_table, remove_placement_group
 
-from service.placement_groups import (
+from service.sweep.ray_workarounds import (
     PlacementGroupReaper,
     _gcs_table,
     orphaned_placement_groups,

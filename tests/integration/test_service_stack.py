@@ -17,7 +17,8 @@ import time
 import httpx
 import yaml
 from ray.job_submission import JobStatus
-from sweep_helpers import REPO
+
+from tests.support import REPO
 
 SMOKE_CELLS = {
     ("mixup", "mce"),
@@ -140,10 +141,15 @@ def slow_spec() -> str:
     return yaml.safe_dump(spec)
 
 
-def test_a_restarted_service_reports_the_true_state_and_can_cancel(served_smoke):
-    stack, _ = served_smoke
+def _phase_submit_until_running(stack) -> dict:
+    """The slow sweep submitted with an idempotency key, running on Ray: the submit's answer."""
     sweep = stack.submit(slow_spec(), **{"Idempotency-Key": "restart-1"})
     stack.wait(sweep["id"], ("running",), timeout_s=300)
+    return sweep
+
+
+def _phase_restart_keeps_the_job(stack, sweep: dict) -> None:
+    """The service stopped and started again: the sweep went on on Ray and is still running."""
     stack.stop_api()
     time.sleep(3)  # the sweep goes on on Ray while no service is up
     job_id = sweep["ray_job_id"]
@@ -151,7 +157,10 @@ def test_a_restarted_service_reports_the_true_state_and_can_cancel(served_smoke)
     stack.start_api()
     view = stack.sweep(sweep["id"])
     assert view["state"] == "running" and view["ray_job_id"] == job_id
-    # the same key and body after the restart: the same sweep
+
+
+def _phase_the_same_key_is_the_same_sweep(stack, sweep: dict) -> None:
+    """The same key and body after the restart: the same sweep."""
     with stack.client() as client:
         again = client.post(
             "/sweeps",
@@ -159,13 +168,20 @@ def test_a_restarted_service_reports_the_true_state_and_can_cancel(served_smoke)
             headers={"Content-Type": "application/yaml", "Idempotency-Key": "restart-1"},
         )
     assert again.status_code == 200 and again.json()["id"] == sweep["id"]
+
+
+def _phase_cancel_stops_the_ray_job(stack, sweep: dict) -> None:
     with stack.client() as client:
         cancelled = client.post(f"/sweeps/{sweep['id']}/cancel").json()
     assert cancelled["state"] == "cancelled"
     deadline = time.monotonic() + 60
-    while stack.ray_jobs().get_job_status(job_id) != JobStatus.STOPPED:
+    while stack.ray_jobs().get_job_status(sweep["ray_job_id"]) != JobStatus.STOPPED:
         assert time.monotonic() < deadline, "the Ray job did not stop"
         time.sleep(1)
+
+
+def _phase_resume_runs_to_the_end(stack, sweep: dict) -> None:
+    """Resumed as a second Ray job, the sweep finishes both its trials."""
     with stack.client() as client:
         resumed = client.post(f"/sweeps/{sweep['id']}/resume")
     assert resumed.status_code == 200, resumed.text
@@ -173,3 +189,12 @@ def test_a_restarted_service_reports_the_true_state_and_can_cancel(served_smoke)
     final = stack.wait(sweep["id"], ("succeeded", "failed", "cancelled"))
     assert final["state"] == "succeeded", final
     assert final["trials"] == {"done": 2, "running": 0, "failed": 0, "total": 2}
+
+
+def test_a_restarted_service_reports_the_true_state_and_can_cancel(served_smoke):
+    stack, _ = served_smoke
+    sweep = _phase_submit_until_running(stack)
+    _phase_restart_keeps_the_job(stack, sweep)
+    _phase_the_same_key_is_the_same_sweep(stack, sweep)
+    _phase_cancel_stops_the_ray_job(stack, sweep)
+    _phase_resume_runs_to_the_end(stack, sweep)

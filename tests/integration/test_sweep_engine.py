@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import time
 import urllib.request
 
 import pytest
 from mlflow import MlflowClient
-from sweep_helpers import DMSWEEP, REPO, end_session, run_spec, start_session, tiny_spec
+from sweep_helpers import DMSWEEP, run_spec, tiny_spec
 
-from service.report import read_results
-from service.sweep_folder import find_sweep
+from service.results.folder import find_sweep
+from service.results.results_file import read_results
+from tests.support import REPO
+from tests.support.ports import free_port
+from tests.support.processes import end_session, start_session
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -157,9 +159,7 @@ def test_logs_and_report_read_a_sweep_folder(smoke_sweep):
 
 
 def test_ui_serves_the_local_store(smoke_sweep, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     storage = smoke_sweep.folder.path.parent
     server = start_session(
         [*DMSWEEP, "ui", "--storage-path", str(storage), "--port", str(port)],

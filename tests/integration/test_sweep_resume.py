@@ -9,18 +9,13 @@ import signal
 import time
 from pathlib import Path
 
-from mlflow import MlflowClient
-from sweep_helpers import DMSWEEP, end_session, start_session, tiny_spec, write_spec
+from sweep_helpers import DMSWEEP, mlflow_children, synthetic_data, tiny_spec, write_spec
+
+from tests.support.processes import end_session, start_session
 
 EPOCHS = 4
 # Epochs of ~3 s on 2 cores: time to see a trial between its checkpoints.
-DATA = {
-    "synthetic": {
-        "num_classes": 4,
-        "image_size": 32,
-        "synthetic_images": {"train": 2048, "test": 128},
-    }
-}
+DATA = synthetic_data(train_images=2048)
 
 
 def wait_for(condition, timeout_s: float, what: str, process=None):
@@ -63,7 +58,9 @@ def start_run(tmp_path: Path, **changes):
     return start_session(command, tmp_path / "run.log"), storage
 
 
-def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
+def _phase_kill_the_driver_mid_trial(tmp_path: Path) -> tuple[Path, str, dict[str, str]]:
+    """``dmsweep run``, one trial at a time, SIGKILLed once a trial has finished and another is
+    mid-training: the sweep folder, the interrupted trial and the records made before."""
     first, storage = start_run(tmp_path, resources={"max_concurrent_trials": 1})
     try:
         folder = wait_for(lambda: sweep_folder(storage), 120, "the sweep folder", first)
@@ -77,7 +74,11 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
     finally:
         end_session(first.pid)
     assert interrupted not in before and len(before) < 4
+    return folder, interrupted, before
 
+
+def _phase_resume_to_the_end(tmp_path: Path, folder: Path) -> dict[str, str]:
+    """``dmsweep resume`` of the sweep, run to its end: every trial's record, all succeeded."""
     second = start_session(
         [*DMSWEEP, "resume", str(folder)], tmp_path / "resume.log", env={"COLUMNS": "160"}
     )
@@ -91,30 +92,43 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
     after = records(folder)
     assert len(after) == 4
     assert all(json.loads(r)["status"] == "succeeded" for r in after.values())
+    return after
+
+
+def _check_finished_trials_ran_once(folder: Path, before: dict, after: dict) -> None:
+    """Finished before the kill: neither trained again nor recorded again."""
     for trial_id, record in before.items():
-        # Finished before the kill: neither trained again nor recorded again.
         assert after[trial_id] == record
         assert (folder / "logs" / f"{trial_id}.log").read_text().count("finished") == 1
-    # The interrupted trial went on from its checkpoint, not from epoch 0.
+
+
+def _check_the_interrupted_trial_went_on_from_its_checkpoint(folder: Path, interrupted: str):
+    """Not from epoch 0."""
     log = (folder / "logs" / f"{interrupted}.log").read_text()
     resumed = log.split("resume from", 1)
     assert len(resumed) == 2, log
     epochs_after = [int(e) for e in re.findall(r"epoch (\d+):", resumed[1])]
     assert epochs_after[0] > 1 and epochs_after[-1] == EPOCHS, log
 
-    # MLflow: one parent, one child per trial (the resumed trial kept its run), all finished.
-    state = json.loads((folder / "sweep.json").read_text())["tracking"]
-    client = MlflowClient(tracking_uri=state["uri"])
-    runs = client.search_runs([state["experiment_id"]], max_results=100)
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
+
+def _check_mlflow_has_one_run_per_trial(folder: Path, after: dict, interrupted: str) -> None:
+    """One parent, one child per trial (the resumed trial kept its run), all finished."""
+    client, parent, children = mlflow_children(folder)
     assert len(children) == 4
     assert sorted(r.data.tags["dmsweep.trial_id"] for r in children) == sorted(after)
     assert {r.info.status for r in children} == {"FINISHED"}
-    parent = client.get_run(state["parent_run_id"])
     assert parent.info.status == "FINISHED"
     child = next(r for r in children if r.data.tags["dmsweep.trial_id"] == interrupted)
     steps = {m.step for m in client.get_metric_history(child.info.run_id, "val_top1")}
     assert steps == set(range(1, EPOCHS + 1))
+
+
+def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
+    folder, interrupted, before = _phase_kill_the_driver_mid_trial(tmp_path)
+    after = _phase_resume_to_the_end(tmp_path, folder)
+    _check_finished_trials_ran_once(folder, before, after)
+    _check_the_interrupted_trial_went_on_from_its_checkpoint(folder, interrupted)
+    _check_mlflow_has_one_run_per_trial(folder, after, interrupted)
 
 
 def test_ctrl_c_leaves_a_resumable_sweep_and_exits_130(tmp_path):

@@ -6,9 +6,9 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 from optuna.trial import TrialState
-from sweep_helpers import run_spec, tiny_spec
+from sweep_helpers import mlflow_children, run_spec, tiny_spec
 
-from service.report import read_results
+from service.results.results_file import read_results
 
 pytestmark = pytest.mark.usefixtures("local_ray")
 
@@ -51,10 +51,7 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
     for trial in trials:
         assert trial.value == pytest.approx(by_eta[trial.params["eta"]])
     # The eta each trial trained with is the one Optuna chose (the run's params say so).
-    state = outcome.folder.read_state()["tracking"]
-    client = MlflowClient(tracking_uri=state["uri"])
-    runs = client.search_runs([state["experiment_id"]])
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == state["parent_run_id"]]
+    _, _, children = mlflow_children(outcome.folder.path)
     assert sorted(float(r.data.params["loss.eta"]) for r in children) == etas
     assert [b["cell"] for b in outcome.best] == [CELL]
     best_eta = max(by_eta, key=by_eta.get)

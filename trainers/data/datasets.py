@@ -59,15 +59,29 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def default_root(name: str) -> Path:
-    """``$DMSWEEP_DATA_ROOT/<name>``; an error naming the variable when it is not set."""
-    base = os.environ.get(ROOT_VARIABLE)
+def is_synthetic(name: str, source: str | None = None) -> bool:
+    """Whether a data set is made in memory (and so needs no root)."""
+    return name == "synthetic" or source == "synthetic"
+
+
+def default_root(name: str, base: str | Path | None = None) -> Path:
+    """``<base>/<name>``, base defaulting to ``$DMSWEEP_DATA_ROOT``; an error when neither is set.
+
+    The one rule for where a data set without a root lives: a local run's ``$DMSWEEP_DATA_ROOT``,
+    the sweep service's first data root (``base``).
+    """
+    base = base or os.environ.get(ROOT_VARIABLE)
     if not base:
         raise ValueError(
-            f"no root given for data set {name!r} and {ROOT_VARIABLE} is not set: pass root= "
+            f"no root given for data set {name!r} and {ROOT_VARIABLE} is not set: give its root, "
             f"or set {ROOT_VARIABLE} to the folder that holds {name}/"
         )
     return Path(base).expanduser() / name
+
+
+def resolve_root(name: str, root: str | None, base: str | Path | None = None) -> Path:
+    """A data set's folder: ``root`` when given, else ``default_root(name, base)``."""
+    return Path(root).expanduser() if root else default_root(name, base)
 
 
 def _synthetic(
@@ -81,7 +95,7 @@ def _synthetic(
             f"{', '.join(SYNTHETIC_OPTIONS)}"
         )
     images = options.pop("images", None) or {}
-    count = images if isinstance(images, int) else {**SYNTHETIC_IMAGES, **images}.get(split)
+    count = images if isinstance(images, int) else {**SYNTHETIC_IMAGES, **images}[split]
     return make_synthetic(
         count,
         split=split,
@@ -151,7 +165,7 @@ def open_dataset(
     if source == "synthetic":
         data = _synthetic(split, image_size, seed, synthetic)
     else:
-        folder = Path(root).expanduser() if root is not None else default_root(name)
+        folder = resolve_root(name, str(root) if root is not None else None)
         if source == "cifar":
             _fixed_size(name, source, IMAGE_SIZE, image_size)
             data = load_cifar(folder, name, split)

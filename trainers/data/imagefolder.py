@@ -72,10 +72,10 @@ def list_imagefolder(root: str | Path, split: str) -> tuple[list[Path], Tensor, 
         raise FileNotFoundError(f"ImageFolder root {root} does not exist")
     split_dir = root / split
     if not split_dir.is_dir():
-        found = [s for s in SPLITS if (root / s).is_dir()]
+        present = [s for s in SPLITS if (root / s).is_dir()]
         raise FileNotFoundError(
             f"split folder {split_dir} does not exist; split folders found in {root}: "
-            f"{', '.join(found) or 'none'} (allowed: {', '.join(SPLITS)})"
+            f"{', '.join(present) or 'none'} (allowed: {', '.join(SPLITS)})"
         )
     classes = _class_folders(split_dir)
     if not classes:
@@ -153,7 +153,7 @@ SERIAL_BELOW_S = 0.5e-3
 
 def parallel_fill(
     count: int,
-    fill: Callable[[int], None],
+    fill: Callable[[int], object],
     workers: int | None = None,
     chunk: int = 256,
 ) -> None:

@@ -274,7 +274,8 @@ def list_imagefolder_layout(src: Path) -> Listing:
         if not src.exists():
             raise FileNotFoundError(f"source folder {src} does not exist")
         raise FileNotFoundError(f"no split folder in {src}; expected some of {', '.join(SPLITS)}")
-    splits, classes = {}, []
+    splits: dict[str, list[tuple[Path, int]]] = {}
+    classes: list[str] = []
     for split in present:
         files, labels, classes = list_imagefolder(src, split)
         splits[split] = list(zip(files, labels.tolist(), strict=True))

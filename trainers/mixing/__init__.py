@@ -12,6 +12,7 @@ from trainers.mixing.manifoldmix import manifoldmix
 from trainers.mixing.mixup import interpolate, mixup
 from trainers.mixing.resizemix import resizemix
 from trainers.mixing.saliencymix import saliencymix
+from trainers.vocabulary import INTERPOLATION_BASED, STATIC_POLICIES
 
 POLICIES: dict[str, MixingPolicy] = {
     "mixup": mixup,
@@ -22,8 +23,8 @@ POLICIES: dict[str, MixingPolicy] = {
     "resizemix": resizemix,
 }
 
-# Appendix A.3: Mixup and ManifoldMix interpolate; every other policy cuts and pastes.
-INTERPOLATION_BASED = frozenset({"mixup", "manifoldmix"})
+# Every static policy of the paper is implemented; their names and families are the vocabulary's.
+assert tuple(POLICIES) == STATIC_POLICIES, "trainers.vocabulary.STATIC_POLICIES names POLICIES"
 
 __all__ = [
     "INTERPOLATION_BASED",

@@ -31,10 +31,14 @@ class MixedBatch:
 
 
 class MixingPolicy(Protocol):
-    """The signature shared by the entries of ``trainers.mixing.POLICIES``."""
+    """The signature shared by the entries of ``trainers.mixing.POLICIES``.
+
+    The batch and its labels go by position: each policy names them its own way (ManifoldMix
+    mixes ``features``).
+    """
 
     def __call__(
-        self, inputs: Tensor, targets: Tensor, *, alpha: float, generator: torch.Generator
+        self, inputs: Tensor, targets: Tensor, /, *, alpha: float, generator: torch.Generator
     ) -> MixedBatch:
         """Mix ``inputs`` (labels ``targets``) with Beta(alpha, alpha) or the policy's own law."""
         ...
@@ -50,7 +54,7 @@ def check_batch(
 ) -> None:
     """Raise a ValueError naming what is wrong with a policy's arguments."""
     if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
-        got = inputs.dtype if isinstance(inputs, Tensor) else type(inputs).__name__
+        got: object = inputs.dtype if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a floating-point tensor; got {got}")
     if images and inputs.dim() != 4:
         raise ValueError(

@@ -11,17 +11,35 @@ waits for the device; the mixing itself draws from the batch's device generator.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
 from trainers.mixing import POLICIES, MixedBatch
 from trainers.mixing.base import mixed_batch
+from trainers.vocabulary import METHODS, takes_alpha
 
-METHODS = ("vanilla", "mixup_cutmix", *POLICIES)
+
+def _mix_stages(model: nn.Module) -> int:
+    """The ManifoldMix stages of the backbone under ``model`` (or under its DDP wrapper)."""
+    backbone = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    stages = backbone.mix_stages
+    assert isinstance(stages, int)  # every network of trainers.backbones has an int count
+    return stages
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def _policy_alpha(policy: str, alpha: float | None) -> float:
+    """The ``alpha`` a policy is called with: its Beta(alpha, alpha) parameter.
+
+    TrainConfig requires it of every policy but ResizeMix, which takes the argument and ignores
+    it (it draws its scale uniformly): NaN stands in there.
+    """
+    if alpha is not None:
+        return alpha
+    if takes_alpha(policy):
+        raise ValueError(f"method {policy!r} needs alpha (> 0)")
+    return math.nan
 
 
 class MethodMixer:
@@ -61,13 +79,16 @@ class MethodMixer:
             return model(inputs), mixed_batch(inputs, targets, lam, itself)
         if self.method == "manifoldmix":
             # The stage is drawn once per batch; the backbone mixes the features entering it.
-            stage = int(torch.randint(_unwrap(model).mix_stages, (), generator=choices))
+            stage = int(torch.randint(_mix_stages(model), (), generator=choices))
             mixed: list[MixedBatch] = []
 
             def mix(features: Tensor) -> Tensor:
                 mixed.append(
                     POLICIES["manifoldmix"](
-                        features, targets, alpha=self.alpha, generator=generator
+                        features,
+                        targets,
+                        alpha=_policy_alpha("manifoldmix", self.alpha),
+                        generator=generator,
                     )
                 )
                 return mixed[0].inputs
@@ -79,5 +100,7 @@ class MethodMixer:
             use_cutmix = torch.rand((), generator=choices).item() < self.switch_prob
             policy = "cutmix" if use_cutmix else "mixup"
             alpha = self.switch_alphas[use_cutmix]
-        batch = POLICIES[policy](inputs, targets, alpha=alpha, generator=generator)
+        batch = POLICIES[policy](
+            inputs, targets, alpha=_policy_alpha(policy, alpha), generator=generator
+        )
         return model(batch.inputs), batch

@@ -1,0 +1,167 @@
+"""The commands that talk to a sweep service (``--server``): submit, status, cancel, and serve."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.markdown import Markdown
+from rich.table import Table
+
+from service.cli.client import ServiceClient, ServiceError
+from service.cli.options import Server, console, fail
+from service.server.settings import SettingsError, read_token
+
+T = TypeVar("T")
+
+
+def client(server: str | None) -> ServiceClient:
+    """A client of ``server`` with the token of ``$DMSWEEP_API_TOKEN(_FILE)``."""
+    if not server:
+        raise fail("no server: pass --server URL or set DMSWEEP_SERVER")
+    try:
+        token = read_token(os.environ, "DMSWEEP_API_TOKEN", "DMSWEEP_API_TOKEN_FILE")
+    except SettingsError as error:
+        raise fail(str(error)) from None
+    return ServiceClient(server, token)
+
+
+def served(call: Callable[[], T]) -> T:
+    """Run a request to the service; its refusal shown as the server phrased it."""
+    try:
+        return call()
+    except ServiceError as error:
+        label = f"server ({error.status})" if error.status else "server"
+        console.print(f"[red]{label}:[/] {error}", highlight=False)
+        raise typer.Exit(2 if error.status in (413, 415, 422) else 1) from None
+
+
+def print_sweep(view: dict[str, Any]) -> None:
+    """One sweep as the service shows it: state, trials, best so far, Ray job, MLflow run."""
+    trials = view["trials"]
+    best = view.get("best") or {}
+    best_text = ", ".join(f"{k}={v}" for k, v in best.items()) or "none yet"
+    console.print(
+        f"[bold]{view['id']}[/]: {view['state']}"
+        + (f" ({view['message']})" if view.get("message") else ""),
+        highlight=False,
+    )
+    console.print(
+        f"  trials: {trials['done']}/{trials['total']} done, {trials['running']} running, "
+        f"{trials['failed']} failed; best: {best_text}"
+    )
+    console.print(
+        f"  Ray job: {view.get('ray_job_id') or '-'}   MLflow: {view.get('mlflow_run_url') or '-'}"
+    )
+
+
+class RemoteSweeps:
+    """``resume``, ``report`` and ``logs`` of sweeps that a sweep service runs."""
+
+    def __init__(self, server: str) -> None:
+        self.client = client(server)
+
+    def resume(self, sweep: str) -> None:
+        """Ask the service to continue a failed or cancelled sweep."""
+        print_sweep(served(lambda: self.client.resume(sweep)))
+
+    def report(self, sweep: str) -> None:
+        """The service's report of the trials finished so far."""
+        console.print(Markdown(served(lambda: self.client.report(sweep))))
+
+    def logs(self, sweep: str, trial: str | None) -> None:
+        """The sweep's Ray job output, or one trial's log."""
+        print(served(lambda: self.client.logs(sweep, trial)), end="")
+
+
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML, or JSON by suffix).")],
+    server: Server = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Retrying with the same key and spec gives the same sweep, not a new one."
+        ),
+    ] = None,
+) -> None:
+    """Submit a sweep spec to the sweep service; it runs there as a Ray job."""
+    service = client(server)
+    if not spec_file.is_file():
+        raise fail(f"{spec_file}: no such file")
+    print_sweep(served(lambda: service.submit(spec_file, idempotency_key)))
+
+
+def status(
+    sweep: Annotated[str | None, typer.Argument(help="A sweep id; default: list them all.")] = None,
+    server: Server = None,
+) -> None:
+    """The state of one sweep of the service, or a table of all of them."""
+    service = client(server)
+    if sweep is not None:
+        print_sweep(served(lambda: service.sweep(sweep)))
+        return
+    table = Table(title=f"sweeps on {service.server}")
+    for column in ("sweep", "state", "trials", "failed", "best"):
+        table.add_column(column)
+    for view in served(service.sweeps):
+        trials = view["trials"]
+        best = ", ".join(f"{k}={v}" for k, v in (view.get("best") or {}).items())
+        table.add_row(
+            view["id"],
+            view["state"],
+            f"{trials['done']}/{trials['total']}",
+            str(trials["failed"]),
+            best,
+        )
+    console.print(table)
+
+
+def cancel(
+    sweep: Annotated[str, typer.Argument(help="A sweep id.")], server: Server = None
+) -> None:
+    """Stop a sweep of the service (its Ray job); it can be resumed later."""
+    print_sweep(served(lambda: client(server).cancel(sweep)))
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-no-auth", help="Serve without a token (local use only: anyone may submit)."
+        ),
+    ] = False,
+) -> None:
+    """Start the sweep service (FastAPI on uvicorn); configured by DMSWEEP_* variables.
+
+    DMSWEEP_DATABASE_URL, DMSWEEP_RAY_ADDRESS, DMSWEEP_MLFLOW_URI, DMSWEEP_DATA_ROOTS,
+    DMSWEEP_STORAGE_ROOT, DMSWEEP_API_TOKEN / DMSWEEP_API_TOKEN_FILE (see service/settings.py).
+    """
+    import uvicorn
+
+    from service.server.app import create_app
+    from service.server.settings import ServiceSettings, SettingsError
+
+    try:
+        settings = ServiceSettings.from_env()
+        app_ = create_app(settings, require_token=not insecure_no_auth)
+    except (SettingsError, ValueError) as error:
+        raise fail(str(error)) from None
+    if insecure_no_auth:
+        console.print("[yellow]warning:[/] no token: anyone who reaches this port may submit")
+    console.print(
+        f"dmsweep service on http://{host}:{port} (Ray {settings.ray_address}, storage "
+        f"{settings.storage_root}, store {_redacted(settings.database_url)})",
+        highlight=False,
+    )
+    uvicorn.run(app_, host=host, port=port, log_level="info")
+
+
+def _redacted(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

@@ -1,0 +1,219 @@
+"""The folder of one sweep: its spec, its state, one record per finished trial, logs, reports.
+
+Every run of a spec is a new sweep, ``<storage_path>/<name>-<UTC timestamp>/``::
+
+    spec.yaml            the spec as submitted (what ``dmsweep resume`` runs again)
+    sweep.json           id, creation time, tracking (MLflow experiment and parent run), Ray
+    trials/<id>.json     one record per finished trial: identity, status, metrics or error
+    logs/<id>.log        one log per trial: epochs, and the traceback of a failure
+    train/<id>/          Ray Train's runs: checkpoints of each trial
+    errors/<id>.json     a failure a retry would repeat, left by a worker for its trial's driver
+    optuna.db            the Optuna studies (with a search section, SQLite by default)
+    results.parquet, report.md, report.html, gains.png    written at the end of the sweep
+    best_settings.yaml   with a search: each cell's best setting
+    <Ray Tune's experiment state>                           what ``Tuner.restore`` reads
+
+Trial records are written by the trial itself, so the results of a sweep whose driver died are
+still on disk, and a report can be made at any time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from service.results.records import Record, TrialState
+from service.spec.model import SweepSpec
+from service.spec.reading import spec_from_dict
+
+SPEC_FILE = "spec.yaml"
+STATE_FILE = "sweep.json"
+
+
+def new_sweep_id(name: str, storage_path: Path, now: datetime | None = None) -> str:
+    """``<name>-<UTC timestamp>``, with ``-2``, ``-3``, ... when that folder already exists."""
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    sweep_id = f"{name}-{stamp}"
+    suffix = 2
+    while (storage_path / sweep_id).exists():
+        sweep_id = f"{name}-{stamp}-{suffix}"
+        suffix += 1
+    return sweep_id
+
+
+def write_json_atomically(path: Path, value: Any) -> None:
+    """Write ``value`` as JSON so that a reader never sees half a file (a kill mid-write)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as out:
+        json.dump(value, out, indent=2, default=str)
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """Paths inside one sweep's folder."""
+
+    path: Path
+
+    @property
+    def sweep_id(self) -> str:
+        """The folder's name is the sweep id."""
+        return self.path.name
+
+    @property
+    def spec_file(self) -> Path:
+        """The spec as submitted."""
+        return self.path / SPEC_FILE
+
+    @property
+    def state_file(self) -> Path:
+        """``sweep.json``."""
+        return self.path / STATE_FILE
+
+    @property
+    def trials_dir(self) -> Path:
+        """One JSON record per finished trial."""
+        return self.path / "trials"
+
+    @property
+    def logs_dir(self) -> Path:
+        """One log per trial."""
+        return self.path / "logs"
+
+    @property
+    def train_dir(self) -> Path:
+        """Ray Train's storage path: one run (with checkpoints) per trial."""
+        return self.path / "train"
+
+    @property
+    def optuna_url(self) -> str:
+        """The default Optuna storage: a SQLite file in the folder."""
+        return f"sqlite:///{self.path / 'optuna.db'}"
+
+    @property
+    def errors_dir(self) -> Path:
+        """Failures a retry would repeat, one JSON per trial, left by its worker."""
+        return self.path / "errors"
+
+    @property
+    def best_settings_file(self) -> Path:
+        """With a search: each cell's best setting (YAML)."""
+        return self.path / "best_settings.yaml"
+
+    def error_file(self, trial_id: str) -> Path:
+        """Where a worker leaves a deterministic failure for the trial's driver."""
+        return self.errors_dir / f"{trial_id}.json"
+
+    def read_spec(self) -> SweepSpec:
+        """The spec the sweep runs (``spec.yaml``)."""
+        return spec_from_dict(yaml.safe_load(self.spec_file.read_text()))
+
+    def log_file(self, trial_id: str) -> Path:
+        """The log of one trial."""
+        return self.logs_dir / f"{trial_id}.log"
+
+    def record_file(self, trial_id: str) -> Path:
+        """The record of one finished trial."""
+        return self.trials_dir / f"{trial_id}.json"
+
+    def read_state(self) -> dict[str, Any]:
+        """``sweep.json``; a ValueError naming the folder when it is not a sweep."""
+        try:
+            return json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            raise ValueError(
+                f"{self.path} is not a sweep folder: {STATE_FILE} is missing"
+            ) from None
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        """Replace ``sweep.json``."""
+        write_json_atomically(self.state_file, state)
+
+    def update_state(self, **changes: Any) -> dict[str, Any]:
+        """Merge ``changes`` into ``sweep.json``; the new state."""
+        state = {**self.read_state(), **changes}
+        self.write_state(state)
+        return state
+
+    def write_record(self, trial_id: str, record: dict[str, Any]) -> None:
+        """The record of a finished trial (replaces an earlier one of the same trial)."""
+        write_json_atomically(self.record_file(trial_id), record)
+
+    def read_record(self, trial_id: str) -> dict[str, Any] | None:
+        """The record of one trial, or None before it finished."""
+        try:
+            return json.loads(self.record_file(trial_id).read_text())
+        except FileNotFoundError:
+            return None
+
+    def records(self) -> list[Record]:
+        """Every trial record, in the order the trials were created (Tune's trial ids)."""
+        if not self.trials_dir.is_dir():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.trials_dir.glob("*.json"))]
+
+    def started_trials(self) -> list[str]:
+        """Ids of the trials that have started (each has a log), sorted."""
+        return sorted(p.stem for p in self.logs_dir.glob("*.log")) if self.logs_dir.is_dir() else []
+
+    def find_trial(self, text: str) -> str:
+        """The one trial whose id or name starts with ``text``; a LookupError naming the matches.
+
+        The command line's ``dmsweep logs`` and the service's ``/logs?trial=`` both look trials
+        up this way.
+        """
+        names = {r["trial_id"]: r["name"] for r in self.records()}
+        known = sorted(set(self.started_trials()) | set(names))
+        matches = [t for t in known if t.startswith(text) or names.get(t, "").startswith(text)]
+        if len(matches) != 1:
+            found = ", ".join(matches) if matches else "none"
+            raise LookupError(f"trial {text!r} of sweep {self.sweep_id} matches {found}")
+        return matches[0]
+
+    def progress(self, metric: str, mode: str = "max") -> Progress:
+        """Trials done, started but unfinished, failed and pruned, and the best result so far."""
+        records = self.records()
+        finished = {r["trial_id"] for r in records}
+        sign = 1 if mode == "max" else -1
+        scored = [r for r in records if r["status"] == TrialState.SUCCEEDED and metric in r]
+        top = max(scored, key=lambda r: sign * r[metric]) if scored else None
+        return Progress(
+            done=len(records),
+            unfinished=len(set(self.started_trials()) - finished),
+            failed=sum(r["status"] == TrialState.FAILED for r in records),
+            pruned=sum(r["status"] == TrialState.PRUNED for r in records),
+            best=None if top is None else (top["name"], float(top[metric])),
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A sweep's trials as its folder records them."""
+
+    done: int
+    unfinished: int  # started (logged) and not finished: running, or lost with their driver
+    failed: int
+    pruned: int
+    best: tuple[str, float] | None  # (trial name, metric value)
+
+
+def find_sweep(id_or_path: str, storage_path: str | Path = "./runs") -> SweepFolder:
+    """The sweep named by a folder path, or by its id under ``storage_path``."""
+    candidates = [Path(id_or_path), Path(storage_path) / id_or_path]
+    for candidate in candidates:
+        if (candidate / STATE_FILE).is_file():
+            return SweepFolder(candidate.resolve())
+    known = []
+    root = Path(storage_path)
+    if root.is_dir():
+        known = sorted(p.name for p in root.iterdir() if (p / STATE_FILE).is_file())
+    hint = f"; sweeps in {root}: {', '.join(known[-10:])}" if known else f"; {root} has none"
+    raise ValueError(f"no sweep {id_or_path!r}: not a sweep folder, nor a sweep id{hint}")

@@ -1,0 +1,40 @@
+"""The paper's reported numbers, one CSV per table in ``search_spaces/paper_results/``."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+PAPER_RESULTS = Path(__file__).resolve().parents[2] / "search_spaces" / "paper_results"
+"""The folder of the paper's numbers (CSV files, one per table)."""
+
+
+def _number(text: str) -> float | int | str | None:
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def load_paper_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
+    """The paper's reported numbers: every row of every CSV in ``folder``, numbers parsed.
+
+    ``folder`` defaults to ``search_spaces/paper_results/`` of the repository (Tables 1-5 and
+    8; see its README.md). Each row has ``table, dataset, backbone, method, loss, recipe`` (the
+    dmsweep recipe the table's numbers were trained with) and the paper's metrics (``top1``:
+    median top-1 of the last 10 epochs, mean of three trials; ``fgsm_error`` for Table 8).
+    ``table`` stays text ("1", "8").
+    """
+    rows = []
+    for csv_path in sorted(Path(folder or PAPER_RESULTS).glob("*.csv")):
+        with csv_path.open(newline="") as handle:
+            for raw in csv.DictReader(handle):
+                row = {k: _number(v) for k, v in raw.items()}
+                row["table"] = str(raw["table"])
+                rows.append(row)
+    return rows

@@ -1,0 +1,508 @@
+"""The sweep spec, a pydantic model: a YAML grid of the paper's benchmarks and its settings.
+
+Every error names the field path and what is allowed. What the spec expands into (cells,
+trials) is ``service.spec.cells``; reading one from untrusted text is ``service.spec.reading``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, Literal
+
+import timm
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from service.spec.cells import AXES, Cell, applies, expand, grid_cells, train_config
+from service.spec.defaults import DYNAMIC
+from trainers.backbones import DMSWEEP_BACKBONES
+from trainers.config import BackboneSettings, DataSettings, EvalConfig
+from trainers.data.datasets import DATASETS, ROOT_VARIABLE
+from trainers.recipes import RECIPES, get_recipe
+from trainers.validation import Location, Problem, StrictModel, raise_problems
+from trainers.vocabulary import BOUNDS, HYPERPARAMETERS, LOSSES, METHODS, SearchableName
+
+MAX_SEEDS = 100
+MAX_TRIALS = 10_000
+# Shown when a cell fails TrainConfig validation; more would drown the first ones.
+_MAX_CELL_ERRORS = 10
+
+
+def _non_finite(value: Any, loc: Location) -> list[Problem]:
+    """Every NaN or infinite number inside ``value``, by path (recipe values are nested)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [Problem(loc, f"must be a finite number (no NaN or infinity); got {value!r}")]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _non_finite(v, (*loc, str(k)))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite(v, (*loc, i))]
+    return []
+
+
+def _recipe_problems(recipe: str, overrides: dict[str, Any], loc: Location) -> list[Problem]:
+    problems = _non_finite(overrides, loc)
+    if not problems:
+        try:
+            get_recipe(recipe, overrides)  # names an unknown or invalid field
+        except ValueError as error:
+            problems.append(Problem(loc, str(error)))
+    return problems
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def _check_dataset(name: str) -> str:
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+    return name
+
+
+def _check_backbone(name: str) -> str:
+    if name not in DMSWEEP_BACKBONES and not timm.is_model(name):
+        raise ValueError(
+            f"unknown backbone {name!r}; allowed: {', '.join(DMSWEEP_BACKBONES)} or any timm "
+            "model name (timm.list_models())"
+        )
+    return name
+
+
+def _check_method(name: str) -> str:
+    if name not in METHODS:
+        later = " (dynamic policies are not implemented yet)" if name in DYNAMIC else ""
+        raise ValueError(f"unknown method {name!r}{later}; allowed: {', '.join(METHODS)}")
+    return name
+
+
+def _check_loss(name: str) -> str:
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(_check_dataset)]
+BackboneName = Annotated[str, AfterValidator(_check_backbone)]
+MethodName = Annotated[str, AfterValidator(_check_method)]
+LossName = Annotated[str, AfterValidator(_check_loss)]
+
+
+def _unique(values: list[Any]) -> list[Any]:
+    repeated = sorted({str(v) for v in values if values.count(v) > 1})
+    if repeated:
+        raise ValueError(f"values must be unique; repeated: {', '.join(repeated)}")
+    return values
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+class Grid(StrictModel):
+    """The axes whose product gives the cells, and the seeds every cell is trained with."""
+
+    dataset: Annotated[list[DatasetName], AfterValidator(_unique)] = Field(
+        min_length=1, description=f"data sets: {', '.join(DATASETS)}"
+    )
+    backbone: Annotated[list[BackboneName], AfterValidator(_unique)] = Field(
+        min_length=1,
+        description=f"backbones: {', '.join(DMSWEEP_BACKBONES)} or timm model names",
+    )
+    method: Annotated[list[MethodName], AfterValidator(_unique)] = Field(
+        min_length=1, description=f"mixing methods: {', '.join(METHODS)}"
+    )
+    loss: Annotated[list[LossName], AfterValidator(_unique)] = Field(
+        min_length=1, description=f"losses: {', '.join(LOSSES)}"
+    )
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [0],
+        min_length=1,
+        max_length=MAX_SEEDS,
+        description=f"seeds, one trial per cell each (1 to {MAX_SEEDS}, unique, >= 0)",
+    )
+
+
+class Hyperparameters(StrictModel):
+    """Mixing and loss hyperparameters; each applies only to the cells that use it."""
+
+    alpha: float | None = Field(
+        None, description=f"Beta(alpha, alpha) of the mixing policy; {BOUNDS['alpha']}"
+    )
+    eta: float | None = Field(
+        None, description=f"DM(CE) weight of the decoupled term; {BOUNDS['eta']}"
+    )
+    xi: float | None = Field(None, description=f"DM(BCE) target scale; {BOUNDS['xi']}")
+    t: float | None = Field(None, description=f"DM(BCE) temperature; {BOUNDS['t']}")
+
+    @field_validator("alpha", "eta", "xi", "t")
+    @classmethod
+    def _check(cls, value: float | None, info: Any) -> float | None:
+        problem = None if value is None else BOUNDS[info.field_name].problem(info.field_name, value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    def given(self) -> dict[str, float]:
+        """The hyperparameters that are set."""
+        return {
+            k: v for k, v in self.model_dump().items() if k in HYPERPARAMETERS and v is not None
+        }
+
+
+class Match(StrictModel):
+    """Selects cells: every axis given must hold one of its values; absent axes match all."""
+
+    dataset: list[str] | None = Field(None, description="data set names (a name or a list)")
+    backbone: list[str] | None = Field(None, description="backbone names (a name or a list)")
+    method: list[str] | None = Field(None, description="method names (a name or a list)")
+    loss: list[str] | None = Field(None, description="loss names (a name or a list)")
+
+    @field_validator("dataset", "backbone", "method", "loss", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    def matches(self, cell: Cell) -> bool:
+        """Whether ``cell`` holds one of the given values on every axis given."""
+        return all(
+            getattr(self, axis) is None or getattr(cell, axis) in getattr(self, axis)
+            for axis in AXES
+        )
+
+
+class CellSettings(Hyperparameters):
+    """What an override sets on the cells it matches."""
+
+    recipe_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="recipe fields, merged over the spec's recipe_overrides"
+    )
+    epochs: int | None = Field(None, ge=1, description="epochs of these cells")
+
+
+class CellOverride(StrictModel):
+    """Settings for some cells (appendix A.3 sets other alpha / eta for some methods)."""
+
+    match: Match = Field(description="which cells")
+    set: CellSettings = Field(description="alpha / eta / xi / t, recipe_overrides, epochs")
+
+
+class Range(StrictModel):
+    """A continuous search range [low, high], sampled on a log scale if ``log``."""
+
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Range:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite numbers (no NaN or infinity)")
+        if not self.low < self.high:
+            raise ValueError(f"need low < high; got low={self.low}, high={self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0; got {self.low}")
+        return self
+
+
+class Scheduler(StrictModel):
+    """Early stopping of trials: Ray Tune's ASHA."""
+
+    type: Literal["asha"] = Field(description="asha (the only scheduler so far)")
+    grace_period: int = Field(1, ge=1, description="epochs every trial runs at least")
+    max_t: int | None = Field(None, ge=1, description="epochs at most; default: the spec's epochs")
+    reduction_factor: float = Field(4, gt=1, description="ASHA's eta (Ray Tune's default 4)")
+
+
+class Search(StrictModel):
+    """Optuna search per cell: one study per cell, named ``<sweep id>:<cell id>``."""
+
+    parameters: dict[SearchableName, list[float] | Range] = Field(
+        min_length=1,
+        description="each a list of values (categorical) or {low, high, log} (a range); lr and "
+        "weight_decay replace the recipe's",
+    )
+    sampler: Literal["grid", "tpe"] = Field(
+        "tpe", description="grid (every parameter categorical) or tpe"
+    )
+    num_samples: int | None = Field(
+        None, ge=1, description="settings per cell and seed; default with grid: the grid's size"
+    )
+    metric: str = Field("val_top1", description="what the search optimises")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
+    scheduler: Scheduler | None = Field(None, description="null: every trial runs to the end")
+    storage: str | None = Field(
+        None, description="Optuna RDB URL; default: a sqlite file under the sweep's storage_path"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Search:
+        problems: list[Problem] = []
+        for name, space in self.parameters.items():
+            if isinstance(space, Range):
+                for end in ("low", "high"):
+                    problem = BOUNDS[name].problem(name, getattr(space, end))
+                    if problem:
+                        problems.append(Problem(("parameters", name, end), problem))
+            elif not space:
+                problems.append(Problem(("parameters", name), "give at least one value"))
+            else:
+                for index, value in enumerate(space):
+                    problem = BOUNDS[name].problem(name, value)
+                    if problem:
+                        problems.append(Problem(("parameters", name, index), problem))
+                if len(set(space)) != len(space):
+                    problems.append(Problem(("parameters", name), "values must be unique"))
+        if self.sampler == "grid":
+            ranges = [n for n, s in self.parameters.items() if isinstance(s, Range)]
+            if ranges:
+                problems.append(
+                    Problem(
+                        ("sampler",),
+                        f"the grid sampler needs lists of values; {', '.join(ranges)} "
+                        "is a range: use sampler tpe, or list the values",
+                    )
+                )
+            else:
+                size = self.grid_size()
+                if self.num_samples is None:
+                    self.num_samples = size
+                elif self.num_samples > size:
+                    problems.append(
+                        Problem(
+                            ("num_samples",),
+                            f"the grid has {size} settings; num_samples must be <= {size}",
+                        )
+                    )
+        elif self.num_samples is None:
+            problems.append(Problem(("num_samples",), "required with sampler tpe (an int >= 1)"))
+        raise_problems(problems, "Search")
+        return self
+
+    def grid_size(self) -> int:
+        """The number of settings of the categorical grid (ranges count as one)."""
+        return math.prod(len(s) if isinstance(s, list) else 1 for s in self.parameters.values())
+
+
+class Resources(StrictModel):
+    """What each trial gets from the Ray cluster."""
+
+    workers_per_trial: int = Field(1, ge=1, description="data-parallel workers of one trial")
+    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0: CPU only)")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs per worker")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="trials at once; null: as many as the cluster fits"
+    )
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+class SweepSpec(StrictModel):
+    """A sweep: a grid of cells, their settings, optional search, and resources."""
+
+    name: str = Field(description="letters, digits, '.', '_' and '-'")
+    grid: Grid = Field(description="the axes of the cells and the seeds")
+    recipe: str = Field("cifar", description=f"training recipe: {', '.join(RECIPES)}")
+    recipe_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="recipe fields replaced in every cell"
+    )
+    epochs: int | None = Field(None, ge=1, description="default: the recipe's")
+    batch_size: int | None = Field(None, ge=1, description="global; default: the recipe's")
+    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="what is measured")
+    hyperparameters: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="alpha / eta / xi / t for every cell they apply to (over the defaults)",
+    )
+    overrides: list[CellOverride] = Field(
+        default_factory=list, description="per-cell settings; later ones win"
+    )
+    exclude: list[Match] = Field(default_factory=list, description="cells left out")
+    data: dict[str, DataSettings] = Field(
+        default_factory=dict,
+        description=f"per data set of the grid; default root: ${ROOT_VARIABLE}/<data set>",
+    )
+    backbones: dict[str, BackboneSettings] = Field(
+        default_factory=dict, description="per backbone of the grid: options, weights"
+    )
+    search: Search | None = Field(None, description="Optuna search per cell; null: seeds only")
+    resources: Resources = Field(default_factory=Resources, description="per trial")
+    storage_path: str = Field("./runs", description="where results and checkpoints go")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; null: a local sqlite store chosen by the engine"
+    )
+
+    @field_validator("storage_path")
+    @classmethod
+    def _check_storage_path(cls, path: str) -> str:
+        # Trial records, logs and the Optuna file are written with plain file I/O; an object
+        # store would need them through pyarrow's filesystems, which is not built yet.
+        if "://" in path:
+            raise ValueError(
+                f"storage_path must be a local folder or a shared volume mounted on every node; "
+                f"got {path!r} (object stores such as s3:// are not supported yet)"
+            )
+        return path
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _NAME.match(name):
+            raise ValueError(
+                f"name may contain only letters, digits, '.', '_' and '-'; got {name!r}"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepSpec:
+        problems = self._settings_problems()
+        raise_problems(problems, "SweepSpec")  # the cells below need known names and a valid recipe
+        cells = expand(self)
+        if not cells:
+            problems.append(
+                Problem(("exclude",), "the exclude rules remove every cell of the grid")
+            )
+        elif len(cells) * len(self.grid.seeds) > MAX_TRIALS:
+            problems.append(
+                Problem(
+                    ("grid",),
+                    f"{len(cells)} cells x {len(self.grid.seeds)} seeds = "
+                    f"{len(cells) * len(self.grid.seeds)} trials; at most {MAX_TRIALS:,}",
+                )
+            )
+        raise_problems(problems, "SweepSpec")
+        problems += self._effect_problems(cells)
+        problems += _cell_problems(self, cells)
+        if self.search is not None and self.search.scheduler is not None:
+            scheduler = self.search.scheduler
+            if scheduler.max_t is None:
+                scheduler.max_t = (
+                    self.epochs or get_recipe(self.recipe, self.recipe_overrides).epochs
+                )
+            if scheduler.grace_period > scheduler.max_t:
+                problems.append(
+                    Problem(
+                        ("search", "scheduler", "grace_period"),
+                        f"must be <= max_t ({scheduler.max_t})",
+                    )
+                )
+        raise_problems(problems, "SweepSpec")
+        return self
+
+    def _settings_problems(self) -> list[Problem]:
+        """Names and recipes, before any cell is built."""
+        problems: list[Problem] = []
+        if self.recipe not in RECIPES:
+            problems.append(
+                Problem(
+                    ("recipe",), f"unknown recipe {self.recipe!r}; allowed: {', '.join(RECIPES)}"
+                )
+            )
+            return problems
+        problems += _recipe_problems(self.recipe, self.recipe_overrides, ("recipe_overrides",))
+        for index, override in enumerate(self.overrides):
+            loc: Location = ("overrides", index, "set", "recipe_overrides")
+            own = _non_finite(override.set.recipe_overrides, loc)
+            problems += own
+            if override.set.recipe_overrides and not own:
+                merged = {**self.recipe_overrides, **override.set.recipe_overrides}
+                try:
+                    get_recipe(self.recipe, merged)
+                except ValueError as error:
+                    problems.append(Problem(loc, str(error)))
+            problems += self._match_problems(override.match, ("overrides", index, "match"))
+        for index, rule in enumerate(self.exclude):
+            problems += self._match_problems(rule, ("exclude", index))
+        for key in self.data:
+            if key not in self.grid.dataset:
+                problems.append(
+                    Problem(
+                        (("data", key)), f"not in grid.dataset ({', '.join(self.grid.dataset)})"
+                    )
+                )
+        for key in self.backbones:
+            if key not in self.grid.backbone:
+                problems.append(
+                    Problem(
+                        (("backbones", key)),
+                        f"not in grid.backbone ({', '.join(self.grid.backbone)})",
+                    )
+                )
+        return problems
+
+    def _match_problems(self, match: Match, loc: Location) -> list[Problem]:
+        # A value outside the grid is a typo: it would silently match nothing.
+        problems: list[Problem] = []
+        for axis in AXES:
+            allowed = getattr(self.grid, axis)
+            for index, value in enumerate(getattr(match, axis) or []):
+                if value not in allowed:
+                    problems.append(
+                        Problem(
+                            (*loc, axis, index),
+                            f"{value!r} is not in grid.{axis} ({', '.join(map(str, allowed))})",
+                        )
+                    )
+        return problems
+
+    def _effect_problems(self, cells: list[Cell]) -> list[Problem]:
+        """Settings that no cell they reach would use: most likely a mistake in the spec."""
+        problems: list[Problem] = []
+        for name in self.hyperparameters.given():
+            if not any(applies(self, name, c) for c in cells):
+                problems.append(Problem(("hyperparameters", name), _no_effect(name)))
+        for index, override in enumerate(self.overrides):
+            reached = [c for c in cells if override.match.matches(c)]
+            if not reached:
+                problems.append(
+                    Problem(("overrides", index, "match"), "matches no cell (after exclude)")
+                )
+                continue
+            for name in override.set.given():
+                if not any(applies(self, name, c, override.set.recipe_overrides) for c in reached):
+                    problems.append(Problem(("overrides", index, "set", name), _no_effect(name)))
+        for index, rule in enumerate(self.exclude):
+            if not any(rule.matches(c) for c in grid_cells(self)):
+                problems.append(Problem(("exclude", index), "matches no cell of the grid"))
+        if self.search is not None:
+            for name in self.search.parameters:
+                if not any(applies(self, name, c) for c in cells):
+                    problems.append(Problem(("search", "parameters", name), _no_effect(name)))
+        return problems
+
+
+def _no_effect(name: str) -> str:
+    users = {
+        "eta": "no cell uses loss dm_ce",
+        "xi": "no cell uses loss dm_bce",
+        "t": "no cell uses loss dm_bce",
+        "alpha": "no cell uses a method that takes alpha (not vanilla, resizemix, or "
+        "mixup_cutmix with recipe alphas)",
+    }
+    return f"{name} has no effect: {users.get(name, 'no cell uses it')}"
+
+
+def _cell_problems(spec: SweepSpec, cells: Iterable[Cell]) -> list[Problem]:
+    """TrainConfig's own checks (e.g. loss ce with a mixing method), one line per failing cell."""
+    failing: list[str] = []
+    for cell in cells:
+        try:
+            train_config(spec, cell, spec.grid.seeds[0])
+        except ValidationError as error:
+            details = "; ".join(
+                ".".join(map(str, e["loc"]) or [""])
+                + (": " if e["loc"] else "")
+                # TrainConfig's own checks are model-level ValueErrors: drop pydantic's prefix.
+                + e["msg"].removeprefix("Value error, ")
+                for e in error.errors()
+            )
+            failing.append(f"cell {cell.cell_id}: {details}")
+    shown = failing[:_MAX_CELL_ERRORS]
+    if len(failing) > len(shown):
+        shown.append(f"... and {len(failing) - len(shown)} more failing cells")
+    return [Problem(("grid",), line) for line in shown]

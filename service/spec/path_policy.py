@@ -1,0 +1,131 @@
+"""What a spec submitted to the service may name: paths under the service's roots only.
+
+A spec run by ``dmsweep run`` on one's own machine may point anywhere; a spec submitted to the
+shared service runs with the cluster's permissions, so every path it controls (data roots,
+weights files, its storage path, its tracking and Optuna URIs) must lie under the roots the
+service was configured with. The service itself decides where a sweep's folder and MLflow runs
+go. Each problem names the field path and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from service.spec.model import SweepSpec
+from trainers.data.datasets import default_root, is_synthetic
+from trainers.validation import Problem
+
+DEFAULT_STORAGE_PATH = "./runs"
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def _path_problem(value: str, roots: Sequence[Path], what: str) -> str | None:
+    """Why ``value`` may not be used, or None. Relative paths are taken under the first root."""
+    if "://" in value or value.startswith(("file:", "s3:", "gs:")):
+        return f"must be a path under {what}, not a URI; got {value!r}"
+    if ".." in PurePosixPath(value).parts:
+        return f"may not contain '..'; got {value!r}"
+    if not roots:
+        return f"the service has no {what} configured; leave it out"
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        path = roots[0] / path
+    # realpath: a symlink inside a root must not lead outside it
+    if not _under(Path(os.path.realpath(path)), [Path(os.path.realpath(r)) for r in roots]):
+        allowed = ", ".join(str(r) for r in roots)
+        return f"must lie under {what} ({allowed}); got {value!r}"
+    return None
+
+
+def resolve_under(value: str, roots: Sequence[Path]) -> str:
+    """``value`` as an absolute path (relative ones under the first root)."""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else roots[0] / path)
+
+
+def path_problems(
+    spec: SweepSpec,
+    *,
+    data_roots: Sequence[Path],
+    storage_root: Path,
+    tracking_uri: str | None,
+) -> list[Problem]:
+    """A problem for every path or URI of ``spec`` outside the service's roots."""
+    problems: list[Problem] = []
+    data_what = "the service's data roots (DMSWEEP_DATA_ROOTS)"
+    for name, settings in spec.data.items():
+        if settings.root is not None:
+            problem = _path_problem(settings.root, data_roots, data_what)
+            if problem:
+                problems.append(Problem(("data", name, "root"), problem))
+    readable = [*data_roots, storage_root]
+    for name, backbone in spec.backbones.items():
+        if backbone.weights is not None:
+            what = "the service's data roots or storage root"
+            problem = _path_problem(backbone.weights, readable, what)
+            if problem:
+                problems.append(Problem(("backbones", name, "weights"), problem))
+    if spec.storage_path != DEFAULT_STORAGE_PATH:
+        problem = _path_problem(
+            spec.storage_path, [storage_root], "the service's storage root (DMSWEEP_STORAGE_ROOT)"
+        )
+        if problem:
+            problems.append(Problem(("storage_path",), problem))
+    if spec.tracking_uri is not None and spec.tracking_uri != tracking_uri:
+        problems.append(
+            Problem(
+                ("tracking_uri",),
+                "the service tracks every sweep in its own MLflow "
+                f"({tracking_uri or 'its store'}); leave tracking_uri out "
+                f"(got {spec.tracking_uri!r})",
+            )
+        )
+    if spec.search is not None and spec.search.storage is not None:
+        problems.append(
+            Problem(
+                ("search", "storage"),
+                "the service keeps each sweep's Optuna studies in the sweep's folder; leave "
+                f"search.storage out (got {spec.search.storage!r})",
+            )
+        )
+    return problems
+
+
+def resolve_paths(
+    raw: dict[str, Any], spec: SweepSpec, *, data_roots: Sequence[Path], storage_root: Path
+) -> dict[str, Any]:
+    """``raw`` with every path absolute, as the Ray job will read it.
+
+    Relative data roots and weights files are taken under the first data root (weights: or the
+    storage root when there is none); a data set of the grid without a root gets
+    ``<first data root>/<data set>``, what ``$DMSWEEP_DATA_ROOT`` gives a local run.
+    """
+    out = copy.deepcopy(raw)
+    data = out.setdefault("data", {})
+    for name in spec.grid.dataset:
+        settings = spec.data.get(name)
+        if is_synthetic(name, settings.source if settings is not None else None):
+            continue
+        if not data_roots:
+            continue  # path_problems / check_data name the missing root
+        entry = data.setdefault(name, {}) or {}
+        data[name] = entry
+        root = entry.get("root")
+        entry["root"] = (
+            resolve_under(root, data_roots) if root else str(default_root(name, data_roots[0]))
+        )
+    if not data:
+        del out["data"]
+    readable = [*data_roots, storage_root]
+    for name, backbone in spec.backbones.items():
+        if backbone.weights is not None:
+            out["backbones"][name]["weights"] = resolve_under(backbone.weights, readable)
+    out.pop("storage_path", None)  # the service passes its own with --storage-path
+    return out

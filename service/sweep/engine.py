@@ -1,0 +1,367 @@
+"""Run a sweep spec on Ray: Ray Tune schedules the trials, each trial a Ray Train V2 run.
+
+The V2 pattern: each Tune trial is a function (``service.trial.run_trial``, the trial's
+*driver*) that builds a ``TorchTrainer`` over ``service.worker.train_loop_per_worker`` and
+reports to Tune through ``TuneReportCallback``. Around it:
+
+* **Trials.** Without ``search``, Tune's grid over (cell, seed): one trial each. With
+  ``search``, ``CellStudies`` (one Optuna study per cell) suggests ``num_samples`` settings per
+  cell and seed, and ASHA (one per cell: ``service.sweep.scheduler``) stops weak trials early.
+* **Resources.** Each worker asks for the spec's CPUs and GPUs. A trial's driver asks for no CPU
+  and one ``trial_slot``, a custom resource the local Ray is started with (one slot per trial
+  that fits): drivers then never take a worker's CPU, and two 1-CPU trials share 2 cores. On a
+  cluster without slots, the driver asks for 0.01 CPU.
+* **Faults.** Ray Train's ``FailureConfig`` restarts a failed worker group from its last
+  checkpoint; Tune's retries a trial whose driver was lost, and the Train run, named after the
+  trial, resumes from its own checkpoints. Failures that would repeat (NaN, bad data) are not
+  retried (see ``service.sweep.worker``): the trial is recorded as failed and the sweep goes on.
+* **Resume.** ``resume_sweep`` continues a sweep whose driver died or was interrupted with
+  ``Tuner.restore``: finished trials are not run again, interrupted ones resume.
+* **Records.** Each trial writes its record to the sweep folder (``service.results.folder``); the
+  sweep's results table and report are built from those records.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import yaml
+from ray import tune
+
+from service.results.folder import SweepFolder, find_sweep, new_sweep_id
+from service.results.records import SweepStatus, TrialState, state_counts
+from service.results.report import best_settings, write_sweep_report
+from service.spec.capacity import autoscaling_nodes, resource_problems
+from service.spec.cells import expand, search_space, study_name, total_trials
+from service.spec.data_check import data_problems
+from service.spec.model import SweepSpec
+from service.sweep.callbacks import SweepCallback
+from service.sweep.ray_setup import SLOT, ray_init_options
+from service.sweep.ray_workarounds import PlacementGroupReaper
+from service.sweep.scheduler import StudyASHA
+from service.sweep.searcher import CellStudies, StudyPlan
+from service.sweep.trial import SweepContext, build_context, run_trial
+from service.tracking.provenance import git_commit
+from service.tracking.store import Tracking, default_artifact_location, default_tracking_uri
+from service.tracking.sweep_runs import finish_sweep, reopen_sweep, start_sweep
+from trainers.validation import describe
+
+TUNE_RETRIES = 2  # driver restarts per trial (a lost node)
+
+
+class SpecError(ValueError):
+    """The spec cannot run here: its data, or resources the cluster does not have."""
+
+
+@dataclass
+class SweepOutcome:
+    """How a sweep ended."""
+
+    folder: SweepFolder
+    counts: dict[str, int]
+    interrupted: bool
+    outputs: dict[str, Path] = field(default_factory=dict)
+    best: list[dict[str, Any]] = field(default_factory=list)
+    # what the tracking server could not store (the files are on disk all the same)
+    tracking_problems: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all trials succeeded (or were pruned), 1 some failed, 130 interrupted."""
+        if self.interrupted:
+            return 130
+        return 1 if self.counts.get(TrialState.FAILED, 0) else 0
+
+
+# --- trials ------------------------------------------------------------------------------------
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+
+def connect(spec: SweepSpec, address: str | None = None) -> None:
+    """Join the cluster at ``address`` (or ``$RAY_ADDRESS``), or start a local Ray.
+
+    The local Ray gets one ``trial_slot`` per trial that fits its CPUs; a Ray already started in
+    this process (tests, notebooks) is used as it is. The options: ``service.sweep.ray_setup``.
+    """
+    # The sweep draws its own progress; Tune's tables would interleave with it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    resources = spec.resources
+    per_trial = resources.workers_per_trial * resources.cpus_per_worker
+    slots = max(1, math.floor((os.cpu_count() or 1) / per_trial))
+    if resources.max_concurrent_trials is not None:
+        slots = min(slots, resources.max_concurrent_trials)
+    ray.init(**ray_init_options(address, slots=slots))
+
+
+def preflight(spec: SweepSpec, address: str | None = None) -> None:
+    """What can be checked before a sweep exists: its data roots, then Ray's resources."""
+    problems = data_problems(spec)
+    if problems:
+        raise SpecError(describe(problems))
+    connect(spec, address)
+    _check_cluster(spec)
+
+
+def _check_cluster(spec: SweepSpec) -> None:
+    """Refuse, before any trial starts, a trial the cluster could never place."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    problems = resource_problems(spec.resources, nodes + autoscaling_nodes())
+    if problems:
+        raise SpecError(describe(problems))
+
+
+def _driver_resources() -> tune.PlacementGroupFactory:
+    if ray.cluster_resources().get(SLOT, 0) >= 1:
+        return tune.PlacementGroupFactory([{"CPU": 0, SLOT: 1}])
+    return tune.PlacementGroupFactory([{"CPU": 0.01}])
+
+
+def _study_plans(spec: SweepSpec, sweep_id: str, context: SweepContext) -> list[StudyPlan]:
+    assert spec.search is not None
+    plans = []
+    several_seeds = len(spec.grid.seeds) > 1
+    for index, cell in enumerate(expand(spec)):
+        for seed in spec.grid.seeds:
+            name = study_name(sweep_id, cell, seed if several_seeds else None)
+            plans.append(
+                StudyPlan(
+                    name=name,
+                    cell=cell.cell_id,
+                    seed=seed,
+                    space=search_space(spec, cell),
+                    budget=spec.search.num_samples or 1,
+                    epochs=context.cells[cell.cell_id]["epochs"],
+                    sampler_seed=1000 * index + seed,
+                )
+            )
+    return plans
+
+
+def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: SweepContext):
+    search = spec.search
+    limit = spec.resources.max_concurrent_trials
+    if search is None:
+        return tune.TuneConfig(max_concurrent_trials=limit), {
+            "cell": tune.grid_search(list(context.cells)),
+            "seed": tune.grid_search(list(spec.grid.seeds)),
+        }
+    plans = _study_plans(spec, sweep_id, context)
+    storage = search.storage or folder.optuna_url
+    searcher = CellStudies(
+        plans, storage_url=storage, sampler=search.sampler, metric=search.metric, mode=search.mode
+    )
+    scheduler = None
+    if search.scheduler is not None:
+        scheduler = StudyASHA(
+            time_attr="epoch",
+            metric=search.metric,
+            mode=search.mode,
+            max_t=search.scheduler.max_t,
+            grace_period=search.scheduler.grace_period,
+            reduction_factor=search.scheduler.reduction_factor,
+        )
+    config = tune.TuneConfig(
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=sum(p.budget for p in plans),
+        max_concurrent_trials=limit,
+    )
+    return config, {}
+
+
+def _trainable(context: SweepContext):
+    return tune.with_resources(
+        tune.with_parameters(run_trial, context=context), _driver_resources()
+    )
+
+
+def _run_config(folder: SweepFolder, callbacks: list[tune.Callback]) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=folder.sweep_id,
+        storage_path=str(folder.path.parent),
+        failure_config=tune.FailureConfig(max_failures=TUNE_RETRIES),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def create_sweep(
+    spec: SweepSpec,
+    spec_text: str,
+    *,
+    storage_path: str | Path | None = None,
+    tracking_uri: str | None = None,
+    sweep_id: str | None = None,
+) -> SweepFolder:
+    """A new sweep folder with the spec and its state; the MLflow parent run.
+
+    ``sweep_id`` is given by the sweep service, which names a sweep when it is submitted; a
+    sweep of that id must not exist yet.
+    """
+    problems = data_problems(spec)
+    if problems:
+        raise SpecError(describe(problems))
+    root = Path(storage_path or spec.storage_path).expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    sweep_id = sweep_id or new_sweep_id(spec.name, root)
+    folder = SweepFolder(root / sweep_id)
+    try:
+        folder.path.mkdir()
+    except FileExistsError:
+        raise SpecError(f"sweep {sweep_id} already exists in {root}") from None
+    folder.spec_file.write_text(spec_text)
+    uri = tracking_uri or spec.tracking_uri or default_tracking_uri(root)
+    artifacts = None
+    if uri.startswith("sqlite:") and not (tracking_uri or spec.tracking_uri):
+        artifacts = default_artifact_location(root, spec.name)
+    track = start_sweep(
+        uri=uri,
+        experiment=spec.name,
+        sweep_id=sweep_id,
+        spec_file=folder.spec_file,
+        tags={"dmsweep.spec": spec.name, "dmsweep.search": str(spec.search is not None)},
+        artifact_location=artifacts,
+    )
+    folder.write_state(
+        {
+            "sweep_id": sweep_id,
+            "name": spec.name,
+            "status": SweepStatus.CREATED,
+            "tracking": asdict(track),
+            "git_commit": git_commit(),
+        }
+    )
+    return folder
+
+
+def execute(
+    folder: SweepFolder,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    callbacks: Sequence[tune.Callback] = (),
+) -> SweepOutcome:
+    """Run (or with ``resume``, continue) the sweep in ``folder`` to its end; how it ended.
+
+    Progress is read from the folder while it runs (``SweepFolder.progress``), as the command
+    line's display and the sweep service do. ``callbacks`` are Tune callbacks of a new sweep's
+    run (a benchmark's timers); a resumed sweep keeps those of its first run.
+    """
+    state = folder.read_state()
+    spec = folder.read_spec()
+    connect(spec, address)
+    _check_cluster(spec)
+    track = Tracking(**state["tracking"]) if state.get("tracking") else None
+    if resume and track is not None:
+        reopen_sweep(track)
+    context = build_context(spec, folder, track)
+    folder.update_state(status=SweepStatus.RUNNING)
+    if resume and tune.Tuner.can_restore(str(folder.path)):
+        # The restored experiment brings the callbacks of its first run back (pickled with it):
+        # they hold nothing of the process that started it.
+        tuner = tune.Tuner.restore(
+            str(folder.path),
+            trainable=_trainable(context),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+    else:
+        tune_config, param_space = _tune_config(spec, folder.sweep_id, folder, context)
+        tuner = tune.Tuner(
+            _trainable(context),
+            param_space=param_space,
+            tune_config=tune_config,
+            run_config=_run_config(
+                folder, [SweepCallback(folder, context), PlacementGroupReaper(), *callbacks]
+            ),
+        )
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    return finish(folder, spec, interrupted=interrupted, track=track)
+
+
+def finish(
+    folder: SweepFolder,
+    spec: SweepSpec,
+    *,
+    interrupted: bool,
+    track: Tracking | None,
+) -> SweepOutcome:
+    """Results and report from the trial records; the parent run closed unless interrupted."""
+    records = folder.records()
+    # Every trial that ends gets a record; Tune returns early, without error, on Ctrl-C.
+    interrupted = interrupted or len(records) < total_trials(spec)
+    counts = state_counts(records)
+    outputs = write_sweep_report(folder, spec, records) if records else {}
+    best = best_settings(spec, records)
+    if best:
+        best_file = folder.path / "best_settings.yaml"
+        best_file.write_text(yaml.safe_dump(best, sort_keys=False))
+        outputs["best"] = best_file
+    failed = counts[TrialState.FAILED]
+    status = (
+        SweepStatus.INTERRUPTED
+        if interrupted
+        else (SweepStatus.FAILED if failed else SweepStatus.SUCCEEDED)
+    )
+    folder.update_state(status=status, counts=counts)
+    problems: list[str] = []
+    if track is not None and not interrupted:
+        problems = finish_sweep(track, outputs, counts, status="FAILED" if failed else "FINISHED")
+        folder.update_state(tracking_problems=problems)
+    return SweepOutcome(folder, counts, interrupted, outputs, best, problems)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    spec_text: str,
+    *,
+    address: str | None = None,
+    storage_path: str | Path | None = None,
+    callbacks: Sequence[tune.Callback] = (),
+) -> SweepOutcome:
+    """A new sweep of ``spec``, run to its end on the Ray at ``address`` (default: a local one).
+
+    Args:
+        spec: the validated spec (``service.spec.reading.load_spec``).
+        spec_text: the spec as the user wrote it, kept in the sweep's folder and MLflow.
+        address: a Ray cluster (``host:port``, ``ray://``, ``auto``); None starts a local Ray.
+        storage_path: where the sweep's folder goes; default the spec's ``storage_path``.
+        callbacks: more Tune callbacks for the sweep's run (``execute``).
+
+    Example::
+
+        spec = load_spec("search_spaces/smoke.yaml")
+        outcome = run_sweep(spec, Path("search_spaces/smoke.yaml").read_text())
+        print(outcome.counts, outcome.outputs["markdown"])
+
+    """
+    preflight(spec, address)
+    folder = create_sweep(spec, spec_text, storage_path=storage_path)
+    return execute(folder, address=address, callbacks=callbacks)
+
+
+def resume_sweep(
+    id_or_path: str,
+    *,
+    storage_path: str | Path = "./runs",
+    address: str | None = None,
+) -> SweepOutcome:
+    """Continue a sweep whose driver died or was interrupted; finished trials are kept."""
+    folder = find_sweep(id_or_path, storage_path)
+    return execute(folder, address=address, resume=True)

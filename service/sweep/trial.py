@@ -1,0 +1,284 @@
+"""One trial of a sweep, on the cluster: its driver (a Tune function trainable) and its context.
+
+``run_trial`` is what Ray Tune runs for each trial: it builds a Ray Train V2 ``TorchTrainer``
+over ``service.worker.train_loop_per_worker`` with the trial's resources, checkpoints and
+``FailureConfig``, reports to Tune through ``TuneReportCallback`` and writes the trial's record
+to the sweep folder. ``build_context`` resolves, once in the sweep's driver, everything the
+trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from service.results.folder import SweepFolder
+from service.results.records import TrialState
+from service.spec.cells import Cell, expand, train_config
+from service.spec.model import SweepSpec
+from service.sweep.worker import append_log, train_loop_per_worker
+from service.tracking.store import Tracking
+from service.tracking.trial_runs import child_run, flatten, trial_yaml
+from trainers.config import TrainConfig
+from trainers.data.datasets import ROOT_VARIABLE
+from trainers.recipes import get_recipe
+from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
+
+TRAIN_RETRIES = 2  # worker group restarts per trial (from the last checkpoint)
+CHECKPOINTS_KEPT = 2
+
+
+class TrialFailedError(RuntimeError):
+    """A trial failed in a way a retry would repeat (the message says why)."""
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial's driver needs; sent once to the cluster with ``tune.with_parameters``."""
+
+    folder: str
+    configs: dict[str, dict[str, Any]]  # "<cell id>#<seed>" -> TrainConfig as JSON
+    cells: dict[str, dict[str, Any]]  # cell id -> identity, hyperparameters, comparable
+    tracking: dict[str, str] | None
+    workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+
+
+def config_key(cell_id: str, seed: int) -> str:
+    """The key of a trial's TrainConfig in ``SweepContext.configs``."""
+    return f"{cell_id}#{seed}"
+
+
+def with_params(config: dict[str, Any], params: dict[str, float]) -> TrainConfig:
+    """A trial's TrainConfig with a sampled setting substituted (eta/xi/t, alpha, lr, wd)."""
+    config = copy.deepcopy(config)
+    for name, value in params.items():
+        if name in LOSS_HYPERPARAMETER_NAMES:
+            config["loss"][name] = value
+        elif name == "alpha":
+            config["mixing"]["alpha"] = value
+        else:
+            config["recipe_overrides"][name] = value
+    return TrainConfig.model_validate(config)
+
+
+def trial_name(cell_id: str, seed: int, params: dict[str, float]) -> str:
+    """``dataset/backbone/method/loss/seed<k>``, then the sampled setting when tuning."""
+    name = f"{cell_id}/seed{seed}"
+    if params:
+        name += "/" + ",".join(f"{k}={v:.4g}" for k, v in sorted(params.items()))
+    return name
+
+
+def _flat_params(config: TrainConfig, params: dict[str, float]) -> dict[str, str]:
+    resolved = get_recipe(config.recipe, config.recipe_overrides).model_dump(mode="json")
+    return {
+        **flatten(config.model_dump(mode="json")),
+        **flatten(resolved, "resolved_recipe"),
+        **flatten({k: v for k, v in params.items()}, "search"),
+    }
+
+
+def trial_record(
+    context: SweepContext,
+    trial_id: str,
+    cell_id: str,
+    seed: int,
+    params: dict[str, float],
+    status: TrialState,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A trial's record: identity, settings, status, and what ``extra`` adds (metrics, error)."""
+    cell = context.cells[cell_id]
+    return {
+        "trial_id": trial_id,
+        "name": trial_name(cell_id, seed, params),
+        "cell": cell_id,
+        "dataset": cell["dataset"],
+        "backbone": cell["backbone"],
+        "method": cell["method"],
+        "loss": cell["loss"],
+        "seed": seed,
+        "status": status,
+        "recipe": cell["recipe"],
+        "epochs": cell["epochs"],
+        "comparable": cell["comparable"],
+        **{f"hp.{k}": v for k, v in cell["hyperparameters"].items()},
+        **{f"hp.{k}": v for k, v in params.items()},
+        **extra,
+    }
+
+
+def run_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """One Tune trial: a TorchTrainer over the trial's workers; writes the trial's record."""
+    trial_id = tune.get_context().get_trial_id()
+    folder = SweepFolder(Path(context.folder))
+    cell_id, seed = config["cell"], int(config["seed"])
+    params = dict(config.get("params") or {})
+    log_path = folder.log_file(trial_id)
+    earlier = folder.read_record(trial_id)
+    if (
+        earlier is not None
+        and earlier["status"] == TrialState.FAILED
+        and earlier.get("deterministic")
+    ):
+        raise TrialFailedError(earlier["error"])  # a retry of a failure that would repeat
+    if earlier is not None and earlier["status"] == TrialState.SUCCEEDED:
+        # Finished before its sweep's driver died, after Tune's last snapshot: not run again.
+        tune.report({k: v for k, v in earlier.items() if isinstance(v, (int, float))})
+        return
+
+    def fail(message: str, trace: str) -> None:  # a failure that a retry would repeat
+        folder.write_record(
+            trial_id,
+            trial_record(
+                context,
+                trial_id,
+                cell_id,
+                seed,
+                params,
+                TrialState.FAILED,
+                error=message,
+                deterministic=True,
+                traceback=trace,
+            ),
+        )
+
+    try:
+        trial = with_params(context.configs[config_key(cell_id, seed)], params)
+    except ValueError as error:  # a sampled setting TrainConfig refuses
+        fail(str(error), traceback.format_exc())
+        raise TrialFailedError(str(error)) from None
+    node = ray.get_runtime_context().get_node_id()
+    append_log(
+        log_path, f"trial {trial_name(cell_id, seed, params)} ({trial_id}): driver on node {node}"
+    )
+
+    track = Tracking(**context.tracking) if context.tracking else None
+    run_id = None
+    if track is not None:
+        cell = context.cells[cell_id]
+        run_id = child_run(
+            track,
+            trial_id=trial_id,
+            name=trial_name(cell_id, seed, params),
+            tags={
+                **{k: str(cell[k]) for k in ("dataset", "backbone", "method", "loss")},
+                "seed": str(seed),
+                "cell": cell_id,
+            },
+            params=_flat_params(trial, params),
+            trial_yaml=trial_yaml(trial.model_dump(mode="json")),
+            log=lambda line: append_log(log_path, line),
+        )
+    gpus = context.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker=train_loop_per_worker,
+        train_loop_config={
+            "trial": trial.model_dump(mode="json"),
+            "trial_id": trial_id,
+            "sweep_dir": context.folder,
+            "tracking": context.tracking,
+            "run_id": run_id,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=context.workers,
+            use_gpu=gpus > 0,
+            resources_per_worker={
+                "CPU": context.cpus_per_worker,
+                **({"GPU": gpus} if gpus else {}),
+            },
+        ),
+        run_config=ray.train.RunConfig(
+            # Named after the trial: a restarted driver finds this run and resumes it.
+            name=trial_id,
+            storage_path=str(folder.train_dir),
+            # Ray 2.60's docs pass it here; its annotation names only ray.train.UserCallback.
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
+            failure_config=ray.train.FailureConfig(max_failures=TRAIN_RETRIES),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        trace = traceback.format_exc()
+        # No record here: Tune may retry the trial, or be stopping it on purpose (ASHA), and
+        # only the sweep's driver knows which (SweepCallback writes the record).
+        append_log(log_path, f"ended by {message}\n{trace}")
+        raise
+    error_path = folder.error_file(trial_id)
+    if error_path.is_file():
+        failure = json.loads(error_path.read_text())
+        fail(failure["error"], failure["traceback"])
+        raise TrialFailedError(failure["error"])
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    folder.write_record(
+        trial_id,
+        trial_record(context, trial_id, cell_id, seed, params, TrialState.SUCCEEDED, **metrics),
+    )
+
+
+def _resolve_data_roots(config: TrainConfig) -> TrainConfig:
+    """Absolute data roots: workers read neither this shell's variables nor its directory."""
+    data = config.data
+    if data.name == "synthetic" or data.source == "synthetic":
+        return config
+    root = data.root or str(Path(os.environ.get(ROOT_VARIABLE, ".")) / data.name)
+    root = str(Path(root).expanduser().resolve())
+    return config.model_copy(update={"data": data.model_copy(update={"root": root})})
+
+
+def _comparable(spec: SweepSpec, cell: Cell) -> bool:
+    """Whether the paper's number for the cell compares with ours: the paper's recipe as is."""
+    data = spec.data.get(cell.dataset)
+    return (
+        cell.dataset != "synthetic"
+        and cell.epochs is None
+        and not cell.recipe_overrides
+        and spec.batch_size is None
+        and (data is None or (data.subset is None and data.label_fraction is None))
+    )
+
+
+def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None):
+    """Every trial's TrainConfig and identity, resolved once in the driver."""
+    configs, cells = {}, {}
+    for cell in expand(spec):
+        for seed in spec.grid.seeds:
+            config = _resolve_data_roots(train_config(spec, cell, seed))
+            configs[config_key(cell.cell_id, seed)] = config.model_dump(mode="json")
+        recipe = get_recipe(spec.recipe, cell.recipe_overrides)
+        cells[cell.cell_id] = {
+            "dataset": cell.dataset,
+            "backbone": cell.backbone,
+            "method": cell.method,
+            "loss": cell.loss,
+            "recipe": spec.recipe,
+            "epochs": cell.epochs or recipe.epochs,
+            "hyperparameters": dict(cell.hyperparameters),
+            "comparable": _comparable(spec, cell),
+        }
+    resources = spec.resources
+    return SweepContext(
+        folder=str(folder.path),
+        configs=configs,
+        cells=cells,
+        tracking=asdict(track) if track is not None else None,
+        workers=resources.workers_per_trial,
+        cpus_per_worker=resources.cpus_per_worker,
+        gpus_per_worker=resources.gpus_per_worker,
+    )

@@ -1,0 +1,242 @@
+"""A trial's child run: found or created by its driver, written by rank 0 of its workers.
+
+* The parent run is named after the sweep id; it holds the spec (``spec.yaml``), the sweep's
+  tags and provenance, and at the end the results table and the report.
+* A child run per trial, nested under the parent (MLflow's ``mlflow.parentRunId`` tag) and named
+  ``dataset/backbone/method/loss/seed<k>``; tags ``dataset``, ``backbone``, ``method``, ``loss``,
+  ``seed``; every resolved hyperparameter as a param (the trial's ``TrainConfig`` and its
+  recipe); per-epoch metrics (step = epoch); the summary metrics; a learning-curve PNG; the final
+  checkpoint. A resumed trial finds its child run by the Tune trial id, so there is never a
+  second one.
+* Provenance on every run: git commit, package versions, hardware.
+
+Only the sweep driver and rank 0 of each trial write here, always through an ``MlflowClient``
+bound to the sweep's tracking URI (never the process-wide default, which Ray's worker processes
+would not share). The default store is a SQLite file plus an artifact folder under the sweep's
+storage path: no server to start.
+
+Writes from a trial are buffered: when the tracking server cannot be reached, training goes on,
+metrics wait and are sent with the next epoch's; whatever still cannot be sent when the trial
+ends is written, by name and epoch, to the trial's log. An artifact that cannot be stored (the
+trial's YAML, the checkpoint, the learning curve, the sweep's report) never fails the trial or
+the sweep: the error, with the path it names, goes to the trial's log and to a tag
+``dmsweep.artifact_error.<artifact>`` of the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.utils.validation import (
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+from service.tracking.provenance import provenance
+from service.tracking.store import Tracking, artifact_error, quick_http, retrying
+from service.tracking.sweep_runs import SWEEP_ID_TAG
+
+TRIAL_ID_TAG = "dmsweep.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+CURVE_METRICS = ("val_top1", "train_loss")
+
+logger = logging.getLogger(__name__)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, str]:
+    """Nested settings as MLflow params: dotted keys, text values within MLflow's limits."""
+    if isinstance(value, Mapping) and value:
+        out: dict[str, str] = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix[:MAX_ENTITY_KEY_LENGTH]: str(value)[:MAX_PARAM_VAL_LENGTH]}
+
+
+def find_trial_run(tracking: Tracking, trial_id: str) -> str | None:
+    """The child run of a Tune trial, or None before it has one."""
+    client = tracking.client()
+    found = retrying(
+        lambda: client.search_runs(
+            [tracking.experiment_id],
+            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+            max_results=1,
+        )
+    )
+    return found[0].info.run_id if found else None
+
+
+def child_run(
+    tracking: Tracking,
+    *,
+    trial_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, str],
+    trial_yaml: str,
+    log: Callable[[str], None] = logger.warning,
+) -> str:
+    """The child run of a Tune trial; its run id.
+
+    Found by the trial id when it exists (a resumed trial), created otherwise. ``log`` is told
+    when the trial's YAML cannot be stored (the trial goes on without it).
+    """
+    client = tracking.client()
+    found = find_trial_run(tracking, trial_id)
+    if found is not None:
+        retrying(lambda: client.update_run(found, status="RUNNING"))
+        return found
+    run = retrying(
+        lambda: client.create_run(
+            tracking.experiment_id,
+            run_name=name,
+            tags={
+                PARENT_TAG: tracking.parent_run_id,
+                SWEEP_ID_TAG: tracking.sweep_id,
+                TRIAL_ID_TAG: trial_id,
+                **tags,
+            },
+        )
+    )
+    run_id = run.info.run_id
+    items = [Param(k, v) for k, v in params.items()]
+    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        chunk = items[start : start + MAX_PARAMS_TAGS_PER_BATCH]
+        retrying(functools.partial(client.log_batch, run_id, params=chunk))
+    try:
+        retrying(lambda: client.log_text(run_id, trial_yaml, "trial.yaml"))
+    except Exception as error:
+        log(f"tracking: {artifact_error(client, run_id, 'trial.yaml', error)}")
+    return run_id
+
+
+def end_trial_run(tracking: Tracking, run_id: str, error: str | None = None) -> None:
+    """Close a child run: FINISHED, or FAILED with the reason as a tag."""
+    client = tracking.client()
+    if error is not None:
+        retrying(lambda: client.set_tag(run_id, "dmsweep.error", error[:5000]))
+    status = RunStatus.to_string(RunStatus.FAILED if error is not None else RunStatus.FINISHED)
+    retrying(lambda: client.set_terminated(run_id, status=status))
+
+
+@dataclass
+class TrialLogger:
+    """Rank 0's writer to a trial's child run, buffering what the store does not take."""
+
+    tracking: Tracking
+    run_id: str
+    log: Callable[[str], None] = print
+    pending: list[Metric] = field(default_factory=list)
+    _client: MlflowClient | None = field(default=None, repr=False)
+
+    @property
+    def client(self) -> MlflowClient:
+        """Made on first use: the logger travels to the worker by pickle."""
+        if self._client is None:
+            self._client = self.tracking.client()
+        return self._client
+
+    def _flush(self, attempts: int = 1, quick: bool = False) -> None:
+        while self.pending:
+            batch = self.pending[:MAX_METRICS_PER_BATCH]
+            try:
+                with quick_http() if quick else contextlib.nullcontext():
+                    retrying(
+                        functools.partial(self.client.log_batch, self.run_id, metrics=batch),
+                        attempts,
+                    )
+            except Exception as error:
+                self.log(f"tracking: {len(self.pending)} metric values wait for the store: {error}")
+                return
+            del self.pending[: len(batch)]
+
+    def log_provenance(self) -> None:
+        """Code, packages and hardware of the process that trains (rank 0's node)."""
+        tags = [RunTag(k, v) for k, v in provenance().items()]
+        try:
+            retrying(lambda: self.client.log_batch(self.run_id, tags=tags))
+        except Exception as error:
+            self.log(f"tracking: provenance not stored: {error}")
+
+    def log_epoch(self, metrics: Mapping[str, float]) -> None:
+        """Per-epoch metrics, step = epoch; sent now or with a later epoch (never waits)."""
+        now = int(time.time() * 1000)
+        step = int(metrics["epoch"])
+        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
+        self._flush(quick=True)
+
+    def log_artifacts(self, folder: str, artifact_path: str) -> None:
+        """A folder of files (the final checkpoint)."""
+        try:
+            retrying(lambda: self.client.log_artifacts(self.run_id, folder, artifact_path))
+        except Exception as error:
+            self.log(f"tracking: {artifact_error(self.client, self.run_id, artifact_path, error)}")
+
+    def log_learning_curve(self) -> None:
+        """A PNG of validation top-1 and training loss per epoch, from the run's history."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        self._flush(attempts=6)  # metrics still waiting would be missing from the curve
+        try:
+            history = {
+                name: sorted(
+                    (m.step, m.value) for m in self.client.get_metric_history(self.run_id, name)
+                )
+                for name in CURVE_METRICS
+            }
+        except Exception as error:
+            self.log(f"tracking: no learning curve, the history is not readable: {error}")
+            return
+        figure = Figure(figsize=(8, 3.2), layout="constrained")
+        FigureCanvasAgg(figure)
+        for axes_index, name in enumerate(CURVE_METRICS):
+            axes = figure.add_subplot(1, 2, axes_index + 1)
+            points = dict(history[name])  # a resumed epoch logged twice: keep the last value
+            axes.plot(list(points), list(points.values()), marker="o")
+            axes.set_xlabel("epoch")
+            axes.set_title(name)
+            axes.grid(alpha=0.3)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "learning_curve.png"
+            path.write_bytes(buffer.getvalue())
+            try:
+                retrying(lambda: self.client.log_artifact(self.run_id, str(path)))
+            except Exception as error:
+                problem = artifact_error(self.client, self.run_id, path.name, error)
+                self.log(f"tracking: {problem}")
+
+    def close(self, error: str | None = None) -> list[str]:
+        """Send what waits (trying harder), close the run; what could not be sent, if any."""
+        self._flush(attempts=6)
+        lost = [f"{m.key}@epoch{m.step}" for m in self.pending]
+        if lost:
+            self.log("tracking: these metric values could not be sent: " + ", ".join(lost))
+        try:
+            if lost:
+                self.client.set_tag(self.run_id, "dmsweep.lost_metrics", ", ".join(lost)[:5000])
+            end_trial_run(self.tracking, self.run_id, error)
+        except Exception as failure:
+            self.log(f"tracking: the run could not be closed: {failure}")
+        return lost
+
+
+def trial_yaml(config: Mapping[str, Any]) -> str:
+    """A trial's resolved ``TrainConfig`` as YAML (an artifact of its child run)."""
+    return yaml.safe_dump(dict(config), sort_keys=False)

@@ -1,0 +1,143 @@
+"""The words of the grid and the rules tied to them, written once for trainers/ and service/.
+
+Which losses exist and which hyperparameters each takes, which methods take no alpha, what each
+hyperparameter may be, what a search may tune, the order tables show methods and losses in, and
+the summary metrics a training run reports: every other module imports these. Plain data, no
+torch: the report and the sweep service read it without loading a model.
+
+Adding a loss: a line in ``LOSS_HYPERPARAMETERS`` (and ``SOFTMAX_LOSSES`` if it is a softmax
+loss) and its implementation in ``trainers.losses`` / ``trainers.objectives``. Adding a mixing
+policy: its family below (``STATIC_POLICIES`` or ``DYNAMIC_POLICIES``, ``INTERPOLATION_BASED``
+when it interpolates), ``METHOD_ORDER``, and its module in ``trainers.mixing``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import annotated_types
+
+# --- losses (Sec. 2.1, 3.1, 3.3) ------------------------------------------------------------
+# The grid's `loss` axis, in the order tables show it, with the hyperparameters each loss takes:
+# plain CE (no mixing), MCE and DM(CE) (eta weighs the decoupled term, Eq. 2), one- and two-hot
+# MBCE, and DM(BCE) (xi and t rescale the mixed labels, Eq. 3).
+LOSS_HYPERPARAMETERS: dict[str, tuple[str, ...]] = {
+    "ce": (),
+    "mce": (),
+    "dm_ce": ("eta",),
+    "mbce": (),
+    "mbce_two": (),
+    "dm_bce": ("xi", "t"),
+}
+LOSSES = tuple(LOSS_HYPERPARAMETERS)
+SOFTMAX_LOSSES = frozenset({"ce", "mce", "dm_ce"})
+DM_LOSSES = frozenset({"dm_ce", "dm_bce"})
+# (base loss, its decoupled form): Table 1's comparison (MCE) and Sec. 3.3's (MBCE).
+GAIN_PAIRS = (("mce", "dm_ce"), ("mbce", "dm_bce"))
+LOSS_HYPERPARAMETER_NAMES = ("eta", "xi", "t")
+
+# --- mixing methods (appendix A.3) ----------------------------------------------------------
+# "static methods denote Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix, and dynamic
+# methods denote PuzzleMix, AutoMix, and SAMix". The dynamic ones are not implemented yet; they
+# are named so that the paper's defaults already cover them.
+STATIC_POLICIES = ("mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix")
+DYNAMIC_POLICIES = ("puzzlemix", "automix", "samix")
+# Mixup and ManifoldMix interpolate; every other policy cuts and pastes.
+INTERPOLATION_BASED = frozenset({"mixup", "manifoldmix"})
+# The grid's `method` axis: no mixing, Mixup/CutMix switching (DeiT and RSB A3, Table 10), and
+# every implemented policy.
+METHODS = ("vanilla", "mixup_cutmix", *STATIC_POLICIES)
+# Methods whose trial takes no ``mixing.alpha``: vanilla does not mix; ResizeMix draws its scale
+# from U[0.1, 0.8] (trainers.mixing.resizemix); mixup_cutmix uses the recipe's two alphas.
+NO_ALPHA = frozenset({"vanilla", "resizemix", "mixup_cutmix"})
+# Table 1's row order, then the methods the paper has no row for.
+METHOD_ORDER = (
+    "vanilla",
+    "mixup",
+    "cutmix",
+    "manifoldmix",
+    "saliencymix",
+    "fmix",
+    "puzzlemix",
+    "resizemix",
+    "automix",
+    "samix",
+    "mixup_cutmix",
+)
+
+
+def takes_alpha(method: str) -> bool:
+    """Whether a trial of ``method`` reads ``mixing.alpha`` (see ``NO_ALPHA``)."""
+    return method not in NO_ALPHA
+
+
+# --- what each setting may be ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An interval a setting must lie in: ``low < v`` (or ``<=``), ``v <= high`` when given."""
+
+    low: float
+    low_inclusive: bool
+    high: float | None = None
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` lies in the interval."""
+        above = value >= self.low if self.low_inclusive else value > self.low
+        return above and (self.high is None or value <= self.high)
+
+    @property
+    def interval(self) -> str:
+        """``(0, 1]``, or ``(0, inf)`` without an upper end."""
+        opening = "[" if self.low_inclusive else "("
+        closing = "inf)" if self.high is None else f"{self.high:g}]"
+        return f"{opening}{self.low:g}, {closing}"
+
+    def constraint(self) -> annotated_types.Interval:
+        """The same interval for a pydantic field: ``Annotated[float, bounds.constraint()]``."""
+        low = {"ge": self.low} if self.low_inclusive else {"gt": self.low}
+        return annotated_types.Interval(**low, le=self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>=' if self.low_inclusive else '>'} {self.low:g}"
+        return f"in {self.interval}"
+
+    def problem(self, name: str, value: object) -> str | None:
+        """Why ``value`` is not allowed for the setting ``name``, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{name} must be a number; got {value!r}"
+        if not math.isfinite(value):
+            return f"{name} must be a finite number (no NaN or infinity); got {value!r}"
+        if not self.admits(value):
+            return f"{name} must be {self}; got {value!r}"
+        return None
+
+
+# alpha is Beta(alpha, alpha)'s; eta weighs the decoupled term (Eq. 2); xi truncates and t bends
+# DM(BCE)'s label rescaling (Eq. 3: the paper writes 0 <= xi < 1, but its defaults and grid use
+# xi = 1, and xi = 0 divides by zero, so (0, 1]).
+BOUNDS: dict[str, Bounds] = {
+    "alpha": Bounds(0, low_inclusive=False),
+    "eta": Bounds(0, low_inclusive=True),
+    "xi": Bounds(0, low_inclusive=False, high=1),
+    "t": Bounds(0, low_inclusive=True),
+    "lr": Bounds(0, low_inclusive=False),
+    "weight_decay": Bounds(0, low_inclusive=True),
+}
+# The hyperparameters of a cell: the mixing policy's alpha and the loss's.
+HYPERPARAMETERS = ("alpha", *LOSS_HYPERPARAMETER_NAMES)
+# What a sweep's search may tune (Sec. 4.5 tunes eta, xi and t; alpha, lr and weight decay too).
+SearchableName = Literal["eta", "xi", "t", "alpha", "lr", "weight_decay"]
+SEARCHABLE: tuple[str, ...] = get_args(SearchableName)
+
+# --- the training loop's contract -----------------------------------------------------------
+# The summary metrics of a run's last epoch: the median top-1 of the last 10 epochs (the paper's
+# number, Sec. 4), the best top-1, and the FGSM error of Table 8 when asked for.
+SUMMARY_METRICS = ("top1_median_last10", "top1_best", "fgsm_error")
+PAPER_METRIC = "top1_median_last10"
+# The metric a search optimises by default: each epoch's validation top-1.
+DEFAULT_SEARCH_METRIC = "val_top1"
