@@ -203,7 +203,7 @@ def child_engine(raw: dict[str, Any], interval: float) -> dict[str, Any]:
             for trial in trials:
                 log = folder.log_file(trial["trial_id"])
                 trial.update(_read_log(log) if log.is_file() else {})
-            records = {r["trial_id"]: r["status"] for r in folder.records()}
+            records = {r.trial_id: r.status.value for r in folder.records()}
             for trial in trials:
                 trial["status"] = records.get(trial["trial_id"], "no record")
     finally:

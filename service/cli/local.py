@@ -83,12 +83,12 @@ def _print_outcome(outcome: SweepOutcome) -> None:
     if "markdown" in outcome.outputs:
         console.print(Markdown(outcome.outputs["markdown"].read_text()))
     for best in outcome.best:
-        setting = ", ".join(f"{k}={v:g}" for k, v in best["setting"].items())
-        console.print(f"best for {best['cell']} (seed {best['seed']}): {setting}")
+        setting = ", ".join(f"{k}={v:g}" for k, v in best.setting.items())
+        console.print(f"best for {best.cell} (seed {best.seed}): {setting}")
     for record in folder.records():
-        if record["status"] == TrialState.FAILED:
-            console.print(f"[red]failed[/] {record['name']}: {record.get('error', '')}")
-            console.print(f"  the log: dmsweep logs {folder.path} {record['trial_id']}")
+        if record.status == TrialState.FAILED:
+            console.print(f"[red]failed[/] {record.name}: {record.error or ''}")
+            console.print(f"  the log: dmsweep logs {folder.path} {record.trial_id}")
     for name, path in outcome.outputs.items():
         console.print(f"{name}: {path}")
     for problem in outcome.tracking_problems:
@@ -187,19 +187,17 @@ class LocalSweeps:
     def logs(self, sweep: str, trial: str | None) -> None:
         """A table of the sweep's trials, or one trial's log and the traceback of its failure."""
         folder = self._find(sweep)
-        records = {r["trial_id"]: r for r in folder.records()}
+        records = {r.trial_id: r for r in folder.records()}
         if trial is None:
             table = Table(title=f"{folder.sweep_id}: trials")
             for column in ("trial", "name", "status", "error"):
                 table.add_column(column)
             for trial_id in sorted(set(folder.started_trials()) | set(records)):
-                record = records.get(trial_id, {})
-                table.add_row(
-                    trial_id,
-                    record.get("name", ""),
-                    record.get("status", "running"),
-                    (record.get("error") or "")[:80],
-                )
+                record = records.get(trial_id)
+                if record is None:  # started, not ended
+                    table.add_row(trial_id, "", "running", "")
+                else:
+                    table.add_row(trial_id, record.name, record.status, (record.error or "")[:80])
             console.print(table)
             return
         try:
@@ -210,8 +208,8 @@ class LocalSweeps:
         if log_file.is_file():
             print(log_file.read_text(), end="")
         ended = records.get(trial_id)
-        if ended is not None and ended.get("traceback"):
-            print(f"--- {ended['status']}: {ended.get('error')}\n{ended['traceback']}", end="")
+        if ended is not None and ended.traceback:
+            print(f"--- {ended.status}: {ended.error}\n{ended.traceback}", end="")
 
 
 def ui(

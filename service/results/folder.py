@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from service.results.records import Record, TrialState
+from service.results.records import Failure, TrialRecord, TrialState
 from service.spec.model import SweepSpec
 from service.spec.reading import spec_from_dict
 
@@ -112,6 +112,17 @@ class SweepFolder:
         """Where a worker leaves a deterministic failure for the trial's driver."""
         return self.errors_dir / f"{trial_id}.json"
 
+    def write_failure(self, trial_id: str, failure: Failure) -> None:
+        """Leave a failure that a retry would repeat for the trial's driver (``read_failure``)."""
+        write_json_atomically(self.error_file(trial_id), asdict(failure))
+
+    def read_failure(self, trial_id: str) -> Failure | None:
+        """The failure a worker of the trial left, or None."""
+        try:
+            return Failure(**json.loads(self.error_file(trial_id).read_text()))
+        except FileNotFoundError:
+            return None
+
     def read_spec(self) -> SweepSpec:
         """The spec the sweep runs (``spec.yaml``)."""
         return spec_from_dict(yaml.safe_load(self.spec_file.read_text()))
@@ -143,22 +154,25 @@ class SweepFolder:
         self.write_state(state)
         return state
 
-    def write_record(self, trial_id: str, record: dict[str, Any]) -> None:
+    def write_record(self, record: TrialRecord) -> None:
         """The record of a finished trial (replaces an earlier one of the same trial)."""
-        write_json_atomically(self.record_file(trial_id), record)
+        write_json_atomically(self.record_file(record.trial_id), record.to_row())
 
-    def read_record(self, trial_id: str) -> dict[str, Any] | None:
+    def read_record(self, trial_id: str) -> TrialRecord | None:
         """The record of one trial, or None before it finished."""
         try:
-            return json.loads(self.record_file(trial_id).read_text())
+            return TrialRecord.from_row(json.loads(self.record_file(trial_id).read_text()))
         except FileNotFoundError:
             return None
 
-    def records(self) -> list[Record]:
+    def records(self) -> list[TrialRecord]:
         """Every trial record, in the order the trials were created (Tune's trial ids)."""
         if not self.trials_dir.is_dir():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.trials_dir.glob("*.json"))]
+        return [
+            TrialRecord.from_row(json.loads(p.read_text()))
+            for p in sorted(self.trials_dir.glob("*.json"))
+        ]
 
     def started_trials(self) -> list[str]:
         """Ids of the trials that have started (each has a log), sorted."""
@@ -170,7 +184,7 @@ class SweepFolder:
         The command line's ``dmsweep logs`` and the service's ``/logs?trial=`` both look trials
         up this way.
         """
-        names = {r["trial_id"]: r["name"] for r in self.records()}
+        names = {r.trial_id: r.name for r in self.records()}
         known = sorted(set(self.started_trials()) | set(names))
         matches = [t for t in known if t.startswith(text) or names.get(t, "").startswith(text)]
         if len(matches) != 1:
@@ -181,16 +195,20 @@ class SweepFolder:
     def progress(self, metric: str, mode: str = "max") -> Progress:
         """Trials done, started but unfinished, failed and pruned, and the best result so far."""
         records = self.records()
-        finished = {r["trial_id"] for r in records}
+        finished = {r.trial_id for r in records}
         sign = 1 if mode == "max" else -1
-        scored = [r for r in records if r["status"] == TrialState.SUCCEEDED and metric in r]
-        top = max(scored, key=lambda r: sign * r[metric]) if scored else None
+        scored = [
+            (value, r.name)
+            for r in records
+            if r.status == TrialState.SUCCEEDED and (value := r.metric(metric)) is not None
+        ]
+        top = max(scored, key=lambda scored_trial: sign * scored_trial[0]) if scored else None
         return Progress(
             done=len(records),
             unfinished=len(set(self.started_trials()) - finished),
-            failed=sum(r["status"] == TrialState.FAILED for r in records),
-            pruned=sum(r["status"] == TrialState.PRUNED for r in records),
-            best=None if top is None else (top["name"], float(top[metric])),
+            failed=sum(r.status == TrialState.FAILED for r in records),
+            pruned=sum(r.status == TrialState.PRUNED for r in records),
+            best=None if top is None else (top[1], float(top[0])),
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -31,13 +32,93 @@ class SweepStatus(str, Enum):
 
 
 Record = dict[str, Any]
-"""A trial record as stored (``trials/<id>.json``): identity, ``status``, ``hp.<name>`` settings,
-the summary metrics or ``error``; one row of the results file."""
+"""A trial record as stored (``TrialRecord.to_row``): one row of the results file."""
 
 
-def state_counts(records: list[Record]) -> dict[str, int]:
+@dataclass(frozen=True)
+class Failure:
+    """A failure that a retry would repeat (NaN loss, unreadable data), left by a worker."""
+
+    error: str
+    traceback: str
+
+
+# The record's own keys as stored; every other key is a setting (``hp.<name>``) or a metric.
+_IDENTITY = ("trial_id", "name", "cell", "dataset", "backbone", "method", "loss", "seed")
+_RUN_INFO = ("recipe", "epochs", "comparable")
+_FAILURE = ("error", "traceback", "deterministic")
+HYPERPARAMETER_PREFIX = "hp."
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """What a trial leaves in its sweep's folder when it ends (``trials/<id>.json``).
+
+    Stored flat, one row of the results file: identity, ``status``, the cell's recipe and epochs,
+    ``hp.<name>`` per hyperparameter (the cell's, then the search's sampled setting), the metrics
+    of its last epoch, and for a failure the error, its traceback and whether a retry would
+    repeat it (``deterministic``).
+    """
+
+    trial_id: str
+    name: str
+    cell: str
+    dataset: str
+    backbone: str
+    method: str
+    loss: str
+    seed: int
+    status: TrialState
+    recipe: str | None = None
+    epochs: int | None = None
+    comparable: bool = True
+    hyperparameters: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    traceback: str | None = None
+    deterministic: bool | None = None
+
+    def metric(self, name: str) -> float | None:
+        """The value of metric ``name`` at the trial's last epoch, or None."""
+        return self.metrics.get(name)
+
+    def to_row(self) -> Record:
+        """The record as stored and as a row of the results file."""
+        row: Record = {key: getattr(self, key) for key in _IDENTITY}
+        row["status"] = self.status.value
+        row |= {key: getattr(self, key) for key in _RUN_INFO}
+        row |= {HYPERPARAMETER_PREFIX + k: v for k, v in self.hyperparameters.items()}
+        row |= self.metrics
+        row |= {key: getattr(self, key) for key in _FAILURE if getattr(self, key) is not None}
+        return row
+
+    @classmethod
+    def from_row(cls, row: Record) -> TrialRecord:
+        """A record from its stored form (``to_row``)."""
+        known = {*_IDENTITY, "status", *_RUN_INFO, *_FAILURE}
+        return cls(
+            **{key: row[key] for key in _IDENTITY},
+            status=TrialState(row["status"]),
+            **{key: row[key] for key in (*_RUN_INFO, *_FAILURE) if key in row},
+            hyperparameters={
+                k.removeprefix(HYPERPARAMETER_PREFIX): v
+                for k, v in row.items()
+                if k.startswith(HYPERPARAMETER_PREFIX)
+            },
+            metrics={
+                k: v
+                for k, v in row.items()
+                if k not in known
+                and not k.startswith(HYPERPARAMETER_PREFIX)
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+            },
+        )
+
+
+def state_counts(records: list[TrialRecord]) -> dict[str, int]:
     """Records per ended state, every state present (0 where none)."""
     counts = {state.value: 0 for state in sorted(TrialState, key=lambda s: s.value)}
     for record in records:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
+        counts[record.status.value] += 1
     return counts

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from service.results.folder import SweepFolder
 from service.results.pivot import pivot
-from service.results.records import TrialState
+from service.results.records import TrialRecord, TrialState
 from service.results.render import gains_chart, to_html, to_markdown
 from service.results.results_file import write_results
 from service.spec.model import SweepSpec
@@ -44,7 +45,7 @@ def write_report(
 
 
 def write_sweep_report(
-    folder: SweepFolder, spec: SweepSpec, records: list[dict[str, Any]]
+    folder: SweepFolder, spec: SweepSpec, records: list[TrialRecord]
 ) -> dict[str, Path]:
     """Write the sweep's results and report; their paths.
 
@@ -53,41 +54,63 @@ def write_sweep_report(
     """
     table_rows = None
     if spec.search is not None:
-        table_rows = [*_best_records(spec, records).values()]
-        table_rows += [r for r in records if r["status"] == TrialState.FAILED]
-    return write_report(records, folder.path, table_rows=table_rows)
+        table_rows = [r.to_row() for r in _best_records(spec, records).values()]
+        table_rows += [r.to_row() for r in records if r.status == TrialState.FAILED]
+    return write_report([r.to_row() for r in records], folder.path, table_rows=table_rows)
 
 
-def _best_records(spec: SweepSpec, records: list[dict[str, Any]]) -> dict[tuple[str, int], dict]:
+def _best_records(
+    spec: SweepSpec, records: list[TrialRecord]
+) -> dict[tuple[str, int], TrialRecord]:
+    """Per (cell, seed), the succeeded trial with the best value of the search's metric."""
     assert spec.search is not None
     metric, sign = spec.search.metric, 1 if spec.search.mode == "max" else -1
-    best: dict[tuple[str, int], dict[str, Any]] = {}
+    best: dict[tuple[str, int], tuple[float, TrialRecord]] = {}
     for record in records:
-        if record["status"] != TrialState.SUCCEEDED or metric not in record:
+        value = record.metric(metric)
+        if record.status != TrialState.SUCCEEDED or value is None:
             continue
-        key = (record["cell"], record["seed"])
-        if key not in best or sign * record[metric] > sign * best[key][metric]:
-            best[key] = record
-    return best
+        key = (record.cell, record.seed)
+        if key not in best or sign * value > sign * best[key][0]:
+            best[key] = (value, record)
+    return {key: record for key, (_, record) in best.items()}
 
 
-def best_settings(spec: SweepSpec, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class BestSetting:
+    """With a search: one cell's (and seed's) best finished setting by the search's metric."""
+
+    cell: str
+    seed: int
+    metric: str
+    value: float
+    setting: dict[str, float]
+    trial: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """As ``best_settings.yaml`` lists it: ``{cell, seed, <metric>: value, setting, trial}``."""
+        return {
+            "cell": self.cell,
+            "seed": self.seed,
+            self.metric: self.value,
+            "setting": dict(self.setting),
+            "trial": self.trial,
+        }
+
+
+def best_settings(spec: SweepSpec, records: list[TrialRecord]) -> list[BestSetting]:
     """With a search: each cell's best finished setting by the search metric."""
     if spec.search is None:
         return []
-    metric = spec.search.metric
-    best = _best_records(spec, records)
+    search = spec.search
     return [
-        {
-            "cell": cell,
-            "seed": seed,
-            metric: record[metric],
-            "setting": {
-                k.removeprefix("hp."): v
-                for k, v in record.items()
-                if k.startswith("hp.") and k.removeprefix("hp.") in spec.search.parameters
-            },
-            "trial": record["name"],
-        }
-        for (cell, seed), record in best.items()
+        BestSetting(
+            cell=cell,
+            seed=seed,
+            metric=search.metric,
+            value=float(record.metrics[search.metric]),
+            setting={k: v for k, v in record.hyperparameters.items() if k in search.parameters},
+            trial=record.name,
+        )
+        for (cell, seed), record in _best_records(spec, records).items()
     ]

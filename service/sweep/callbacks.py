@@ -49,8 +49,7 @@ class SweepCallback(tune.Callback):
             finished = last.get("epoch", 0) >= self.context.cells[cell]["epochs"]
             status = TrialState.SUCCEEDED if finished else TrialState.PRUNED
             self.folder.write_record(
-                trial.trial_id,
-                trial_record(self.context, trial.trial_id, cell, seed, params, status, **last),
+                trial_record(self.context, trial.trial_id, cell, seed, params, status, metrics=last)
             )
             if not finished:
                 self._close_run(trial.trial_id, "KILLED", {"dmsweep.status": "pruned"})
@@ -61,7 +60,6 @@ class SweepCallback(tune.Callback):
             cell, seed, params = self._identity(trial)
             message = _error_text(trial)
             self.folder.write_record(
-                trial.trial_id,
                 trial_record(
                     self.context,
                     trial.trial_id,
@@ -75,9 +73,9 @@ class SweepCallback(tune.Callback):
                 ),
             )
             append_log(self.folder.log_file(trial.trial_id), f"failed:\n{message}")
-        record = self.folder.read_record(trial.trial_id) or {}
-        if not record.get("deterministic"):  # the worker closed those itself
-            error = record.get("error", "the trial failed")
+        record = self.folder.read_record(trial.trial_id)
+        if record is None or not record.deterministic:  # the worker closed those itself
+            error = (record.error if record is not None else None) or "the trial failed"
             self._close_run(trial.trial_id, "FAILED", {"dmsweep.error": error[:5000]})
 
     def _close_run(self, trial_id: str, status: str, tags: dict[str, str]) -> None:

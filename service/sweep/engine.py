@@ -28,7 +28,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import ray
 import ray.train
@@ -37,7 +36,7 @@ from ray import tune
 
 from service.results.folder import SweepFolder, find_sweep, new_sweep_id
 from service.results.records import SweepStatus, TrialState, state_counts
-from service.results.report import best_settings, write_sweep_report
+from service.results.report import BestSetting, best_settings, write_sweep_report
 from service.spec.capacity import autoscaling_nodes, resource_problems
 from service.spec.cells import expand, search_space, study_name, total_trials
 from service.spec.data_check import data_problems
@@ -68,7 +67,7 @@ class SweepOutcome:
     counts: dict[str, int]
     interrupted: bool
     outputs: dict[str, Path] = field(default_factory=dict)
-    best: list[dict[str, Any]] = field(default_factory=list)
+    best: list[BestSetting] = field(default_factory=list)
     # what the tracking server could not store (the files are on disk all the same)
     tracking_problems: list[str] = field(default_factory=list)
 
@@ -310,9 +309,9 @@ def finish(
     outputs = write_sweep_report(folder, spec, records) if records else {}
     best = best_settings(spec, records)
     if best:
-        best_file = folder.path / "best_settings.yaml"
-        best_file.write_text(yaml.safe_dump(best, sort_keys=False))
-        outputs["best"] = best_file
+        settings = [b.to_dict() for b in best]
+        folder.best_settings_file.write_text(yaml.safe_dump(settings, sort_keys=False))
+        outputs["best"] = folder.best_settings_file
     failed = counts[TrialState.FAILED]
     status = (
         SweepStatus.INTERRUPTED

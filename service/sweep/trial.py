@@ -10,7 +10,6 @@ trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``
 from __future__ import annotations
 
 import copy
-import json
 import os
 import traceback
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from service.results.folder import SweepFolder
-from service.results.records import TrialState
+from service.results.records import TrialRecord, TrialState
 from service.spec.cells import Cell, expand, train_config
 from service.spec.model import SweepSpec
 from service.sweep.worker import append_log, train_loop_per_worker
@@ -98,27 +97,33 @@ def trial_record(
     seed: int,
     params: dict[str, float],
     status: TrialState,
-    **extra: Any,
-) -> dict[str, Any]:
-    """A trial's record: identity, settings, status, and what ``extra`` adds (metrics, error)."""
+    *,
+    metrics: dict[str, float] | None = None,
+    error: str | None = None,
+    traceback: str | None = None,
+    deterministic: bool | None = None,
+) -> TrialRecord:
+    """A trial's record: identity, settings (the cell's, then the sampled ones), how it ended."""
     cell = context.cells[cell_id]
-    return {
-        "trial_id": trial_id,
-        "name": trial_name(cell_id, seed, params),
-        "cell": cell_id,
-        "dataset": cell["dataset"],
-        "backbone": cell["backbone"],
-        "method": cell["method"],
-        "loss": cell["loss"],
-        "seed": seed,
-        "status": status,
-        "recipe": cell["recipe"],
-        "epochs": cell["epochs"],
-        "comparable": cell["comparable"],
-        **{f"hp.{k}": v for k, v in cell["hyperparameters"].items()},
-        **{f"hp.{k}": v for k, v in params.items()},
-        **extra,
-    }
+    return TrialRecord(
+        trial_id=trial_id,
+        name=trial_name(cell_id, seed, params),
+        cell=cell_id,
+        dataset=cell["dataset"],
+        backbone=cell["backbone"],
+        method=cell["method"],
+        loss=cell["loss"],
+        seed=seed,
+        status=status,
+        recipe=cell["recipe"],
+        epochs=cell["epochs"],
+        comparable=cell["comparable"],
+        hyperparameters={**cell["hyperparameters"], **params},
+        metrics=dict(metrics or {}),
+        error=error,
+        traceback=traceback,
+        deterministic=deterministic,
+    )
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
@@ -129,20 +134,15 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     params = dict(config.get("params") or {})
     log_path = folder.log_file(trial_id)
     earlier = folder.read_record(trial_id)
-    if (
-        earlier is not None
-        and earlier["status"] == TrialState.FAILED
-        and earlier.get("deterministic")
-    ):
-        raise TrialFailedError(earlier["error"])  # a retry of a failure that would repeat
-    if earlier is not None and earlier["status"] == TrialState.SUCCEEDED:
+    if earlier is not None and earlier.status == TrialState.FAILED and earlier.deterministic:
+        raise TrialFailedError(earlier.error)  # a retry of a failure that would repeat
+    if earlier is not None and earlier.status == TrialState.SUCCEEDED:
         # Finished before its sweep's driver died, after Tune's last snapshot: not run again.
-        tune.report({k: v for k, v in earlier.items() if isinstance(v, (int, float))})
+        tune.report(dict(earlier.metrics))
         return
 
     def fail(message: str, trace: str) -> None:  # a failure that a retry would repeat
         folder.write_record(
-            trial_id,
             trial_record(
                 context,
                 trial_id,
@@ -220,15 +220,15 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         # only the sweep's driver knows which (SweepCallback writes the record).
         append_log(log_path, f"ended by {message}\n{trace}")
         raise
-    error_path = folder.error_file(trial_id)
-    if error_path.is_file():
-        failure = json.loads(error_path.read_text())
-        fail(failure["error"], failure["traceback"])
-        raise TrialFailedError(failure["error"])
+    failure = folder.read_failure(trial_id)
+    if failure is not None:
+        fail(failure.error, failure.traceback)
+        raise TrialFailedError(failure.error)
     metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
     folder.write_record(
-        trial_id,
-        trial_record(context, trial_id, cell_id, seed, params, TrialState.SUCCEEDED, **metrics),
+        trial_record(
+            context, trial_id, cell_id, seed, params, TrialState.SUCCEEDED, metrics=metrics
+        )
     )
 
 

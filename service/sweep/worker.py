@@ -23,7 +23,8 @@ from typing import Any
 
 import ray.train
 
-from service.results.folder import SweepFolder, write_json_atomically
+from service.results.folder import SweepFolder
+from service.results.records import Failure
 from service.tracking.store import Tracking
 from service.tracking.trial_runs import TrialLogger
 from trainers.config import TrainConfig
@@ -101,10 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         message = f"{type(error).__name__}: {error}"
         log(f"failed: {message}\n{traceback.format_exc()}")
         if main:
-            write_json_atomically(
-                folder.error_file(trial_id),
-                {"error": message, "traceback": traceback.format_exc()},
-            )
+            folder.write_failure(trial_id, Failure(message, traceback.format_exc()))
         if logger is not None:
             logger.close(error=message)
         return

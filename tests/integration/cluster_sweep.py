@@ -26,14 +26,14 @@ def main(spec_file: str, storage: str) -> None:
         outcome = run_sweep(spec_from_dict(yaml.safe_load(text)), text, storage_path=storage)
         nodes = {}
         for record in outcome.folder.records():
-            log = outcome.folder.log_file(record["trial_id"]).read_text()
-            nodes[record["trial_id"]] = re.findall(r"worker on node (\w+)", log)
+            log = outcome.folder.log_file(record.trial_id).read_text()
+            nodes[record.trial_id] = re.findall(r"worker on node (\w+)", log)
         alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
         print(
             json.dumps(
                 {
                     "exit_code": outcome.exit_code,
-                    "statuses": [r["status"] for r in outcome.folder.records()],
+                    "statuses": [r.status.value for r in outcome.folder.records()],
                     "worker_nodes": nodes,
                     "cluster_nodes": alive,
                 }

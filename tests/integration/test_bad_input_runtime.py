@@ -114,7 +114,7 @@ def test_unreadable_data_fails_that_trial_naming_the_file_and_the_sweep_goes_on(
     storage = tmp_path / "runs"
     result = CliRunner().invoke(app, ["run", str(spec_file), "--storage-path", str(storage)])
     assert result.exit_code == 1, result.output  # 1: some trials failed, the sweep finished
-    records = {r["cell"].split("/")[0]: r for r in find_sweep(*_only(storage)).records()}
+    records = {r.dataset: r.to_row() for r in find_sweep(*_only(storage)).records()}
     assert set(records) == {"synthetic", "cifar10", "cifar100"}
     assert records["synthetic"]["status"] == "succeeded"
     assert records["cifar10"]["status"] == "failed"

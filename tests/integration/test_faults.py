@@ -130,7 +130,7 @@ def _run_killing_the_worker_after_epoch_2(tmp_path: Path):
 def _check_the_trial_succeeded(outcome, trial_id: str) -> dict:
     """The sweep's one record, that of the trial: succeeded, all epochs."""
     assert outcome.exit_code == 0 and outcome.counts["succeeded"] == 1
-    [record] = outcome.folder.records()
+    [record] = [r.to_row() for r in outcome.folder.records()]
     assert record["trial_id"] == trial_id and record["status"] == "succeeded"
     assert record["epoch"] == EPOCHS
     return record
@@ -357,7 +357,7 @@ def test_storage_that_fails_names_its_path_and_spares_the_other_trials(tmp_path)
     folder, outcome, blocked, artifact_root = _run_with_storage_broken(tmp_path)
     assert outcome.exit_code == 1 and not outcome.interrupted
     assert outcome.counts["failed"] == 1 and outcome.counts["succeeded"] == 1
-    records = {r["trial_id"]: r for r in folder.records()}
+    records = {r.trial_id: r.to_row() for r in folder.records()}
     [other] = [t for t in records if t != blocked]
     _check_the_blocked_trial_failed_naming_its_folder(folder, records, blocked)
     _check_the_other_trial_named_each_artifact_it_lost(folder, records, other, artifact_root)

@@ -39,7 +39,7 @@ def test_the_smoke_grid_runs_every_trial_once(smoke_sweep):
     outcome = smoke_sweep
     assert outcome.exit_code == 0
     assert outcome.counts["succeeded"] == 4 and outcome.counts["failed"] == 0
-    records = outcome.folder.records()
+    records = [r.to_row() for r in outcome.folder.records()]  # as stored
     cells = {(r["method"], r["loss"]) for r in records}
     assert cells == {(m, loss) for m in ("mixup", "cutmix") for loss in ("mce", "dm_ce")}
     # The sweep id is <name>-<UTC timestamp>; its folder is found by id and by path.
@@ -59,7 +59,7 @@ def test_the_report_holds_every_trial(smoke_sweep):
     outputs = smoke_sweep.outputs
     rows = read_results(outputs["results"])
     assert sorted(r["trial_id"] for r in rows) == sorted(
-        r["trial_id"] for r in smoke_sweep.folder.records()
+        r.trial_id for r in smoke_sweep.folder.records()
     )
     markdown = outputs["markdown"].read_text()
     for method in ("mixup", "cutmix"):
@@ -76,7 +76,7 @@ def test_mlflow_has_a_parent_run_and_one_nested_child_per_trial(smoke_sweep):
     parent_artifacts = {a.path for a in client.list_artifacts(parent[0].info.run_id, "report")}
     assert {"report/results.parquet", "report/report.md"} <= parent_artifacts
 
-    records = {r["trial_id"]: r for r in smoke_sweep.folder.records()}
+    records = {r.trial_id: r.to_row() for r in smoke_sweep.folder.records()}
     assert len(children) == len(records) == 4
     for run in children:
         tags, record = run.data.tags, records[run.data.tags["dmsweep.trial_id"]]
@@ -110,7 +110,7 @@ def test_a_failing_trial_is_recorded_and_the_rest_go_on(tmp_path):
     outcome = run_spec(spec, tmp_path)
     assert outcome.exit_code == 1
     assert outcome.counts["succeeded"] == 1 and outcome.counts["failed"] == 1
-    failed = next(r for r in outcome.folder.records() if r["status"] == "failed")
+    failed = next(r.to_row() for r in outcome.folder.records() if r.status == "failed")
     assert failed["loss"] == "dm_ce"
     assert "NonFiniteLossError" in failed["error"] and "training loss became" in failed["error"]
     assert failed["deterministic"] is True
@@ -142,7 +142,7 @@ def test_logs_and_report_read_a_sweep_folder(smoke_sweep):
     folder = smoke_sweep.folder
     listing = cli("logs", str(folder.path))
     assert listing.returncode == 0, listing.stderr
-    records = folder.records()
+    records = [r.to_row() for r in folder.records()]
     for record in records:
         assert record["trial_id"] in listing.stdout and record["name"] in listing.stdout
     one = records[0]

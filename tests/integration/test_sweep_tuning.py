@@ -41,7 +41,7 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
     )
     outcome = run_spec(spec, tmp_path)
     assert outcome.exit_code == 0
-    records = outcome.folder.records()
+    records = [r.to_row() for r in outcome.folder.records()]  # as stored
     assert sorted(r["hp.eta"] for r in records) == etas
     # The study is readable with optuna's own tools, one COMPLETE trial per grid point.
     trials = study(outcome).trials
@@ -53,9 +53,9 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
     # The eta each trial trained with is the one Optuna chose (the run's params say so).
     _, _, children = mlflow_children(outcome.folder.path)
     assert sorted(float(r.data.params["loss.eta"]) for r in children) == etas
-    assert [b["cell"] for b in outcome.best] == [CELL]
+    assert [b.cell for b in outcome.best] == [CELL]
     best_eta = max(by_eta, key=by_eta.get)
-    assert outcome.best[0]["setting"]["eta"] == best_eta
+    assert outcome.best[0].setting["eta"] == best_eta
     # Every trial in the results file; the table shows the cell's best setting only.
     assert len(read_results(outcome.outputs["results"])) == len(etas)
     best = next(r for r in records if r["hp.eta"] == best_eta)
@@ -89,7 +89,7 @@ def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(
     )
     outcome = run_spec(spec, tmp_path)
     assert outcome.exit_code == 0
-    records = outcome.folder.records()
+    records = [r.to_row() for r in outcome.folder.records()]  # as stored
     assert len(records) == 2 * samples
     pruned = [r for r in records if r["status"] == "pruned"]
     assert pruned, "ASHA stopped no trial"
@@ -109,7 +109,7 @@ def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(
             # Optuna keeps a pruned trial's last intermediate value as its value.
             assert trial.value == pytest.approx(trial.intermediate_values[steps[-1]])
             assert (len(steps) < epochs) == (trial.state == TrialState.PRUNED)
-    assert sorted(b["cell"] for b in outcome.best) == sorted(
+    assert sorted(b.cell for b in outcome.best) == sorted(
         ["synthetic/smallnet/mixup/dm_ce", "synthetic/smallnet/cutmix/dm_ce"]
     )
     # Pruned trials' MLflow runs are closed, not left running.
