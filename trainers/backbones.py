@@ -323,6 +323,20 @@ def build_backbone(
     its weights (timm names only, needs network). ``options`` go to the network's constructor
     (timm's, e.g. ``drop_path_rate``, or ``drop_rate`` for Wide-ResNet). Fixed-size timm models
     (ViT, DeiT, Swin) are built for ``image_size``; the other networks take any size.
+
+    Args:
+        name: a dmsweep backbone (``resnet18_cifar``, ``wrn28_8``, ...) or a timm model name.
+        num_classes: outputs of the classifier head.
+        image_size: the training image size (fixed-size timm models are built for it).
+        weights: a local state dict or timm checkpoint to start from.
+        pretrained: timm's own weights (needs network; off in tests and the demo).
+        options: keyword arguments of the network's constructor.
+
+    Example::
+
+        model = build_backbone("resnet18_cifar", num_classes=100, image_size=32)
+        logits = model(torch.randn(8, 3, 32, 32))  # (8, 100)
+
     """
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"image_size must be a positive int; got {image_size!r}")

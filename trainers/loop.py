@@ -305,7 +305,25 @@ def _restore(trial: Trial, state: dict) -> tuple[int, list[float]]:
 def run(
     config: TrainConfig, report: Report, resume_from: str | Path | None = None
 ) -> dict[str, float]:
-    """Train one trial; return the metrics of the last epoch (with the run's summaries)."""
+    """Train one trial; return the metrics of the last epoch (with the run's summaries).
+
+    The one training loop: ``dmsweep train`` runs it in-process, a sweep in each Ray Train worker.
+    It knows neither Ray nor MLflow.
+
+    Args:
+        config: the trial (data, backbone, mixing, loss, recipe, seed; ``TrainConfig``).
+        report: called after every epoch with that epoch's metrics (``train_loss``, ``val_top1``,
+            ``lr``, ...; the last epoch adds ``trainers.vocabulary.SUMMARY_METRICS``) and the
+            folder of a checkpoint written for it, or None.
+        resume_from: a checkpoint folder ``report`` was given; training goes on after its epoch.
+
+    Example::
+
+        config = load_train_config("trial.yaml")
+        final = run(config, lambda metrics, checkpoint: print(metrics["val_top1"]))
+        print(final["top1_median_last10"])
+
+    """
     trial = build_trial(config)
     ranks = trial.ranks
     fixed_mixed = fixed_mixed_batch(

@@ -65,6 +65,19 @@ def objective(
     ``label_smoothing`` (the DeiT recipe's 0.1, Table 10) smooths the mixed label of the softmax
     losses: the MCE part becomes the cross-entropy against ``(1 - eps) y_mix + eps / C``, which is
     ``(1 - eps) MCE + eps * mean_c(-log p_c)``; the decoupled term of DM is left as it is.
+
+    Args:
+        name: one of ``trainers.vocabulary.LOSSES``.
+        eta: DM(CE)'s weight of the decoupled term (Eq. 2); dm_ce only.
+        xi: DM(BCE)'s truncation of the label rescaling ``r(lambda; xi, t)`` (Eq. 3); dm_bce only.
+        t: DM(BCE)'s temperature of that rescaling (Eq. 3); dm_bce only.
+        label_smoothing: epsilon of the softmax losses' label smoothing.
+
+    Example::
+
+        loss_fn = objective("dm_ce", eta=0.1)
+        loss = loss_fn(model(batch.inputs), batch)  # batch: a MixedBatch of a mixing policy
+
     """
     given = {k for k, v in {"eta": eta, "xi": xi, "t": t}.items() if v is not None}
     _check_hyperparameters(name, given)

@@ -1,4 +1,4 @@
-"""What every validated record shares: one strict pydantic base, one problem type, one formatter.
+"""What every validated record shares: a strict pydantic base, a problem type and its formatter.
 
 A ``Problem`` is a field path and what is wrong there, whoever found it (pydantic, the service's
 path policy, the capacity check, the data check); ``describe`` is how a user reads a list of
@@ -9,11 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Location = tuple[str | int, ...]
+
+
+class TextEnum(str, Enum):
+    """An enum of words: equal to its text, stored and shown as it (JSON, SQL, f-strings)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 class StrictModel(BaseModel):

@@ -15,6 +15,8 @@ from rich.table import Table
 from service.cli.options import (
     Address,
     StoragePath,
+    SweepIdOption,
+    TrackingUri,
     console,
     fail,
 )
@@ -33,15 +35,6 @@ from trainers.vocabulary import PAPER_METRIC
 
 if TYPE_CHECKING:  # the engine imports Ray: loaded by the commands that run a sweep
     from service.sweep.engine import SweepOutcome
-
-SweepIdOption = Annotated[
-    str | None,
-    typer.Option(help="Name the new sweep (the sweep service does); default <name>-<UTC time>."),
-]
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(help="MLflow tracking URI (default: the spec's, else runs/mlflow.db)."),
-]
 
 
 def _load(spec_file: Path) -> tuple[SweepSpec, str]:

@@ -25,6 +25,14 @@ Server = Annotated[
         help="A sweep service URL ($DMSWEEP_SERVER); its token from $DMSWEEP_API_TOKEN.",
     ),
 ]
+SweepIdOption = Annotated[
+    str | None,
+    typer.Option(help="Name the new sweep (the sweep service does); default <name>-<UTC time>."),
+]
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(help="MLflow tracking URI (default: the spec's, else runs/mlflow.db)."),
+]
 SweepId = Annotated[str, typer.Argument(help="A sweep id (under --storage-path) or its folder.")]
 TrialText = Annotated[
     str | None, typer.Argument(help="A trial id or name (or a unique prefix of either).")

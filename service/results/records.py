@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
+from trainers.validation import TextEnum
 
-class TrialState(str, Enum):
+
+class TrialState(TextEnum):
     """How a trial ended: its record's ``status``."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     PRUNED = "pruned"  # stopped early by ASHA
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class SweepStatus(str, Enum):
+class SweepStatus(TextEnum):
     """A sweep's ``status`` in its folder's ``sweep.json``, as its driver last wrote it."""
 
     CREATED = "created"
@@ -26,9 +24,6 @@ class SweepStatus(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 Record = dict[str, Any]

@@ -121,7 +121,20 @@ def _poll(service: SweepService, stop: threading.Event) -> None:
 
 
 def create_app(settings: ServiceSettings, *, require_token: bool = True) -> FastAPI:
-    """The API over the store and Ray cluster named by ``settings``."""
+    """The sweep service's API over the store and Ray cluster named by ``settings``.
+
+    Args:
+        settings: where sweeps, the store, Ray's job server and MLflow are
+            (``ServiceSettings.from_env`` reads the ``DMSWEEP_*`` variables).
+        require_token: refuse to build an app without a bearer token (``--insecure-no-auth``
+            turns it off for local use).
+
+    Example::
+
+        app = create_app(ServiceSettings.from_env())
+        uvicorn.run(app, host="127.0.0.1", port=8000)
+
+    """
     if require_token and not settings.api_token:
         raise ValueError(
             "no API token: set DMSWEEP_API_TOKEN or DMSWEEP_API_TOKEN_FILE (or, for local use "

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from trainers.validation import TextEnum
 
-class SweepState(str, Enum):
+
+class SweepState(TextEnum):
     """A submitted sweep's state: its Ray job's, or ``queued`` before Ray has taken it."""
 
     QUEUED = "queued"
@@ -29,9 +30,6 @@ class SweepState(str, Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 ACTIVE = frozenset({SweepState.QUEUED, SweepState.SUBMITTED, SweepState.RUNNING})
@@ -168,6 +166,6 @@ class SweepStore:
                 raise KeyError(sweep_id)
             for name, value in changes.items():
                 # The column holds the state's text, whatever the database driver makes of enums.
-                setattr(row, name, value.value if isinstance(value, Enum) else value)
+                setattr(row, name, value.value if isinstance(value, TextEnum) else value)
             row.updated_at = _now()
         return row
