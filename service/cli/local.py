@@ -86,8 +86,9 @@ def _print_outcome(outcome: SweepOutcome) -> None:
         console.print(f"{name}: {path}")
     for problem in outcome.tracking_problems:
         console.print(f"[yellow]not in MLflow[/]: {problem}", highlight=False)
-    state = folder.read_state()
-    console.print(f"MLflow: {state['tracking']['uri']} (open it with `dmsweep ui`)")
+    tracking = folder.read_state().tracking
+    if tracking is not None:
+        console.print(f"MLflow: {tracking['uri']} (open it with `dmsweep ui`)")
     if outcome.interrupted:
         console.print(f"[yellow]interrupted[/]: continue with `dmsweep resume {folder.path}`")
 

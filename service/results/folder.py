@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from service.results.records import Failure, TrialRecord, TrialState
+from service.results.records import Failure, SweepInfo, TrialRecord, TrialState
 from service.spec.model import SweepSpec
 from service.spec.reading import spec_from_dict
 
@@ -135,22 +135,22 @@ class SweepFolder:
         """The record of one finished trial."""
         return self.trials_dir / f"{trial_id}.json"
 
-    def read_state(self) -> dict[str, Any]:
+    def read_state(self) -> SweepInfo:
         """``sweep.json``; a ValueError naming the folder when it is not a sweep."""
         try:
-            return json.loads(self.state_file.read_text())
+            return SweepInfo.from_json(json.loads(self.state_file.read_text()))
         except FileNotFoundError:
             raise ValueError(
                 f"{self.path} is not a sweep folder: {STATE_FILE} is missing"
             ) from None
 
-    def write_state(self, state: dict[str, Any]) -> None:
+    def write_state(self, state: SweepInfo) -> None:
         """Replace ``sweep.json``."""
-        write_json_atomically(self.state_file, state)
+        write_json_atomically(self.state_file, asdict(state))
 
-    def update_state(self, **changes: Any) -> dict[str, Any]:
-        """Merge ``changes`` into ``sweep.json``; the new state."""
-        state = {**self.read_state(), **changes}
+    def update_state(self, **changes: Any) -> SweepInfo:
+        """Change fields of ``sweep.json`` (``SweepInfo``'s); the new state."""
+        state = replace(self.read_state(), **changes)
         self.write_state(state)
         return state
 

@@ -26,6 +26,29 @@ class SweepStatus(TextEnum):
     INTERRUPTED = "interrupted"
 
 
+@dataclass(frozen=True)
+class SweepInfo:
+    """A sweep's ``sweep.json``: its identity, how its driver last left it, where its runs are.
+
+    ``tracking`` is the MLflow location (``service.tracking.store.Tracking`` as a mapping) or
+    None without tracking; ``counts`` the trials per ended state once the sweep ended;
+    ``tracking_problems`` what MLflow could not store at its end (the files are on disk).
+    """
+
+    sweep_id: str
+    name: str
+    status: SweepStatus
+    tracking: dict[str, str] | None = None
+    git_commit: str = "unknown"
+    counts: dict[str, int] | None = None
+    tracking_problems: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SweepInfo:
+        """Read back what ``asdict`` of one wrote."""
+        return cls(**{**data, "status": SweepStatus(data["status"])})
+
+
 Record = dict[str, Any]
 """A trial record as stored (``TrialRecord.to_row``): one row of the results file."""
 

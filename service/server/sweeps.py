@@ -235,7 +235,7 @@ class SweepService:
         if state != SweepState.FAILED:
             return job_message if state == SweepState.CANCELLED else None
         try:
-            counts = self._folder(row.sweep_id).read_state().get("counts") or {}
+            counts = self._folder(row.sweep_id).read_state().counts or {}
         except ValueError:
             return job_message  # the job failed before it created the sweep
         if counts.get(TrialState.FAILED):
@@ -258,7 +258,7 @@ class SweepService:
         best = None
         if trials.best is not None:
             best = {"trial": trials.best[0], row.search_metric: trials.best[1]}
-        url = run_url(Tracking(**state["tracking"])) if state.get("tracking") else None
+        url = run_url(Tracking(**state.tracking)) if state.tracking else None
         return Progress(
             done=trials.done,
             # Unfinished trials of a sweep that is not running were lost with its driver.

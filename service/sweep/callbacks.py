@@ -46,7 +46,7 @@ class SweepCallback(tune.Callback):
                 k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (int, float))
             }
             # ASHA also stops a trial when its last epoch reaches max_t: that one finished.
-            finished = last.get("epoch", 0) >= self.context.cells[cell]["epochs"]
+            finished = last.get("epoch", 0) >= self.context.cells[cell].epochs
             status = TrialState.SUCCEEDED if finished else TrialState.PRUNED
             self.folder.write_record(
                 trial_record(self.context, trial.trial_id, cell, seed, params, status, metrics=last)

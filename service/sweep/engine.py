@@ -35,7 +35,7 @@ import yaml
 from ray import tune
 
 from service.results.folder import SweepFolder, find_sweep, new_sweep_id
-from service.results.records import SweepStatus, TrialState, state_counts
+from service.results.records import SweepInfo, SweepStatus, TrialState, state_counts
 from service.results.report import BestSetting, best_settings, write_sweep_report
 from service.spec.capacity import autoscaling_nodes, resource_problems
 from service.spec.cells import expand, search_space, study_name, total_trials
@@ -141,7 +141,7 @@ def _study_plans(spec: SweepSpec, sweep_id: str, context: SweepContext) -> list[
                     seed=seed,
                     space=search_space(spec, cell),
                     budget=spec.search.num_samples or 1,
-                    epochs=context.cells[cell.cell_id]["epochs"],
+                    epochs=context.cells[cell.cell_id].epochs,
                     sampler_seed=1000 * index + seed,
                 )
             )
@@ -234,13 +234,13 @@ def create_sweep(
         artifact_location=artifacts,
     )
     folder.write_state(
-        {
-            "sweep_id": sweep_id,
-            "name": spec.name,
-            "status": SweepStatus.CREATED,
-            "tracking": asdict(track),
-            "git_commit": git_commit(),
-        }
+        SweepInfo(
+            sweep_id=sweep_id,
+            name=spec.name,
+            status=SweepStatus.CREATED,
+            tracking=asdict(track),
+            git_commit=git_commit(),
+        )
     )
     return folder
 
@@ -262,7 +262,7 @@ def execute(
     spec = folder.read_spec()
     connect(spec, address)
     _check_cluster(spec)
-    track = Tracking(**state["tracking"]) if state.get("tracking") else None
+    track = Tracking(**state.tracking) if state.tracking else None
     if resume and track is not None:
         reopen_sweep(track)
     context = build_context(spec, folder, track)

@@ -24,7 +24,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState
-from service.spec.cells import Cell, expand, train_config
+from service.spec.cells import AXES, Cell, expand, train_config
 from service.spec.model import SweepSpec
 from service.sweep.worker import append_log, train_loop_per_worker
 from service.tracking.store import Tracking
@@ -43,12 +43,26 @@ class TrialFailedError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class CellRun:
+    """One cell as its trials run it: identity, resolved settings, whether the paper compares."""
+
+    dataset: str
+    backbone: str
+    method: str
+    loss: str
+    recipe: str
+    epochs: int
+    hyperparameters: dict[str, float]
+    comparable: bool  # the paper's recipe as is: its number compares with ours
+
+
+@dataclass(frozen=True)
 class SweepContext:
     """What every trial's driver needs; sent once to the cluster with ``tune.with_parameters``."""
 
     folder: str
     configs: dict[str, dict[str, Any]]  # "<cell id>#<seed>" -> TrainConfig as JSON
-    cells: dict[str, dict[str, Any]]  # cell id -> identity, hyperparameters, comparable
+    cells: dict[str, CellRun]  # by cell id
     tracking: dict[str, str] | None
     workers: int
     cpus_per_worker: float
@@ -109,16 +123,16 @@ def trial_record(
         trial_id=trial_id,
         name=trial_name(cell_id, seed, params),
         cell=cell_id,
-        dataset=cell["dataset"],
-        backbone=cell["backbone"],
-        method=cell["method"],
-        loss=cell["loss"],
+        dataset=cell.dataset,
+        backbone=cell.backbone,
+        method=cell.method,
+        loss=cell.loss,
         seed=seed,
         status=status,
-        recipe=cell["recipe"],
-        epochs=cell["epochs"],
-        comparable=cell["comparable"],
-        hyperparameters={**cell["hyperparameters"], **params},
+        recipe=cell.recipe,
+        epochs=cell.epochs,
+        comparable=cell.comparable,
+        hyperparameters={**cell.hyperparameters, **params},
         metrics=dict(metrics or {}),
         error=error,
         traceback=traceback,
@@ -175,7 +189,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             trial_id=trial_id,
             name=trial_name(cell_id, seed, params),
             tags={
-                **{k: str(cell[k]) for k in ("dataset", "backbone", "method", "loss")},
+                **{axis: str(getattr(cell, axis)) for axis in AXES},
                 "seed": str(seed),
                 "cell": cell_id,
             },
@@ -254,24 +268,25 @@ def _comparable(spec: SweepSpec, cell: Cell) -> bool:
     )
 
 
-def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None):
+def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None) -> SweepContext:
     """Every trial's TrainConfig and identity, resolved once in the driver."""
-    configs, cells = {}, {}
+    configs: dict[str, dict[str, Any]] = {}
+    cells: dict[str, CellRun] = {}
     for cell in expand(spec):
         for seed in spec.grid.seeds:
             config = _resolve_data_roots(train_config(spec, cell, seed))
             configs[config_key(cell.cell_id, seed)] = config.model_dump(mode="json")
         recipe = get_recipe(spec.recipe, cell.recipe_overrides)
-        cells[cell.cell_id] = {
-            "dataset": cell.dataset,
-            "backbone": cell.backbone,
-            "method": cell.method,
-            "loss": cell.loss,
-            "recipe": spec.recipe,
-            "epochs": cell.epochs or recipe.epochs,
-            "hyperparameters": dict(cell.hyperparameters),
-            "comparable": _comparable(spec, cell),
-        }
+        cells[cell.cell_id] = CellRun(
+            dataset=cell.dataset,
+            backbone=cell.backbone,
+            method=cell.method,
+            loss=cell.loss,
+            recipe=spec.recipe,
+            epochs=cell.epochs or recipe.epochs,
+            hyperparameters=dict(cell.hyperparameters),
+            comparable=_comparable(spec, cell),
+        )
     resources = spec.resources
     return SweepContext(
         folder=str(folder.path),

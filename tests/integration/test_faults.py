@@ -346,7 +346,7 @@ def _check_mlflow_says_what_is_missing(
     # ... and so do the sweep's state and outcome (`dmsweep run` prints them).
     assert outcome.tracking_problems
     assert all(str(artifact_root) in problem for problem in outcome.tracking_problems)
-    assert outcome.folder.read_state()["tracking_problems"] == outcome.tracking_problems
+    assert outcome.folder.read_state().tracking_problems == outcome.tracking_problems
 
 
 @pytest.mark.usefixtures("local_ray")

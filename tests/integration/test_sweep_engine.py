@@ -25,10 +25,10 @@ CELL_TAGS = ("dataset", "backbone", "method", "loss", "seed")
 
 
 def runs_of(outcome):
-    state = outcome.folder.read_state()
-    client = MlflowClient(tracking_uri=state["tracking"]["uri"])
-    experiment_id = state["tracking"]["experiment_id"]
-    parent_id = state["tracking"]["parent_run_id"]
+    tracking = outcome.folder.read_state().tracking
+    client = MlflowClient(tracking_uri=tracking["uri"])
+    experiment_id = tracking["experiment_id"]
+    parent_id = tracking["parent_run_id"]
     runs = client.search_runs([experiment_id], max_results=1000)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id]
     parent = [r for r in runs if r.info.run_id == parent_id]

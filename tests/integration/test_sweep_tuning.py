@@ -113,7 +113,7 @@ def test_tpe_with_asha_stops_trials_early_and_optuna_sees_them_pruned(
         ["synthetic/smallnet/mixup/dm_ce", "synthetic/smallnet/cutmix/dm_ce"]
     )
     # Pruned trials' MLflow runs are closed, not left running.
-    state = outcome.folder.read_state()["tracking"]
+    state = outcome.folder.read_state().tracking
     client = MlflowClient(tracking_uri=state["uri"])
     runs = client.search_runs([state["experiment_id"]])
     statuses = sorted(r.info.status for r in runs if r.info.run_id != state["parent_run_id"])
