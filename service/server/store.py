@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from trainers.validation import TextEnum
+from trainers.vocabulary import DEFAULT_SEARCH_METRIC
 
 
 class SweepState(TextEnum):
@@ -64,7 +65,7 @@ class SweepRow(_Base):
     ray_job_id: Mapped[str | None] = mapped_column(String(200), default=None)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     total_trials: Mapped[int] = mapped_column(Integer, default=0)
-    search_metric: Mapped[str] = mapped_column(String(100), default="val_top1")
+    search_metric: Mapped[str] = mapped_column(String(100), default=DEFAULT_SEARCH_METRIC)
     search_mode: Mapped[str] = mapped_column(String(3), default="max")
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)

@@ -47,6 +47,7 @@ from service.spec.reading import parse_spec
 from service.tracking.store import Tracking
 from service.tracking.sweep_runs import run_url
 from trainers.validation import Problem, describe, problems_of
+from trainers.vocabulary import DEFAULT_SEARCH_METRIC
 
 SPECS_DIR = ".specs"  # under the storage root: the resolved spec each job reads
 MAX_KEY_LENGTH = 255
@@ -161,7 +162,7 @@ class SweepService:
                 idempotency_key=key,
                 state=SweepState.QUEUED,
                 total_trials=total_trials(spec),
-                search_metric=spec.search.metric if spec.search else "val_top1",
+                search_metric=spec.search.metric if spec.search else DEFAULT_SEARCH_METRIC,
                 search_mode=spec.search.mode if spec.search else "max",
             )
             submitted = self.store.add(row)

@@ -27,7 +27,14 @@ from trainers.config import BackboneSettings, DataSettings, EvalConfig
 from trainers.data.datasets import DATASETS, ROOT_VARIABLE
 from trainers.recipes import RECIPES, get_recipe
 from trainers.validation import Location, Problem, StrictModel, raise_problems
-from trainers.vocabulary import BOUNDS, HYPERPARAMETERS, LOSSES, METHODS, SearchableName
+from trainers.vocabulary import (
+    BOUNDS,
+    DEFAULT_SEARCH_METRIC,
+    HYPERPARAMETERS,
+    LOSSES,
+    METHODS,
+    SearchableName,
+)
 
 MAX_SEEDS = 100
 MAX_TRIALS = 10_000
@@ -232,7 +239,7 @@ class Search(StrictModel):
     num_samples: int | None = Field(
         None, ge=1, description="settings per cell and seed; default with grid: the grid's size"
     )
-    metric: str = Field("val_top1", description="what the search optimises")
+    metric: str = Field(DEFAULT_SEARCH_METRIC, description="what the search optimises")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
     scheduler: Scheduler | None = Field(None, description="null: every trial runs to the end")
     storage: str | None = Field(
