@@ -22,18 +22,20 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from timm.data.auto_augment import rand_augment_transform
 
+from trainers.validation import StrictModel
 
-class Recipe(BaseModel):
+
+class Recipe(StrictModel):
     """One training recipe: optimiser, schedule, regularisers, augmentation and evaluation crop.
 
     Values are per the paper's Sec. 4.1 and Table 10; ``None`` (or 0, or ``False``) marks an
     ingredient the recipe does not use (Table 10's "×").
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(frozen=True)  # StrictModel's refusal of unknown fields, and frozen
 
     optimizer: Literal["sgd", "adamw", "lamb"] = Field(
         description="sgd (momentum, no Nesterov), adamw, or lamb (timm's Lamb)"
