@@ -57,7 +57,9 @@ def logs(
     sweeps_at(server, storage_path).logs(sweep, trial)
 
 
-for local_command in (local.run, local.tune, local.ui, local.train, local.validate, local.schema):
+app.command("run")(local.run)
+app.command("tune")(local.tune)
+for local_command in (local.ui, local.train, local.validate, local.schema):
     app.command()(local_command)
 for remote_command in (remote.submit, remote.status, remote.cancel, remote.serve):
     app.command()(remote_command)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -122,30 +123,33 @@ def _start(
     _execute(folder, address, resume=False)
 
 
-def run(
-    spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
-    address: Address = None,
-    storage_path: StoragePath = None,
-    sweep_id: SweepIdOption = None,
-    tracking_uri: TrackingUri = None,
-) -> None:
+def _start_command(tuning: bool, summary: str) -> Callable[..., None]:
+    """The ``run`` or ``tune`` command: one signature, ``tune`` needing a search section."""
+
+    def command(
+        spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
+        address: Address = None,
+        storage_path: StoragePath = None,
+        sweep_id: SweepIdOption = None,
+        tracking_uri: TrackingUri = None,
+    ) -> None:
+        _start(spec_file, address, storage_path, tuning, sweep_id, tracking_uri)
+
+    command.__doc__ = summary
+    return command
+
+
+run = _start_command(
+    False,
     """Run every trial of a sweep spec on Ray; results, report and MLflow runs at the end.
 
     Exit status: 0 every trial succeeded, 1 some failed (the report is still written), 2 the
     spec is invalid, 130 interrupted (continue with `dmsweep resume`).
-    """
-    _start(spec_file, address, storage_path, False, sweep_id, tracking_uri)
-
-
-def tune(
-    spec_file: Annotated[Path, typer.Argument(help="A sweep spec with a search section.")],
-    address: Address = None,
-    storage_path: StoragePath = None,
-    sweep_id: SweepIdOption = None,
-    tracking_uri: TrackingUri = None,
-) -> None:
-    """Tune a spec's search parameters per cell with Optuna (and ASHA); exit status as `run`."""
-    _start(spec_file, address, storage_path, True, sweep_id, tracking_uri)
+    """,
+)
+tune = _start_command(
+    True, "Tune a spec's search parameters per cell with Optuna (and ASHA); exit status as `run`."
+)
 
 
 class LocalSweeps:

@@ -10,33 +10,23 @@ from rich.console import Console
 
 console = Console()
 
-StoragePath = Annotated[
-    Path | None,
-    typer.Option(help="Where sweeps live (default: the spec's storage_path, ./runs)."),
-]
-Address = Annotated[
-    str | None,
-    typer.Option(help="A Ray cluster to join (ray://, host:port or auto); default: a local Ray."),
-]
-Server = Annotated[
-    str | None,
-    typer.Option(
-        envvar="DMSWEEP_SERVER",
-        help="A sweep service URL ($DMSWEEP_SERVER); its token from $DMSWEEP_API_TOKEN.",
-    ),
-]
-SweepIdOption = Annotated[
-    str | None,
-    typer.Option(help="Name the new sweep (the sweep service does); default <name>-<UTC time>."),
-]
-TrackingUri = Annotated[
-    str | None,
-    typer.Option(help="MLflow tracking URI (default: the spec's, else runs/mlflow.db)."),
-]
-SweepId = Annotated[str, typer.Argument(help="A sweep id (under --storage-path) or its folder.")]
-TrialText = Annotated[
-    str | None, typer.Argument(help="A trial id or name (or a unique prefix of either).")
-]
+# What each option means, as ``--help`` shows it.
+_HELP = {
+    "storage": "Where sweeps live (default: the spec's storage_path, ./runs).",
+    "address": "A Ray cluster to join (ray://, host:port or auto); default: a local Ray.",
+    "server": "A sweep service URL ($DMSWEEP_SERVER); its token from $DMSWEEP_API_TOKEN.",
+    "sweep_id": "Name the new sweep (the sweep service does); default <name>-<UTC time>.",
+    "tracking": "MLflow tracking URI (default: the spec's, else runs/mlflow.db).",
+    "sweep": "A sweep id (under --storage-path) or its folder.",
+    "trial": "A trial id or name (or a unique prefix of either).",
+}
+StoragePath = Annotated[Path | None, typer.Option(help=_HELP["storage"])]
+Address = Annotated[str | None, typer.Option(help=_HELP["address"])]
+Server = Annotated[str | None, typer.Option(envvar="DMSWEEP_SERVER", help=_HELP["server"])]
+SweepIdOption = Annotated[str | None, typer.Option(help=_HELP["sweep_id"])]
+TrackingUri = Annotated[str | None, typer.Option(help=_HELP["tracking"])]
+SweepId = Annotated[str, typer.Argument(help=_HELP["sweep"])]
+TrialText = Annotated[str | None, typer.Argument(help=_HELP["trial"])]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

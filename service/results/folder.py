@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,11 +57,34 @@ def write_json_atomically(path: Path, value: Any) -> None:
     os.replace(temporary, path)
 
 
+# Where each file and folder of the layout (module docstring) lies inside a sweep's folder.
+_LAYOUT = {
+    "spec_file": SPEC_FILE,  # the spec as submitted
+    "state_file": STATE_FILE,  # SweepInfo
+    "trials_dir": "trials",  # one TrialRecord per finished trial
+    "logs_dir": "logs",  # one log per trial
+    "train_dir": "train",  # Ray Train's storage path: one run (with checkpoints) per trial
+    "errors_dir": "errors",  # Failures a retry would repeat, left by workers
+    "best_settings_file": "best_settings.yaml",  # with a search: each cell's best setting
+}
+
+
 @dataclass(frozen=True)
 class SweepFolder:
-    """Paths inside one sweep's folder."""
+    """One sweep's folder: the one owner of its files (the layout in the module docstring)."""
 
     path: Path
+    spec_file: Path = field(init=False, repr=False, compare=False)
+    state_file: Path = field(init=False, repr=False, compare=False)
+    trials_dir: Path = field(init=False, repr=False, compare=False)
+    logs_dir: Path = field(init=False, repr=False, compare=False)
+    train_dir: Path = field(init=False, repr=False, compare=False)
+    errors_dir: Path = field(init=False, repr=False, compare=False)
+    best_settings_file: Path = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, relative in _LAYOUT.items():
+            object.__setattr__(self, name, self.path / relative)
 
     @property
     def sweep_id(self) -> str:
@@ -69,44 +92,9 @@ class SweepFolder:
         return self.path.name
 
     @property
-    def spec_file(self) -> Path:
-        """The spec as submitted."""
-        return self.path / SPEC_FILE
-
-    @property
-    def state_file(self) -> Path:
-        """``sweep.json``."""
-        return self.path / STATE_FILE
-
-    @property
-    def trials_dir(self) -> Path:
-        """One JSON record per finished trial."""
-        return self.path / "trials"
-
-    @property
-    def logs_dir(self) -> Path:
-        """One log per trial."""
-        return self.path / "logs"
-
-    @property
-    def train_dir(self) -> Path:
-        """Ray Train's storage path: one run (with checkpoints) per trial."""
-        return self.path / "train"
-
-    @property
     def optuna_url(self) -> str:
         """The default Optuna storage: a SQLite file in the folder."""
         return f"sqlite:///{self.path / 'optuna.db'}"
-
-    @property
-    def errors_dir(self) -> Path:
-        """Failures a retry would repeat, one JSON per trial, left by its worker."""
-        return self.path / "errors"
-
-    @property
-    def best_settings_file(self) -> Path:
-        """With a search: each cell's best setting (YAML)."""
-        return self.path / "best_settings.yaml"
 
     def error_file(self, trial_id: str) -> Path:
         """Where a worker leaves a deterministic failure for the trial's driver."""
