@@ -5,7 +5,7 @@
 
 1. Per-trial overhead of trivial cells (synthetic 16 px, 32 train / 16 test images, smallnet,
    1 epoch, 1 CPU per trial, one trial at a time): seconds per trial through the engine
-   (``service.engine.run_sweep``: a Tune function driver wrapping a 1-worker ``TorchTrainer``,
+   (``service.sweep.engine.run_sweep``: a Tune function driver wrapping a 1-worker ``TorchTrainer``,
    MLflow tracking on SQLite, trial records and logs, the report at the end) against a plain
    Ray Tune function trial calling ``trainers.loop.run`` on the same ``TrainConfig`` and
    reporting with ``ray.tune.report`` (checkpoint included, no MLflow). The engine is measured
@@ -52,7 +52,7 @@ from tests.support import REPO
 from tests.support.processes import end_session
 
 RESULT = "SWEEP_OVERHEAD_RESULT "
-OURS_INTERVAL = 0.2  # service.engine.HEALTH_CHECK_INTERVAL_S
+OURS_INTERVAL = 0.2  # service.sweep.ray_setup.HEALTH_CHECK_INTERVAL_S
 RAY_INTERVAL = 2.0  # Ray Train's default
 CELL_EPOCHS = 3
 CELL_BATCH = 64  # the smoke recipe's
@@ -177,7 +177,7 @@ def trial_clock(events: dict[str, dict[str, float]]) -> Any:
 
 
 def child_engine(raw: dict[str, Any], interval: float) -> dict[str, Any]:
-    """The spec through ``service.engine.run_sweep``, on a Ray this process starts."""
+    """The spec through ``service.sweep.engine.run_sweep``, on a Ray this process starts."""
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(interval)  # read by connect()
     import ray
     import yaml
@@ -240,7 +240,7 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
     events: dict[str, dict[str, float]] = {}
 
     started = time.perf_counter()
-    ray.init(**ray_init_options("local", slots=1))  # as service.engine.connect starts one
+    ray.init(**ray_init_options("local", slots=1))  # as service.sweep.engine.connect starts one
     ray_start = time.perf_counter() - started
     try:
         with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as storage:
