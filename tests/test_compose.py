@@ -739,7 +739,7 @@ def test_the_dockerignore():
     for path in (".venv/bin/python", "runs/x/trials/t.json", ".git/HEAD", ENV_FILE, "mlruns/0"):
         assert dockerignore_excludes(path), path
     assert dockerignore_excludes("service/__pycache__/cli.cpython-311.pyc")
-    needed = ["pyproject.toml", "README.md", "service/cli.py", "trainers/loop.py"]
+    needed = ["pyproject.toml", "README.md", "service/cli/app.py", "trainers/loop.py"]
     needed += ["search_spaces/smoke.yaml", "search_spaces/paper_results/table1.csv"]
     for path in needed:
         assert not dockerignore_excludes(path), path

@@ -1,4 +1,4 @@
-"""CellStudies reports to Optuna what Tune hands it, once per epoch (service/searcher.py)."""
+"""CellStudies reports to Optuna what Tune hands it, once per epoch (service/sweep/searcher.py)."""
 
 from __future__ import annotations
 

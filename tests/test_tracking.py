@@ -1,4 +1,4 @@
-"""The sweep's parent run in MLflow (service/tracking.py), on a real local store."""
+"""The sweep's parent run in MLflow (service/tracking/), on a real local store."""
 
 from __future__ import annotations
 

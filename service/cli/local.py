@@ -21,6 +21,7 @@ from service.cli.options import (
     console,
     fail,
 )
+from service.cli.progress import SweepProgress
 from service.cli.train import train_in_process
 from service.results.folder import SweepFolder, find_sweep
 from service.results.records import TrialState
@@ -49,17 +50,20 @@ def _load(spec_file: Path) -> tuple[SweepSpec, str]:
         raise fail(str(error)) from None
 
 
-def _progress_metric(spec: SweepSpec) -> str:
-    return spec.search.metric if spec.search else PAPER_METRIC
+def _progress(spec: SweepSpec, folder: SweepFolder) -> SweepProgress:
+    """The live line: the search's metric and direction, else the paper's metric."""
+    total = total_trials(spec)
+    if spec.search is None:
+        return SweepProgress(console, folder, total, PAPER_METRIC)
+    return SweepProgress(console, folder, total, spec.search.metric, spec.search.mode)
 
 
 def _execute(folder: SweepFolder, address: str | None, resume: bool) -> None:
-    from service.cli.progress import SweepProgress
     from service.sweep.engine import SpecError, execute
 
     spec = folder.read_spec()
     try:
-        with SweepProgress(console, folder, total_trials(spec), _progress_metric(spec)):
+        with _progress(spec, folder):
             outcome = execute(folder, address=address, resume=resume)
     except SpecError as error:
         raise fail(str(error)) from None

@@ -27,9 +27,12 @@ POLL_S = 1.0
 class SweepProgress:
     """A rich progress bar over a sweep's trials, refreshed from its folder while it runs."""
 
-    def __init__(self, console: Console, folder: SweepFolder, total: int, metric: str) -> None:
+    def __init__(
+        self, console: Console, folder: SweepFolder, total: int, metric: str, mode: str = "max"
+    ) -> None:
         self.folder = folder
         self.metric = metric
+        self.mode = mode
         self.progress = Progress(
             TextColumn("[bold]trials"),
             BarColumn(),
@@ -51,7 +54,7 @@ class SweepProgress:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=10 * POLL_S)
         self.refresh()
         self.progress.__exit__(None, None, None)
 
@@ -60,8 +63,13 @@ class SweepProgress:
             self.refresh()
 
     def refresh(self) -> None:
-        """Read the folder once and redraw."""
-        trials = self.folder.progress(self.metric)
+        """Read the folder once and redraw; a folder that cannot be read shows why, once."""
+        try:
+            trials = self.folder.progress(self.metric, self.mode)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            # The display must never end the sweep it shows: the next read may succeed.
+            self.progress.update(self.task, status=f"progress not readable: {error}")
+            return
         parts = [f"{trials.unfinished} running", f"{trials.failed} failed"]
         if trials.pruned:
             parts.append(f"{trials.pruned} pruned")

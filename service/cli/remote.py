@@ -139,7 +139,8 @@ def serve(
     """Start the sweep service (FastAPI on uvicorn); configured by DMSWEEP_* variables.
 
     DMSWEEP_DATABASE_URL, DMSWEEP_RAY_ADDRESS, DMSWEEP_MLFLOW_URI, DMSWEEP_DATA_ROOTS,
-    DMSWEEP_STORAGE_ROOT, DMSWEEP_API_TOKEN / DMSWEEP_API_TOKEN_FILE (see service/settings.py).
+    DMSWEEP_STORAGE_ROOT, DMSWEEP_API_TOKEN / DMSWEEP_API_TOKEN_FILE
+    (see service/server/settings.py).
     """
     import uvicorn
 

@@ -3,7 +3,7 @@
 Every run of a spec is a new sweep, ``<storage_path>/<name>-<UTC timestamp>/``::
 
     spec.yaml            the spec as submitted (what ``dmsweep resume`` runs again)
-    sweep.json           id, creation time, tracking (MLflow experiment and parent run), Ray
+    sweep.json           SweepInfo: id, status, tracking (MLflow experiment, parent run), counts
     trials/<id>.json     one record per finished trial: identity, status, metrics or error
     logs/<id>.log        one log per trial: epochs, and the traceback of a failure
     train/<id>/          Ray Train's runs: checkpoints of each trial
@@ -86,6 +86,10 @@ class SweepFolder:
         for name, relative in _LAYOUT.items():
             object.__setattr__(self, name, self.path / relative)
 
+    # Pickled (to Ray's workers, with Tune's experiment) as its path: the layout is this code's.
+    def __reduce__(self) -> tuple[type[SweepFolder], tuple[Path]]:
+        return (SweepFolder, (self.path,))
+
     @property
     def sweep_id(self) -> str:
         """The folder's name is the sweep id."""
@@ -167,13 +171,18 @@ class SweepFolder:
         return sorted(p.stem for p in self.logs_dir.glob("*.log")) if self.logs_dir.is_dir() else []
 
     def find_trial(self, text: str) -> str:
-        """The one trial whose id or name starts with ``text``; a LookupError naming the matches.
+        """The trial whose id or name is ``text``, else the one whose id or name starts with it.
+
+        A LookupError names the matches when there is not exactly one.
 
         The command line's ``dmsweep logs`` and the service's ``/logs?trial=`` both look trials
         up this way.
         """
         names = {r.trial_id: r.name for r in self.records()}
         known = sorted(set(self.started_trials()) | set(names))
+        exact = [t for t in known if text in (t, names.get(t))]
+        if len(exact) == 1:  # a whole name may also begin another (.../seed1, .../seed10)
+            return exact[0]
         matches = [t for t in known if t.startswith(text) or names.get(t, "").startswith(text)]
         if len(matches) != 1:
             found = ", ".join(matches) if matches else "none"

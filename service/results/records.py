@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from trainers.validation import TextEnum
@@ -45,8 +46,10 @@ class SweepInfo:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SweepInfo:
-        """Read back what ``asdict`` of one wrote."""
-        return cls(**{**data, "status": SweepStatus(data["status"])})
+        """Read back what ``asdict`` of one wrote; keys this version does not know are left."""
+        known = {f.name for f in fields(cls)} - {"status"}
+        kept = {k: v for k, v in data.items() if k in known}
+        return cls(**kept, status=SweepStatus(data["status"]))
 
 
 Record = dict[str, Any]
@@ -123,15 +126,21 @@ class TrialRecord:
                 for k, v in row.items()
                 if k.startswith(HYPERPARAMETER_PREFIX)
             },
-            metrics={
-                k: v
-                for k, v in row.items()
-                if k not in known
-                and not k.startswith(HYPERPARAMETER_PREFIX)
-                and isinstance(v, (int, float))
-                and not isinstance(v, bool)
-            },
+            metrics=numbers(
+                {k: v for k, v in row.items() if k not in known}, HYPERPARAMETER_PREFIX
+            ),
         )
+
+
+def numbers(values: Mapping[str, Any], but_prefix: str | None = None) -> dict[str, float]:
+    """The numeric values of ``values`` (no bools), leaving out keys with ``but_prefix``."""
+    return {
+        k: v
+        for k, v in values.items()
+        if isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and not (but_prefix and k.startswith(but_prefix))
+    }
 
 
 def state_counts(records: list[TrialRecord]) -> dict[str, int]:

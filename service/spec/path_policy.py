@@ -114,7 +114,7 @@ def resolve_paths(
         if is_synthetic(name, settings.source if settings is not None else None):
             continue
         if not data_roots:
-            continue  # path_problems / check_data name the missing root
+            continue  # path_problems / data_problems name the missing root
         entry = data.setdefault(name, {}) or {}
         data[name] = entry
         root = entry.get("root")

@@ -1,4 +1,4 @@
-"""What the sweep's driver does as Tune's trials start, report and end (``SweepCallback``)."""
+"""What the sweep's driver does as Tune's trials end without a record (``SweepCallback``)."""
 
 from __future__ import annotations
 
@@ -20,13 +20,16 @@ class SweepCallback(tune.Callback):
     """In the sweep's driver: records of trials that ended without writing their own.
 
     Those are trials stopped early by ASHA and trials whose driver was lost. Tune saves its
-    callbacks with the experiment and ``Tuner.restore`` brings them back, so this holds only
-    what pickles: the folder and the trials' context.
+    callbacks with the experiment and ``Tuner.restore`` brings them back, so this keeps no path:
+    each trial's sweep folder is its experiment's, which Tune moves with a restored experiment.
     """
 
-    def __init__(self, folder: SweepFolder, context: SweepContext) -> None:
-        self.folder = folder
+    def __init__(self, context: SweepContext) -> None:
         self.context = context
+
+    @staticmethod
+    def _folder(trial: Any) -> SweepFolder:
+        return SweepFolder(Path(trial.remote_experiment_path))
 
     def _identity(self, trial: Any) -> tuple[str, int, dict[str, float]]:
         return (
@@ -40,7 +43,8 @@ class SweepCallback(tune.Callback):
 
         A trial that returned wrote its own record; one that Tune stopped (ASHA) did not.
         """
-        if self.folder.read_record(trial.trial_id) is None:
+        folder = self._folder(trial)
+        if folder.read_record(trial.trial_id) is None:
             cell, seed, params = self._identity(trial)
             last = {
                 k: v for k, v in (trial.last_result or {}).items() if isinstance(v, (int, float))
@@ -48,7 +52,7 @@ class SweepCallback(tune.Callback):
             # ASHA also stops a trial when its last epoch reaches max_t: that one finished.
             finished = last.get("epoch", 0) >= self.context.cells[cell].epochs
             status = TrialState.SUCCEEDED if finished else TrialState.PRUNED
-            self.folder.write_record(
+            folder.write_record(
                 trial_record(self.context, trial.trial_id, cell, seed, params, status, metrics=last)
             )
             if not finished:
@@ -56,10 +60,11 @@ class SweepCallback(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """A trial whose driver could not write its record (lost) gets one here."""
-        if self.folder.read_record(trial.trial_id) is None:
+        folder = self._folder(trial)
+        if folder.read_record(trial.trial_id) is None:
             cell, seed, params = self._identity(trial)
             message = _error_text(trial)
-            self.folder.write_record(
+            folder.write_record(
                 trial_record(
                     self.context,
                     trial.trial_id,
@@ -72,8 +77,8 @@ class SweepCallback(tune.Callback):
                     traceback=message,
                 ),
             )
-            append_log(self.folder.log_file(trial.trial_id), f"failed:\n{message}")
-        record = self.folder.read_record(trial.trial_id)
+            append_log(folder.log_file(trial.trial_id), f"failed:\n{message}")
+        record = folder.read_record(trial.trial_id)
         if record is None or not record.deterministic:  # the worker closed those itself
             error = (record.error if record is not None else None) or "the trial failed"
             self._close_run(trial.trial_id, "FAILED", {"dmsweep.error": error[:5000]})

@@ -1,7 +1,7 @@
 """Run a sweep spec on Ray: Ray Tune schedules the trials, each trial a Ray Train V2 run.
 
-The V2 pattern: each Tune trial is a function (``service.trial.run_trial``, the trial's
-*driver*) that builds a ``TorchTrainer`` over ``service.worker.train_loop_per_worker`` and
+The V2 pattern: each Tune trial is a function (``service.sweep.trial.run_trial``, the trial's
+*driver*) that builds a ``TorchTrainer`` over ``service.sweep.worker.train_loop_per_worker`` and
 reports to Tune through ``TuneReportCallback``. Around it:
 
 * **Trials.** Without ``search``, Tune's grid over (cell, seed): one trial each. With
@@ -186,6 +186,28 @@ def _trainable(context: SweepContext):
     )
 
 
+def _restore(folder: SweepFolder, context: SweepContext) -> tune.Tuner:
+    """The sweep's Tune experiment as its driver left it, to run on with a new trainable.
+
+    The experiment brings back its pickled callbacks, searcher and scheduler (they keep no
+    path: see ``SweepCallback``). An experiment pickled by a dmsweep whose modules were laid out
+    otherwise cannot be read back; that is said, naming the version to resume it with.
+    """
+    try:
+        return tune.Tuner.restore(
+            str(folder.path),
+            trainable=_trainable(context),
+            resume_unfinished=True,
+            resume_errored=True,
+        )
+    except (ModuleNotFoundError, AttributeError) as error:
+        raise SpecError(
+            f"sweep {folder.sweep_id} was started by another version of dmsweep (commit "
+            f"{folder.read_state().git_commit}) whose Tune experiment this one cannot read "
+            f"({error}); resume it with that version, or run its spec again"
+        ) from None
+
+
 def _run_config(folder: SweepFolder, callbacks: list[tune.Callback]) -> tune.RunConfig:
     return tune.RunConfig(
         name=folder.sweep_id,
@@ -266,16 +288,8 @@ def execute(
     if resume and track is not None:
         reopen_sweep(track)
     context = build_context(spec, folder, track)
-    folder.update_state(status=SweepStatus.RUNNING)
     if resume and tune.Tuner.can_restore(str(folder.path)):
-        # The restored experiment brings the callbacks of its first run back (pickled with it):
-        # they hold nothing of the process that started it.
-        tuner = tune.Tuner.restore(
-            str(folder.path),
-            trainable=_trainable(context),
-            resume_unfinished=True,
-            resume_errored=True,
-        )
+        tuner = _restore(folder, context)
     else:
         tune_config, param_space = _tune_config(spec, folder.sweep_id, folder, context)
         tuner = tune.Tuner(
@@ -283,9 +297,10 @@ def execute(
             param_space=param_space,
             tune_config=tune_config,
             run_config=_run_config(
-                folder, [SweepCallback(folder, context), PlacementGroupReaper(), *callbacks]
+                folder, [SweepCallback(context), PlacementGroupReaper(), *callbacks]
             ),
         )
+    folder.update_state(status=SweepStatus.RUNNING)
     interrupted = False
     try:
         tuner.fit()

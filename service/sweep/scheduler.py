@@ -1,7 +1,7 @@
 """ASHA per study: a cell's trials are stopped early only by comparison with that cell's trials.
 
 Ray Tune runs one scheduler per experiment, and a sweep tunes all its cells in one experiment
-(``service.searcher.CellStudies``). One ASHA over all of them would compare, at each rung, a
+(``service.sweep.searcher.CellStudies``). One ASHA over all of them would compare, at each rung, a
 CutMix trial with Mixup trials and stop every trial of a cell whose accuracy is lower overall,
 so that cell would have no finished setting at all. ``StudyASHA`` keeps one Ray
 ``ASHAScheduler`` per (cell, seed) and hands each trial's events to its own.

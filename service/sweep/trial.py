@@ -1,7 +1,7 @@
 """One trial of a sweep, on the cluster: its driver (a Tune function trainable) and its context.
 
 ``run_trial`` is what Ray Tune runs for each trial: it builds a Ray Train V2 ``TorchTrainer``
-over ``service.worker.train_loop_per_worker`` with the trial's resources, checkpoints and
+over ``service.sweep.worker.train_loop_per_worker`` with the trial's resources, checkpoints and
 ``FailureConfig``, reports to Tune through ``TuneReportCallback`` and writes the trial's record
 to the sweep folder. ``build_context`` resolves, once in the sweep's driver, everything the
 trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``).
@@ -23,7 +23,7 @@ from ray.train.torch import TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from service.results.folder import SweepFolder
-from service.results.records import TrialRecord, TrialState
+from service.results.records import TrialRecord, TrialState, numbers
 from service.spec.cells import AXES, Cell, expand, train_config
 from service.spec.model import SweepSpec
 from service.sweep.worker import append_log, train_loop_per_worker
@@ -133,7 +133,7 @@ def trial_record(
         epochs=cell.epochs,
         comparable=cell.comparable,
         hyperparameters={**cell.hyperparameters, **params},
-        metrics=dict(metrics or {}),
+        metrics=numbers(metrics or {}),
         error=error,
         traceback=traceback,
         deterministic=deterministic,

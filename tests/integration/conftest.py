@@ -41,10 +41,10 @@ def _held_placement_groups(wait_s: float) -> list[str]:
 def _shared_ray_left_clean(request):
     """After a test on the shared Ray, no placement group may keep its CPUs or trial slots.
 
-    Ray 2.60 can leave a stopped or failed trial's worker group behind (service/placement_groups.py
-    and service/ray_options.py say when and what the engine does about it); the next tests'
-    trials would then wait for CPUs forever. A test that leaves one fails here, and the group is
-    removed so that the tests after it can run.
+    Ray 2.60 can leave a stopped or failed trial's worker group behind
+    (service/sweep/ray_workarounds.py says when and what the engine does about it); the next
+    tests' trials would then wait for CPUs forever. A test that leaves one fails here, and the
+    group is removed so that the tests after it can run.
     """
     yield
     import ray

@@ -1,4 +1,4 @@
-"""Orphaned worker placement groups are given back (service/placement_groups.py), on real Ray."""
+"""Orphaned worker placement groups are given back (service/sweep/ray_workarounds.py), real Ray."""
 
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def test_a_dead_actors_group_is_held_until_released_and_live_ones_are_kept():
 
 
 def test_a_group_asked_for_by_an_actor_being_killed_is_released():
-    """The Ray 2.60 race that kept a stopped ASHA trial's CPUs (service/placement_groups.py)."""
+    """The Ray 2.60 race that kept a stopped ASHA trial's CPUs (sweep/ray_workarounds.py)."""
     for _ in range(8):
         orphan = late_group()
         if orphan is not None:
