@@ -310,7 +310,14 @@ _NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class SweepSpec(StrictModel):
-    """A sweep: a grid of cells, their settings, optional search, and resources."""
+    """A sweep: a grid of cells, their settings, optional search, and resources.
+
+    A spec is usually read from YAML with ``service.spec.reading.load_spec``; the smallest one,
+    as a mapping::
+
+        SweepSpec.model_validate({"name": "tiny", "grid": {"dataset": ["synthetic"],
+            "backbone": ["smallnet"], "method": ["mixup"], "loss": ["mce", "dm_ce"]}})
+    """
 
     name: str = Field(description="letters, digits, '.', '_' and '-'")
     grid: Grid = Field(description="the axes of the cells and the seeds")
