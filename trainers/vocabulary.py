@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 import annotated_types
 
@@ -132,7 +132,6 @@ BOUNDS: dict[str, Bounds] = {
 HYPERPARAMETERS = ("alpha", *LOSS_HYPERPARAMETER_NAMES)
 # What a sweep's search may tune (Sec. 4.5 tunes eta, xi and t; alpha, lr and weight decay too).
 SearchableName = Literal["eta", "xi", "t", "alpha", "lr", "weight_decay"]
-SEARCHABLE: tuple[str, ...] = get_args(SearchableName)
 
 # --- the training loop's contract -----------------------------------------------------------
 # The summary metrics of a run's last epoch: the median top-1 of the last 10 epochs (the paper's

@@ -11,8 +11,6 @@ from typing import Any
 
 import httpx
 
-YAML_SUFFIXES = (".yaml", ".yml")
-
 
 class ServiceError(RuntimeError):
     """A request the server refused (or could not be reached); ``status`` 0 when unreachable."""
