@@ -282,8 +282,7 @@ def execute(
     """
     state = folder.read_state()
     spec = folder.read_spec()
-    connect(spec, address)
-    _check_cluster(spec)
+    preflight(spec, address)  # a resumed sweep's data may have moved since it started
     track = Tracking(**state.tracking) if state.tracking else None
     if resume and track is not None:
         reopen_sweep(track)

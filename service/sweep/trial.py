@@ -10,7 +10,6 @@ trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``
 from __future__ import annotations
 
 import copy
-import os
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from service.sweep.worker import append_log, train_loop_per_worker
 from service.tracking.store import Tracking
 from service.tracking.trial_runs import child_run, flatten, trial_yaml
 from trainers.config import TrainConfig
-from trainers.data.datasets import ROOT_VARIABLE
+from trainers.data.datasets import is_synthetic, resolve_root
 from trainers.recipes import get_recipe
 from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
 
@@ -249,10 +248,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
 def _resolve_data_roots(config: TrainConfig) -> TrainConfig:
     """Absolute data roots: workers read neither this shell's variables nor its directory."""
     data = config.data
-    if data.name == "synthetic" or data.source == "synthetic":
+    if is_synthetic(data.name, data.source):
         return config
-    root = data.root or str(Path(os.environ.get(ROOT_VARIABLE, ".")) / data.name)
-    root = str(Path(root).expanduser().resolve())
+    root = str(resolve_root(data.name, data.root).resolve())
     return config.model_copy(update={"data": data.model_copy(update={"root": root})})
 
 
