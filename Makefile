@@ -49,6 +49,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/mixing.py
 	$(BIN)/python bench/throughput.py --threads 2
 	$(BIN)/python bench/sweep_overhead.py
+	$(BIN)/python bench/data_pipeline.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -652,6 +652,7 @@ def test_the_api_and_ray_environment():
         "DMSWEEP_DATABASE_URL": f"postgresql://dmsweep:{password}@postgres:5432/dmsweep",
         "DMSWEEP_RAY_ADDRESS": "http://ray-head:8265",
         "DMSWEEP_MLFLOW_URI": "http://mlflow:5000",
+        "DMSWEEP_MLFLOW_PUBLIC_URL": f"http://localhost:{example_env()['MLFLOW_PORT']}",
         "DMSWEEP_DATA_ROOTS": "/data",
         "DMSWEEP_STORAGE_ROOT": "/storage",
         "DMSWEEP_API_TOKEN": example_env()["DMSWEEP_API_TOKEN"],

@@ -301,6 +301,11 @@ def test_imagefolder_subset_decodes_only_the_kept_images(tmp_path):
         if i not in kept:
             file.write_bytes(b"never decoded")
     with pytest.warns(UserWarning, match="has 2 classes"):
-        picked = open_dataset("cub200", "train", root=root, image_size=16, subset=4, seed=3)
+        picked = open_dataset("tiny_imagenet", "train", root=root, image_size=16, subset=4, seed=3)
     assert isinstance(picked, ImageSet) and torch.equal(picked.images, expected.images)
     assert torch.equal(picked.labels, expected.labels) and picked.labels.tolist() == [0, 0, 1, 1]
+    # A photo data set keeps its files as they are (lazy): the subset is a list of kept files.
+    with pytest.warns(UserWarning, match="has 2 classes"):
+        photos = open_dataset("cub200", "train", root=root, image_size=16, subset=4, seed=3)
+    assert isinstance(photos, ImageFiles) and photos.files == [files[i] for i in kept]
+    assert torch.equal(photos.read(torch.arange(4)), expected.images)

@@ -6,6 +6,7 @@ import json
 import pickle
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +20,7 @@ from trainers.data import (
     shard_local_order,
     write_parquet_shards,
 )
+from trainers.data.parquet import ROWS_PER_GROUP
 from trainers.data.synthetic import synthetic
 
 
@@ -43,6 +45,19 @@ def test_shards_read_back_identical(tmp_path, images, encoding):
     assert json.loads(metadata[b"classes"]) == images.classes
     assert (metadata[b"image_size"], metadata[b"channels"]) == (b"8", b"3")
     assert metadata[b"encoding"] == encoding.encode()
+    assert metadata[b"format_version"] == b"2"
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png"])
+def test_one_image_at_its_own_size_reads_only_its_row_group(tmp_path, images, encoding):
+    write_parquet_shards(images, tmp_path, images_per_shard=100, encoding=encoding)
+    groups = pq.ParquetFile(tmp_path / "train-00000.parquet").num_row_groups
+    assert groups == (1 if encoding == "raw" else -(-100 // ROWS_PER_GROUP))
+    shards = ParquetShards(tmp_path, "train")
+    for index in (0, ROWS_PER_GROUP - 1, ROWS_PER_GROUP, 99):
+        pixels = torch.from_numpy(np.array(shards.open_image(index))).permute(2, 0, 1)
+        assert torch.equal(pixels, images.images[index])
+    assert shards.shard_loads == ([0] if encoding == "raw" else [])
 
 
 def test_jpeg_shards_are_close_and_open_dataset_reads_them(tmp_path):
@@ -117,7 +132,7 @@ def test_shard_local_order_visits_a_window_of_shards_at_a_time(tmp_path, images)
     assert sorted(plain.tolist()) == list(range(100))
 
 
-def write_table(path, labels, classes=("a", "b"), metadata=True, size=2):
+def write_table(path, labels, classes=("a", "b"), metadata=True, size=2, version="2"):
     table = pa.table(
         {
             "image": pa.array([bytes(3 * size * size)] * len(labels), pa.binary()),
@@ -125,11 +140,26 @@ def write_table(path, labels, classes=("a", "b"), metadata=True, size=2):
         }
     )
     if metadata:
+        # Format 1 (dmsweep data prepare before originals were kept) wrote no format_version.
+        versioned = {"format_version": version} if version is not None else {}
         table = table.replace_schema_metadata(
-            {"classes": json.dumps(list(classes)), "image_size": str(size), "channels": "3",
-             "encoding": "raw"}
+            {**versioned, "classes": json.dumps(list(classes)), "image_size": str(size),
+             "channels": "3", "encoding": "raw"}
         )  # fmt: skip
     pq.write_table(table, path)
+
+
+def test_shards_of_the_earlier_format_are_refused_naming_the_fix(tmp_path):
+    # Exactly the metadata the format-1 writer put in every shard: no format_version.
+    write_table(tmp_path / "train-00000.parquet", [0, 1], version=None)
+    with pytest.raises(ValueError, match=r"train-00000\.parquet is a shard of format 1; this "
+                       r"dmsweep reads format 2.*prepare the data set again"):  # fmt: skip
+        ParquetShards(tmp_path, "train")
+    write_table(tmp_path / "train-00000.parquet", [0, 1], version="3")
+    with pytest.raises(ValueError, match="is a shard of format 3; this dmsweep reads format 2"):
+        ParquetShards(tmp_path, "train")
+    write_table(tmp_path / "train-00000.parquet", [0, 1])
+    assert len(ParquetShards(tmp_path, "train")) == 2
 
 
 def test_shard_errors_name_the_file(tmp_path):

@@ -19,7 +19,8 @@ from tests.support.training import (
     synthetic_trial,
     whole_interrupted_resumed,
 )
-from trainers.loop import NonFiniteLossError, load_checkpoint, run
+from trainers.evaluate import accuracy
+from trainers.loop import NonFiniteLossError, build_trial, load_checkpoint, run
 
 
 def test_reports_every_epoch_and_learns(tmp_path):
@@ -60,18 +61,46 @@ def test_every_kind_of_method_trains(method, loss):
 def test_resumed_run_ends_with_bitwise_the_same_weights(tmp_path):
     torch.use_deterministic_algorithms(True)
     try:
-        trial = synthetic_trial(epochs=4, checkpoint_every=1)
+        # With an EMA of the weights, which the checkpoint carries along with its history.
+        trial = synthetic_trial(epochs=4, checkpoint_every=1, recipe_overrides={"ema_decay": 0.9})
         whole, _, resumed = whole_interrupted_resumed(trial, tmp_path, stop_after=2)
     finally:
         torch.use_deterministic_algorithms(False)
     assert [m["epoch"] for m in resumed.metrics] == [3, 4]
     for a, b in zip(whole.metrics[2:], resumed.metrics, strict=True):
         assert a["train_loss"] == b["train_loss"] and a["val_top1"] == b["val_top1"]
+        assert a["val_top1_ema"] == b["val_top1_ema"]
+    assert whole.metrics[-1]["top1_ema_best"] == resumed.metrics[-1]["top1_ema_best"]
     expected = load_checkpoint(whole.checkpoints[-1])["model"]
     got = load_checkpoint(resumed.checkpoints[-1])["model"]
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_a_recipe_without_an_ema_reports_no_ema_metrics():
+    final = run(synthetic_trial(epochs=1), Recorder())
+    assert "val_top1_ema" not in final and "top1_ema_best" not in final
+
+
+@pytest.mark.parametrize("decay", [1e-9, 1 - 1e-9])
+def test_the_ema_is_evaluated_each_epoch(decay):
+    """The EMA's accuracy is its own: a decay of ~0 copies the model each step (the same top-1
+    as the raw model), a decay of ~1 keeps the initial weights (the untrained model's top-1)."""
+    trial = synthetic_trial(epochs=2, recipe_overrides={"ema_decay": decay})
+    recorder = Recorder()
+    final = run(trial, recorder)
+    ema = [m["val_top1_ema"] for m in recorder.metrics]
+    assert final["top1_ema_best"] == max(ema)
+    if decay < 0.5:
+        assert ema == [m["val_top1"] for m in recorder.metrics]
+    else:
+        untrained = build_trial(trial)
+        expected, _ = accuracy(
+            untrained.model, untrained.test_set, untrained.eval_transform, untrained.ranks, 256
+        )
+        assert ema == [expected, expected]
+        assert final["val_top1"] != expected  # the raw model did train
 
 
 def test_a_diverging_loss_stops_the_run_naming_the_step():

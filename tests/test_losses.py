@@ -29,9 +29,12 @@ def ref_mce_sample(row: list[float], a: int, b: int, lam: float) -> float:
     return -(lam * (row[a] - lse) + (1 - lam) * (row[b] - lse))
 
 
-def ref_dm_sample(row: list[float], a: int, b: int) -> float:
-    """-log phi(a; without b) - log phi(b; without a); zero for a same-class pair."""
-    if a == b:
+def ref_dm_sample(row: list[float], a: int, b: int, lam: float) -> float:
+    """-log phi(a; without b) - log phi(b; without a); zero where the sample holds one class.
+
+    One class: a same-class pair, or one side's share at most 1e-3 (Proposition 2 assumes both).
+    """
+    if a == b or min(lam, 1 - lam) <= 1e-3:
         return 0.0
     return -(row[a] - ref_logsumexp(row, without=b)) - (row[b] - ref_logsumexp(row, without=a))
 
@@ -114,6 +117,32 @@ def test_dm_ce_same_class_pair_has_no_decoupled_term_but_counts_in_the_mean():
     assert got.item() == pytest.approx((same_class + mixed) / 2, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("lam", "two_classes"),
+    [(0.0, False), (1e-4, False), (0.5, True), (1 - 1e-4, False), (1.0, False)],
+)
+def test_dm_ce_decoupled_term_only_where_both_classes_are_present(lam, two_classes):
+    """Proposition 2 needs both classes in the sample: at a share <= 1e-3 the term is off."""
+    # z = (ln 3, 0, 0), a = 0, b = 1: phi(0; without 1) = 3/4, phi(1; without 0) = 1/2.
+    logits = torch.tensor([[math.log(3), 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
+    a, b = torch.tensor([0]), torch.tensor([1])
+    mce = -(lam * math.log(3 / 5) + (1 - lam) * math.log(1 / 5))
+    decoupled = -math.log(3 / 4) - math.log(1 / 2) if two_classes else 0.0
+    loss = losses.dm_ce(logits, a, b, torch.tensor([lam], dtype=torch.float64), eta=0.5)
+    assert loss.item() == pytest.approx(mce + 0.5 * decoupled, rel=1e-12)
+    loss.backward()
+    # Autograd through the textbook form, with the decoupled part present or not by hand.
+    z = logits.detach().clone().requires_grad_(True)
+    log_p = torch.log_softmax(z, dim=1)[0]
+    expected = -(lam * log_p[0] + (1 - lam) * log_p[1])
+    if two_classes:
+        phi_a = z[0, 0] - torch.logsumexp(z[0, [0, 2]], dim=0)
+        phi_b = z[0, 1] - torch.logsumexp(z[0, [1, 2]], dim=0)
+        expected = expected - 0.5 * (phi_a + phi_b)
+    expected.backward()
+    torch.testing.assert_close(logits.grad, z.grad)
+
+
 def test_mbce_hand_computed():
     # z = (0, ln 3): sigmoid = (1/2, 3/4); target (1/4, 3/4).
     logits = torch.tensor([[0.0, math.log(3)]])
@@ -177,7 +206,9 @@ def test_softmax_losses_match_float64_reference(num_classes, per_sample):
     ref_mce = (
         sum(ref_mce_sample(r, x, y, m) for r, x, y, m in zip(rows, ai, bi, lams, strict=True)) / n
     )
-    ref_dm = sum(ref_dm_sample(r, x, y) for r, x, y in zip(rows, ai, bi, strict=True)) / n
+    ref_dm = (
+        sum(ref_dm_sample(r, x, y, m) for r, x, y, m in zip(rows, ai, bi, lams, strict=True)) / n
+    )
     eta = 0.7
 
     for dtype, rel in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
@@ -305,7 +336,7 @@ def test_dm_ce_exact_where_log_one_minus_softmax_breaks():
     a, b = torch.zeros(3, dtype=torch.long), torch.tensor([1, 2, 3])
     rows = logits.tolist()
     expected = sum(
-        ref_mce_sample(r, 0, y, 0.5) + 0.3 * ref_dm_sample(r, 0, y)
+        ref_mce_sample(r, 0, y, 0.5) + 0.3 * ref_dm_sample(r, 0, y, 0.5)
         for r, y in zip(rows, b.tolist(), strict=True)
     )
     expected /= 3
@@ -428,7 +459,7 @@ def test_dm_ce_is_mce_plus_eta_times_the_decoupled_term(n, c, eta, seed):
     logits, a, b, lam = random_batch(n, c, seed=seed, same_class_every=2)
     rows, ai, bi = logits.tolist(), a.tolist(), b.tolist()
     expected = sum(
-        ref_mce_sample(r, x, y, m) + eta * ref_dm_sample(r, x, y)
+        ref_mce_sample(r, x, y, m) + eta * ref_dm_sample(r, x, y, m)
         for r, x, y, m in zip(rows, ai, bi, lam.tolist(), strict=True)
     )
     assert losses.dm_ce(logits, a, b, lam, eta=eta).item() == pytest.approx(

@@ -1,5 +1,6 @@
-"""Mixing policies: what was mixed matches lambda, for every policy, on images built so that each
-pixel says where it came from; plus each policy's own defining property."""
+"""Mixing policies: what was mixed matches lambda, for every policy and both lambda modes, on
+images built so that each pixel says where it came from; plus each policy's own defining
+property, and what one draw per batch means (one lambda, one box or mask, Beta-distributed)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trainers.mixing import INTERPOLATION_BASED, POLICIES, MixedBatch
-from trainers.mixing.base import sample_beta
+from trainers.mixing.base import LAMBDA_MODES, sample_beta
 from trainers.mixing.fmix import fmix
 from trainers.mixing.resizemix import SCALE_RANGE, resizemix
-from trainers.mixing.saliencymix import saliencymix, salient_points
 
 CUT_BASED = sorted(set(POLICIES) - INTERPOLATION_BASED)
 
@@ -25,9 +25,18 @@ def labelled_images(n: int, height: int, width: int, channels: int = 3) -> torch
     return values.expand(n, channels, height, width).contiguous()
 
 
-def mix(name: str, inputs: torch.Tensor, seed: int = 0, alpha: float = 1.0) -> MixedBatch:
+def mix(
+    name: str,
+    inputs: torch.Tensor,
+    seed: int = 0,
+    alpha: float = 1.0,
+    lambda_mode: str = "sample",
+) -> MixedBatch:
     generator = torch.Generator().manual_seed(seed)
-    return POLICIES[name](inputs, torch.arange(inputs.shape[0]), alpha=alpha, generator=generator)
+    targets = torch.arange(inputs.shape[0])
+    return POLICIES[name](
+        inputs, targets, alpha=alpha, generator=generator, lambda_mode=lambda_mode
+    )
 
 
 def check_conventions(batch: MixedBatch, n: int) -> None:
@@ -43,11 +52,12 @@ def test_registry_holds_the_six_static_policies():
     assert {"mixup", "manifoldmix"} == INTERPOLATION_BASED
 
 
+@pytest.mark.parametrize("lambda_mode", LAMBDA_MODES)
 @pytest.mark.parametrize("name", CUT_BASED)
 @pytest.mark.parametrize(("n", "height", "width"), [(16, 32, 32), (9, 17, 23), (4, 224, 224)])
-def test_cut_based_lambda_is_the_share_of_pixels_from_a(name, n, height, width):
+def test_cut_based_lambda_is_the_share_of_pixels_from_a(name, n, height, width, lambda_mode):
     inputs = labelled_images(n, height, width)
-    batch = mix(name, inputs, seed=n + height)
+    batch = mix(name, inputs, seed=n + height, lambda_mode=lambda_mode)
     check_conventions(batch, n)
     value_a = batch.y_a.float().view(n, 1, 1, 1)
     value_b = batch.y_b.float().view(n, 1, 1, 1)
@@ -61,11 +71,12 @@ def test_cut_based_lambda_is_the_share_of_pixels_from_a(name, n, height, width):
     torch.testing.assert_close(share_a[distinct], batch.lam[distinct], atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("lambda_mode", LAMBDA_MODES)
 @pytest.mark.parametrize("name", sorted(INTERPOLATION_BASED))
-def test_interpolation_value_is_the_lambda_weighted_mean(name):
+def test_interpolation_value_is_the_lambda_weighted_mean(name, lambda_mode):
     n = 12
     inputs = labelled_images(n, 8, 8)
-    batch = mix(name, inputs, seed=3)
+    batch = mix(name, inputs, seed=3, lambda_mode=lambda_mode)
     check_conventions(batch, n)
     expected = batch.lam * batch.y_a.float() + (1 - batch.lam) * batch.y_b.float()
     torch.testing.assert_close(batch.inputs, expected.view(n, 1, 1, 1).expand_as(inputs))
@@ -89,9 +100,60 @@ def test_same_seed_same_batch_other_seed_other_batch(name):
 
 
 @pytest.mark.parametrize("name", sorted(POLICIES))
-def test_lambda_is_drawn_per_sample(name):
-    batch = mix(name, torch.rand(32, 3, 32, 32), seed=0)
+def test_sample_mode_draws_lambda_per_sample(name):
+    batch = mix(name, torch.rand(32, 3, 32, 32), seed=0, lambda_mode="sample")
     assert batch.lam.unique().numel() > 8
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("seed", range(4))
+def test_batch_mode_shares_one_lambda_and_one_box_or_mask(name, seed):
+    """One draw per batch: every row has the same lambda and, for the cutting-based policies,
+    the same pixels come from the "a" side in every image; lambda is their exact share."""
+    n, height, width = 16, 20, 24
+    batch = mix(name, labelled_images(n, height, width), seed=seed, lambda_mode="batch")
+    check_conventions(batch, n)
+    assert batch.lam.unique().numel() == 1
+    if name in INTERPOLATION_BASED:
+        return
+    value_a = batch.y_a.float().view(n, 1, 1, 1).expand(n, 3, height, width)
+    from_a = torch.isclose(batch.inputs, value_a, atol=1e-4)[:, 0]
+    distinct = batch.perm != torch.arange(n)
+    masks = from_a[distinct]
+    assert (masks == masks[:1]).all(), "the rows were cut with different boxes or masks"
+    share = masks[0].float().mean().item()
+    assert batch.lam[0].item() == pytest.approx(share, abs=1e-6)
+
+
+def test_batch_mode_mixup_lambda_follows_beta_over_many_batches():
+    """One Beta(alpha, alpha) draw per batch: across batches, a Kolmogorov-Smirnov distance to
+    Beta(0.5, 0.5)'s CDF, (2 / pi) asin(sqrt(x)), below the 1% critical value 1.63 / sqrt(m)."""
+    m, alpha = 2000, 0.5
+    generator = torch.Generator().manual_seed(0)
+    inputs, targets = torch.rand(8, 4), torch.arange(8)
+    draws = (
+        torch.tensor(
+            [
+                POLICIES["mixup"](inputs, targets, alpha=alpha, generator=generator).lam[0].item()
+                for _ in range(m)
+            ],
+            dtype=torch.float64,
+        )
+        .sort()
+        .values
+    )
+    cdf = (2 / math.pi) * torch.asin(torch.sqrt(draws))
+    steps = torch.arange(1, m + 1, dtype=torch.float64) / m
+    distance = torch.maximum(steps - cdf, cdf - (steps - 1 / m)).max().item()
+    assert distance < 1.63 / math.sqrt(m)
+
+
+def test_batch_is_the_default_lambda_mode():
+    generator = torch.Generator().manual_seed(0)
+    batch = POLICIES["cutmix"](
+        torch.rand(8, 3, 16, 16), torch.arange(8), alpha=1.0, generator=generator
+    )
+    assert batch.lam.unique().numel() == 1
 
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0, 2.0])
@@ -114,32 +176,6 @@ def test_cutmix_lambda_follows_beta_before_clipping():
     batch = mix("cutmix", labelled_images(4096, 32, 32), seed=0)
     assert batch.lam.mean().item() > 0.5
     assert batch.lam.min().item() < 0.3
-
-
-def test_saliency_peak_is_found():
-    images = torch.zeros(3, 3, 64, 48)
-    blobs = [(10, 12), (40, 30), (55, 5)]
-    for i, (row, col) in enumerate(blobs):
-        images[i, :, row - 2 : row + 3, col - 2 : col + 3] = 1.0
-    rows, cols = salient_points(images)
-    for i, (row, col) in enumerate(blobs):
-        assert abs(rows[i].item() - row) <= 3 and abs(cols[i].item() - col) <= 3
-
-
-def test_saliencymix_patch_covers_the_partners_salient_point():
-    n = 16
-    generator = torch.Generator().manual_seed(0)
-    images = torch.rand(n, 3, 32, 32, generator=generator) * 0.05
-    rows = torch.randint(4, 28, (n,), generator=generator)
-    cols = torch.randint(4, 28, (n,), generator=generator)
-    for i in range(n):
-        images[i, :, rows[i] - 1 : rows[i] + 2, cols[i] - 1 : cols[i] + 2] = 1.0
-    batch = saliencymix(images, torch.arange(n), alpha=1.0, generator=generator)
-    for i in range(n):
-        j = batch.perm[i].item()
-        if batch.lam[i] < 0.9:  # a box of at least 10% of the image
-            pixel = batch.inputs[i, :, rows[j], cols[j]]
-            torch.testing.assert_close(pixel, images[j, :, rows[j], cols[j]])
 
 
 def test_fmix_masks_are_smooth_blobs():
@@ -190,15 +226,18 @@ def test_resizemix_pastes_the_whole_partner_shrunk():
 @settings(max_examples=25, deadline=None)
 @given(
     name=st.sampled_from(sorted(POLICIES)),
+    lambda_mode=st.sampled_from(LAMBDA_MODES),
     n=st.integers(1, 6),
     height=st.integers(1, 40),
     width=st.integers(1, 40),
     alpha=st.sampled_from([0.1, 0.2, 0.5, 1.0, 2.0]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_every_policy_keeps_lambda_true_on_any_shape(name, n, height, width, alpha, seed):
+def test_every_policy_keeps_lambda_true_on_any_shape(
+    name, lambda_mode, n, height, width, alpha, seed
+):
     inputs = labelled_images(n, height, width, channels=2)
-    batch = mix(name, inputs, seed=seed, alpha=alpha)
+    batch = mix(name, inputs, seed=seed, alpha=alpha, lambda_mode=lambda_mode)
     check_conventions(batch, n)
     value_a = batch.y_a.float().view(n, 1, 1, 1)
     value_b = batch.y_b.float().view(n, 1, 1, 1)
@@ -244,6 +283,13 @@ def test_alpha_must_be_positive(name, alpha):
     x, y, g = _good()
     with pytest.raises(ValueError, match=r"alpha must be a number > 0"):
         POLICIES[name](x, y, alpha=alpha, generator=g)
+
+
+@pytest.mark.parametrize("name", CUT_BASED)
+def test_unknown_lambda_mode_is_named(name):
+    x, y, g = _good()
+    with pytest.raises(ValueError, match=r"lambda_mode must be one of batch, sample; got 'row'"):
+        POLICIES[name](x, y, alpha=1.0, generator=g, lambda_mode="row")
 
 
 @pytest.mark.parametrize("name", CUT_BASED)

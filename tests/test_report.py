@@ -9,12 +9,17 @@ from typing import Any
 
 import pytest
 
+from service.results import links
+from service.results.charts import gains_chart
+from service.results.curves import cell_curve, epoch_history
+from service.results.metrics import headline
 from service.results.paper import PAPER_RESULTS, load_paper_results
 from service.results.pivot import pivot
-from service.results.render import gains_chart, to_html, to_markdown
+from service.results.render import to_html, to_markdown
 from service.results.report import write_report
 from service.results.results_file import read_results, write_results
 from tests.support.paper import table_rows
+from tests.support.ports import free_port
 
 C100_R18_MCE = ("cifar100", "resnet18_cifar", "mce")
 C100_R18_DM = ("cifar100", "resnet18_cifar", "dm_ce")
@@ -156,7 +161,10 @@ def test_markdown_html_and_chart(tmp_path: Path) -> None:
     )
     assert "| mixup | 81.00 ± 1.00 (n=3), 2 failed; paper 79.12, Δ +1.88 |" in markdown
     assert "not run; paper 82.30" in markdown
-    assert "| cifar100 | resnet18_cifar | mixup | dm_ce - mce | +2.50 | +1.12 |" in markdown
+    # No alpha recorded, no control: the gain against the baseline alone, ± sqrt(1 + 0.5).
+    assert (
+        "| cifar100 | resnet18_cifar | mixup | dm_ce - mce | +2.50 ± 1.22 | +1.12 | — | — / — / — |"
+    ) in markdown
 
     page = to_html(table)
     assert "&lt;script&gt;" in page and "<script>" not in page
@@ -233,3 +241,108 @@ def test_load_paper_results() -> None:
         ("8", "cifar100", "cifar"),
         ("8", "tiny_imagenet", "cifar"),
     }
+
+
+# --- what a gain is made of: baseline, control, spread, lambda mode -------------------------------
+
+
+def with_alpha(row: dict[str, Any], alpha: float, control: bool = False) -> dict[str, Any]:
+    """``row`` with its cell's alpha and cell id (a control's ends in /control)."""
+    cell = "/".join(row[axis] for axis in ("dataset", "backbone", "method", "loss"))
+    return {**row, "hp.alpha": alpha, "cell": cell + ("/control" if control else "")}
+
+
+def controlled() -> list[dict[str, Any]]:
+    """Mixup: MCE at its tuned alpha 1, DM(CE) at 0.2, and the control (MCE at 0.2)."""
+    return [
+        *(with_alpha(trial("mixup", "mce", s, v), 1.0) for s, v in enumerate((80.0, 81.0, 82.0))),
+        *(with_alpha(trial("mixup", "dm_ce", s, v), 0.2) for s, v in enumerate((83.0, 84.0))),
+        *(with_alpha(trial("mixup", "mce", s, v), 0.2, True) for s, v in enumerate((82.0, 84.0))),
+    ]
+
+
+def test_both_gains_with_their_spread_and_the_papers_beside_the_first() -> None:
+    table = pivot(controlled())
+    # The control is no column of its own and does not join the baseline's cell.
+    assert table.cell("mixup", C100_R18_MCE).n == 3
+    assert table.controls[("mixup", C100_R18_MCE)].mean == pytest.approx(83.0)
+    (gain,) = [g for g in table.gains if g.method == "mixup"]
+    # Baseline: 83.5 - 81; std sqrt(0.5 + 1). Control: 83.5 - 83; std sqrt(0.5 + 2).
+    assert gain.ours == pytest.approx(2.5) and gain.std == pytest.approx(math.sqrt(1.5))
+    assert gain.control == pytest.approx(0.5) and gain.control_std == pytest.approx(math.sqrt(2.5))
+    assert gain.paper == pytest.approx(80.24 - 79.12) and not gain.control_is_base
+    assert gain.alphas == (1.0, 0.2, 0.2)
+    line = (
+        "| cifar100 | resnet18_cifar | mixup | dm_ce - mce | +2.50 ± 1.22 | +1.12 | +0.50 ± 1.58 "
+    )
+    assert line + "| 1 / 0.2 / 0.2 |" in to_markdown(table)
+
+
+def test_a_baseline_at_the_dm_alpha_is_its_own_control() -> None:
+    rows = [with_alpha(r, 0.2) for r in hand_built() if r["method"] == "mixup"]
+    (gain,) = pivot(rows).gains
+    assert gain.control_is_base and gain.control == pytest.approx(gain.ours)
+    assert gain.control == pytest.approx(2.5)
+    assert "+2.50 ± 1.22 (the baseline ran at DM's alpha)" in to_markdown(pivot(rows))
+
+
+def test_lambda_drawn_per_sample_is_not_comparable() -> None:
+    rows = [
+        {**r, "lambda_mode": "sample" if r["loss"] == "dm_ce" else "batch"} for r in hand_built()
+    ]
+    table = pivot(rows)
+    dm = table.cell("mixup", C100_R18_DM)
+    assert not dm.comparable and dm.delta is None
+    assert dm.text() == "83.50 ± 0.71 (n=2); paper 80.24, not comparable (lambda drawn per sample)"
+    batch = table.cell("mixup", C100_R18_MCE)
+    assert batch.comparable and batch.delta == pytest.approx(81.0 - 79.12)
+    assert not next(g for g in table.gains if g.method == "mixup").comparable
+
+
+def test_short_runs_headline_the_final_top1(tmp_path: Path) -> None:
+    assert headline([{"epochs": 800}, {}]).metric == "top1_median_last10"
+    short = headline([{"epochs": 800}, {"epochs": 10}, {"epochs": 2}])
+    assert short.metric == "val_top1"
+    assert "2, 10 epochs" in short.reason and "the first included" in short.reason
+    rows = [{**r, "epochs": 10, "val_top1": r["top1_median_last10"]} for r in hand_built()]
+    markdown = write_report(rows, tmp_path)["markdown"].read_text()
+    assert markdown.startswith("## val_top1\n") and "Headline: final top-1" in markdown
+
+
+# --- learning curves from the trials' logs --------------------------------------------------------
+
+
+def test_epoch_lines_as_the_worker_writes_them_make_curves(tmp_path: Path) -> None:
+    from service.sweep.worker import _epoch_line, append_log
+
+    log = tmp_path / "trial.log"
+    append_log(log, "start: worker on node n, pid 1")
+    for epoch, top1 in ((1, 10.0), (2, 20.5), (2, 21.25), (3, 30.0)):  # epoch 2 again: resumed
+        append_log(log, _epoch_line({"epoch": epoch, "train_loss": 2.0, "val_top1": top1}))
+    append_log(log, _epoch_line({"epoch": 3, "val_top1": 30.0, "top1_best": 30.0}))
+    history = epoch_history(log.read_text())
+    assert sorted(history) == [1, 2, 3]
+    assert history[2] == {"train_loss": 2.0, "val_top1": 21.25}
+    assert history[3] == {"val_top1": 30.0, "top1_best": 30.0}
+
+    other = {1: {"val_top1": 14.0}, 2: {"val_top1": 22.25}}
+    curve = cell_curve("c", "val_top1", [history, other])
+    assert curve is not None and curve.epochs == [1, 2, 3] and curve.n == [2, 2, 1]
+    assert curve.mean == pytest.approx([12.0, 21.75, 30.0])
+    assert curve.std[:2] == pytest.approx([math.sqrt(8), math.sqrt(0.5)]) and curve.std[2] is None
+    assert cell_curve("c", "val_top1_ema", [history]) is None
+
+
+# --- links to MLflow ------------------------------------------------------------------------------
+
+
+def test_run_links_survive_an_absent_server() -> None:
+    assert links.trial_run_links(None).urls == {}
+    away = {
+        "uri": f"http://127.0.0.1:{free_port()}",
+        "experiment_id": "1",
+        "parent_run_id": "p",
+        "sweep_id": "s",
+    }
+    found = links.trial_run_links(away)
+    assert found.urls == {} and "could not be read" in found.note

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from service.spec import defaults
-from service.spec.cells import expand, search_space, study_name, summary, trials
+from service.spec.cells import comparable, expand, search_space, study_name, summary, trials
 from service.spec.model import MAX_TRIALS
 from service.spec.reading import load_spec, spec_from_dict
 from service.spec.reference import json_schema
@@ -188,6 +188,93 @@ def test_mixup_cutmix_uses_recipe_alphas() -> None:
     assert "needs alphas" in error(make(method=["mixup_cutmix"], loss=["mce"]))
 
 
+def test_lambda_mode_is_batch_by_default_and_set_per_spec_and_override() -> None:
+    configs = {cell.cell_id: config for cell, _, config in trials(spec_from_dict(make()))}
+    assert {c.mixing.lambda_mode for c in configs.values()} == {"batch"}
+    raw = make(
+        mixing={"lambda_mode": "sample"},
+        overrides=[{"match": {"method": "cutmix"}, "set": {"mixing": {"lambda_mode": "batch"}}}],
+    )
+    configs = {cell.cell_id: config for cell, _, config in trials(spec_from_dict(raw))}
+    assert configs["cifar100/resnet18_cifar/mixup/mce"].mixing.lambda_mode == "sample"
+    assert configs["cifar100/resnet18_cifar/cutmix/dm_ce"].mixing.lambda_mode == "batch"
+    # An override setting only the detector leaves the spec's lambda mode alone.
+    raw["overrides"] = [
+        {
+            "match": {"method": "cutmix"},
+            "set": {"mixing": {"saliency_detector": "spectral_residual"}},
+        }
+    ]
+    configs = {cell.cell_id: config for cell, _, config in trials(spec_from_dict(raw))}
+    cutmix = configs["cifar100/resnet18_cifar/cutmix/mce"].mixing
+    assert (cutmix.lambda_mode, cutmix.saliency_detector) == ("sample", "spectral_residual")
+    assert "lambda_mode" in error(make(mixing={"lambda_mode": "row"}))
+
+
+def test_a_cell_drawing_lambda_per_sample_is_not_comparable_with_the_paper() -> None:
+    raw = make(
+        overrides=[{"match": {"method": "cutmix"}, "set": {"mixing": {"lambda_mode": "sample"}}}]
+    )
+    spec = spec_from_dict(raw)
+    verdicts = {cell.cell_id: comparable(spec, cell) for cell in expand(spec)}
+    assert verdicts == {
+        "cifar100/resnet18_cifar/mixup/mce": True,
+        "cifar100/resnet18_cifar/mixup/dm_ce": True,
+        "cifar100/resnet18_cifar/cutmix/mce": False,
+        "cifar100/resnet18_cifar/cutmix/dm_ce": False,
+    }
+
+
+def test_settings_with_a_cited_source_keep_cells_comparable() -> None:
+    def verdicts(**changes: Any) -> dict[str, bool]:
+        spec = spec_from_dict(make(**changes))
+        return {cell.cell_id.split("/", 2)[2]: comparable(spec, cell) for cell in expand(spec)}
+
+    cited = {"recipe_overrides": {"lr": 0.03}, "epochs": 400, "source": "a config's path"}
+    assert set(verdicts(overrides=[{"match": {}, "set": cited}]).values()) == {True}
+    uncited = {"recipe_overrides": {"lr": 0.03}}
+    assert verdicts(overrides=[{"match": {"method": "cutmix"}, "set": uncited}]) == {
+        "mixup/mce": True,
+        "mixup/dm_ce": True,
+        "cutmix/mce": False,
+        "cutmix/dm_ce": False,
+    }
+    # The spec's own epochs and recipe overrides cite nothing.
+    assert set(verdicts(epochs=10).values()) == {False}
+    assert set(verdicts(recipe_overrides={"lr": 0.05}).values()) == {False}
+    # A cited override replacing the spec's epochs makes them the paper's again...
+    assert set(verdicts(epochs=10, overrides=[{"match": {}, "set": cited}]).values()) == {True}
+    # ...but recipe overrides merge: an uncited one anywhere taints the merged result.
+    both = [{"match": {}, "set": cited}, {"match": {"loss": "mce"}, "set": uncited}]
+    assert verdicts(overrides=both)["mixup/mce"] is False
+    assert verdicts(overrides=both)["mixup/dm_ce"] is True
+
+
+def test_every_paper_table_spec_draws_one_lambda_per_batch_and_is_comparable() -> None:
+    for path in sorted(SPECS.glob("*table*.yaml")):
+        spec = load_spec(path)
+        cells = expand(spec)
+        assert {c.mixing.lambda_mode for c in cells} == {"batch"}, path.name
+        # Their overrides cite their sources: every cell compares with the paper's number.
+        assert all(comparable(spec, c) for c in cells), path.name
+
+
+def test_mixup_cutmix_with_dm_bce_gets_both_families_settings() -> None:
+    raw = make(
+        dataset=["imagenet"], backbone=["resnet50"], method=["mixup_cutmix"], loss=["dm_bce"]
+    )
+    raw["recipe"] = "rsb_a3"
+    (_, _, config) = trials(spec_from_dict(raw))[0]
+    # A.3: cutting-based xi 0.8, t 1 (the CutMix batches); interpolation-based xi 1, t 0.5.
+    assert (config.loss.xi, config.loss.t) == (0.8, 1.0)
+    assert (config.loss.interpolation_xi, config.loss.interpolation_t) == (1.0, 0.5)
+    raw = make(method=["mixup"], loss=["dm_bce"])
+    raw["recipe"] = "rsb_a3"
+    raw["grid"]["dataset"], raw["grid"]["backbone"] = ["imagenet"], ["resnet50"]
+    (_, _, config) = trials(spec_from_dict(raw))[0]
+    assert config.loss.interpolation_xi is None
+
+
 def test_exclude_removes_cells() -> None:
     raw = make(exclude=[{"method": "cutmix", "loss": "mce"}])
     ids = list(cells_by_id(raw))
@@ -215,6 +302,9 @@ def test_exclude_removes_cells() -> None:
         ({"seeds": [-1]}, "grid.seeds.0", "greater than or equal to 0"),
         ({"seeds": list(range(101))}, "grid.seeds", "at most 100"),
         ({"name": "my sweep"}, "name", "letters, digits"),
+        ({"name": "sweep\n"}, "name", "letters, digits"),
+        ({"name": "-rf"}, "name", "must not start with '-'"),
+        ({"name": "a" * 101}, "name", "101 characters; at most 100"),
         ({"hyperparameters": {"eta": -0.1}}, "hyperparameters.eta", ">= 0"),
         ({"hyperparameters": {"alpha": 0}}, "hyperparameters.alpha", "> 0"),
         ({"hyperparameters": {"alpha": float("inf")}}, "hyperparameters.alpha", "finite"),
@@ -275,6 +365,60 @@ def test_too_many_trials() -> None:
     raw["grid"]["loss"] = ["mce", "dm_ce", "mbce", "dm_bce"]  # 120 cells x 100 seeds
     message = error(raw)
     assert "grid" in message and f"{MAX_TRIALS:,}" in message
+
+
+def test_the_axes_product_is_refused_before_any_cell_is_built(monkeypatch) -> None:
+    """7 data sets x 40 backbones x 6 methods x 6 losses = 10,080 cells: refused without
+    expanding a single cell."""
+    import timm
+
+    import service.spec.model as model
+
+    def expand_nothing(spec: Any) -> list[Any]:
+        raise AssertionError("expanded the cells of a grid over the cap")
+
+    raw = make(
+        dataset=["cifar10", "cifar100", "tiny_imagenet", "cub200", "aircraft", "cars", "imagenet"],
+        backbone=timm.list_models("resnet*")[:40],
+        method=["mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix"],
+        loss=["ce", "mce", "dm_ce", "mbce", "mbce_two", "dm_bce"],
+    )
+    monkeypatch.setattr(model, "expand", expand_nothing)
+    assert "7 x 40 x 6 x 6 = 10,080 cells; at most 10,000" in error(raw)
+
+
+def test_search_samples_count_toward_the_trial_cap() -> None:
+    raw = make(
+        seeds=list(range(50)),
+        search={
+            "parameters": {"eta": {"low": 0.01, "high": 1.0}},
+            "sampler": "tpe",
+            "num_samples": 60,
+        },
+    )
+    message = error(raw)
+    assert "4 cells x 50 seeds x 60 settings = 12,000 trials; at most 10,000" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "allowed"),
+    [
+        ({"epochs": 10_001}, "epochs", "less than or equal to 10000"),
+        ({"batch_size": 70_000}, "batch_size", "less than or equal to 65536"),
+        ({"seeds": [2**31]}, "grid.seeds.0", "less than or equal to 2147483647"),
+        ({"method": [f"m{i}" for i in range(101)]}, "grid.method", "at most 100 items"),
+        ({"exclude": [{"method": "mixup"}] * 1001}, "exclude", "at most 1000 items"),
+        (
+            {"data": {"synthetic": {"synthetic_images": {"train": 10**7}}}},
+            "data.synthetic.synthetic_images.train",
+            "less than or equal to 1000000",
+        ),
+        ({"data": {"cifar100": {"image_size": 4096}}}, "data.cifar100.image_size", "1024"),
+    ],
+)
+def test_sizes_have_upper_bounds(changes: dict[str, Any], path: str, allowed: str) -> None:
+    message = error(make(**changes))
+    assert path in message and allowed in message
 
 
 def test_load_spec_names_file_and_path(tmp_path: Path) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import pickle
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from service.results.folder import SweepFolder
+from service.results.folder import SweepFolder, new_sweep_id
 from service.results.records import (
     Failure,
     SweepInfo,
@@ -135,3 +136,12 @@ def test_a_folder_pickles_as_its_path(tmp_path: Path) -> None:
     assert pickle.loads(pickle.dumps(folder)) == folder
     assert folder.__reduce__() == (SweepFolder, (tmp_path / "s",))
     assert pickle.loads(pickle.dumps(folder)).trials_dir == tmp_path / "s" / "trials"
+
+
+def test_new_sweep_ids_skip_every_id_in_use(tmp_path: Path) -> None:
+    """Same name, same second: the folder's and the store's ids are both skipped, in order."""
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+    (tmp_path / "s-20261201T120000Z").mkdir()
+    stored = {"s-20261201T120000Z-2", "s-20261201T120000Z-3"}
+    assert new_sweep_id("s", tmp_path, now, taken=stored.__contains__) == "s-20261201T120000Z-4"
+    assert new_sweep_id("t", tmp_path, now) == "t-20261201T120000Z"

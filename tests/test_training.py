@@ -10,6 +10,7 @@ from trainers.backbones import SmallNet, build_backbone
 from trainers.data.synthetic import synthetic
 from trainers.mixing import MixedBatch
 from trainers.mixing.manifoldmix import manifoldmix
+from trainers.mixing.methods import MethodMixer
 from trainers.objectives import LOSSES, objective
 
 
@@ -106,6 +107,45 @@ def test_objectives_bind_the_paper_losses():
 def test_objective_names_what_is_wrong(name, options, message):
     with pytest.raises(ValueError, match=message):
         objective(name, **options)
+
+
+def test_dm_bce_of_mixup_cutmix_takes_each_batchs_family_settings():
+    """A.3: xi 1, t 0.5 for interpolation-based and xi 0.8, t 1 for cutting-based policies; a
+    batch of mixup_cutmix is one or the other, and its loss follows the policy that mixed it."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    a, b = torch.arange(8) % 5, torch.arange(8).flip(0) % 5
+    lam = torch.full((8,), 0.3, dtype=torch.float64)
+    loss = objective("dm_bce", xi=0.8, t=1.0, interpolation_xi=1.0, interpolation_t=0.5)
+    for policy, (xi, t) in (("mixup", (1.0, 0.5)), ("cutmix", (0.8, 1.0))):
+        batch = MixedBatch(torch.empty(0), a, b, lam, torch.arange(8), policy=policy)
+        torch.testing.assert_close(
+            loss(logits, batch), losses.dm_bce(logits, a, b, lam, xi=xi, t=t)
+        )
+    # The two settings give different losses here, so picking per batch is not a no-op.
+    assert not torch.allclose(
+        losses.dm_bce(logits, a, b, lam, xi=1.0, t=0.5),
+        losses.dm_bce(logits, a, b, lam, xi=0.8, t=1.0),
+    )
+    with pytest.raises(ValueError, match="together, or neither"):
+        objective("dm_bce", xi=0.8, t=1.0, interpolation_xi=1.0)
+    with pytest.raises(ValueError, match="apply to dm_bce, not 'mbce'"):
+        objective("mbce", interpolation_xi=1.0, interpolation_t=0.5)
+
+
+def test_mixup_cutmix_records_which_policy_mixed_each_batch():
+    mixer = MethodMixer("mixup_cutmix", 1.0, switch_prob=0.5)
+    model = SmallNet(num_classes=4)
+    inputs, targets = torch.rand(6, 3, 16, 16), torch.arange(6) % 4
+    generator, choices = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        _, batch = mixer(model, inputs, targets, generator, choices)
+        seen.add(batch.policy)
+        if batch.policy == "mixup":  # interpolated pixels lie strictly between the two images
+            expected = torch.lerp(inputs[batch.perm], inputs, batch.lam[0])
+            torch.testing.assert_close(batch.inputs, expected)
+    assert seen == {"mixup", "cutmix"}
 
 
 def test_label_smoothing_is_cross_entropy_against_the_smoothed_mixed_label():

@@ -2,16 +2,20 @@
 
 The training augmentations of the paper's recipes (Sec. 4.1 and Table 10), batched:
 
-* ``random_crop``: zero-pad 4 pixels, a random ``image_size`` crop per sample and a horizontal
-  flip with probability 0.5 (Sec. 4.1: ``RandomFlip`` and ``RandomCrop`` with 4 px padding, the
-  CIFAR-100 and Tiny-ImageNet recipes). One gather with per-sample index grids.
-* ``random_resized_crop``: torchvision's RandomResizedCrop rules (scale (0.08, 1), ratio
-  (3/4, 4/3), 10 attempts, then a centre crop) drawn for the whole batch at once, plus the flip,
-  resampled with one bilinear ``F.grid_sample`` over per-sample affine grids (Table 10: "RRC",
-  "H. flip"; also the "standard augmentations" of the fine-grained recipe). Unlike PIL it does
-  not antialias when it shrinks a large crop.
+* ``random_crop``: pad 4 pixels (zeros, or reflected: ``recipe.crop_padding_mode``), a random
+  ``image_size`` crop per sample and a horizontal flip with probability 0.5 (Sec. 4.1:
+  ``RandomFlip`` and ``RandomCrop`` with 4 px padding, the CIFAR-100 recipe). One gather with
+  per-sample index grids.
+* ``random_resized_crop``: torchvision's RandomResizedCrop rules (scale ``recipe.rrc_scale``,
+  default (0.08, 1), ratio (3/4, 4/3), 10 attempts, then a centre crop) drawn for the whole
+  batch at once, plus the flip, resampled with one bilinear ``F.grid_sample`` over per-sample
+  affine grids (Table 10: "RRC", "H. flip"; also the "standard augmentations" of the
+  fine-grained recipe, and Tiny-ImageNet's). Unlike PIL it does not antialias when it shrinks a
+  large crop.
 * RandAugment (Table 10: 9/0.5 for DeiT, 6/0.5 for RSB A3): timm's ``rand_augment_transform``,
   which works on PIL images, so the one per-sample CPU step: it runs only for recipes that ask.
+  The training loop runs such recipes on the per-sample path instead (crops and RandAugment in
+  loader workers, :mod:`trainers.transforms`), and then only :meth:`TrainAugment.finish` here.
 * random erasing (Table 10: 0.25 for DeiT): timm's ``RandomErasing`` in 'pixel' mode, on the
   normalised batch, as timm applies it after normalisation.
 
@@ -108,9 +112,17 @@ class _Normalizer:
 
 
 def random_crop_flip(
-    images: Tensor, size: int, *, padding: int = CROP_PADDING, generator: torch.Generator
+    images: Tensor,
+    size: int,
+    *,
+    padding: int = CROP_PADDING,
+    padding_mode: str = "constant",
+    generator: torch.Generator,
 ) -> Tensor:
-    """Zero-pad by ``padding``, crop a random ``size`` x ``size`` window per sample, flip half.
+    """Pad by ``padding``, crop a random ``size`` x ``size`` window per sample, flip half.
+
+    ``padding_mode`` fills the border: ``constant`` (zeros) or ``reflect`` (``recipe.
+    crop_padding_mode``; OpenMixup's CIFAR pipeline reflects).
 
     Each sample's offsets are uniform over every window of the padded image, and its horizontal
     flip has probability 0.5; the dtype is kept (uint8 stays uint8).
@@ -119,7 +131,7 @@ def random_crop_flip(
     if height + 2 * padding < size or width + 2 * padding < size:
         raise ValueError(f"a {size} px crop does not fit {height}x{width} images padded {padding}")
     device = images.device
-    padded = F.pad(images, (padding, padding, padding, padding))
+    padded = F.pad(images, (padding, padding, padding, padding), mode=padding_mode)
     top = torch.randint(height + 2 * padding - size + 1, (n,), generator=generator, device=device)
     left = torch.randint(width + 2 * padding - size + 1, (n,), generator=generator, device=device)
     flip = torch.rand(n, generator=generator, device=device) < 0.5
@@ -303,9 +315,16 @@ class TrainAugment:
         """Augment one batch of uint8 images; ``generator`` lives on the batch's device."""
         _check_images(images, generator)
         if self.recipe.train_crop == "random_crop":
-            out = random_crop_flip(images, self.image_size, generator=generator).float()
+            out = random_crop_flip(
+                images,
+                self.image_size,
+                padding_mode=self.recipe.crop_padding_mode,
+                generator=generator,
+            ).float()
         else:
-            out = random_resized_crop_flip(images, self.image_size, generator=generator)
+            out = random_resized_crop_flip(
+                images, self.image_size, scale=self.recipe.rrc_scale, generator=generator
+            )
         erasing = self.recipe.random_erasing > 0
         if self.randaugment is None and not erasing:
             return self.normalize(out)
@@ -315,6 +334,26 @@ class TrainAugment:
                 out = self._randaugment(out)
             out = self.normalize(out)
             if erasing:
+                RandomErasing(
+                    probability=self.recipe.random_erasing, mode="pixel", device=out.device
+                )(out)  # in place, per sample
+        return out
+
+    def finish(self, images: Tensor, seed: int) -> Tensor:
+        """Normalise a batch that loader workers already cropped, then random erasing.
+
+        timm's order after its per-sample transforms (its prefetcher normalises and erases on
+        the device). ``seed`` comes from the host (the loader's per-batch seed), so erasing
+        draws reproducibly without a device synchronisation.
+        """
+        _check_images(images)
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(
+                f"finish expects crops of {self.image_size} px; got {tuple(images.shape[-2:])}"
+            )
+        out = self.normalize(images)
+        if self.recipe.random_erasing > 0:
+            with _seeded_global_rngs(seed, images.device):
                 RandomErasing(
                     probability=self.recipe.random_erasing, mode="pixel", device=out.device
                 )(out)  # in place, per sample
@@ -338,14 +377,23 @@ class EvalTransform:
     image, resized to ``image_size`` (bilinear, antialiased): what this does, so that stored
     images already at ``image_size`` get the same view (Table 10: ratio 0.875 or 0.95). With
     ``test_crop == 1`` on square images of ``image_size`` (CIFAR) it only normalises.
+
+    ``cropped=True``: the images arrive already resized and centre-cropped from the originals
+    (:func:`trainers.transforms.eval_sample_transform`, per image on the CPU): only normalise.
     """
 
     def __init__(
-        self, recipe: Recipe, image_size: int, mean: Sequence[float], std: Sequence[float]
+        self,
+        recipe: Recipe,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        cropped: bool = False,
     ) -> None:
         if image_size < 1:
             raise ValueError(f"image_size must be >= 1; got {image_size}")
-        self.test_crop = recipe.test_crop
+        self.test_crop = 1.0 if cropped else recipe.test_crop
         self.image_size = image_size
         self.normalize = _Normalizer(mean, std)
 

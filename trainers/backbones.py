@@ -24,11 +24,19 @@ stage 0 is the input image, and ``mix_stages`` says how many stages there are:
 
 timm models come wrapped (``StagedResNet`` for ResNets, ``TimmBackbone`` for the rest), the timm
 model itself as ``.model``; ``weights=path`` loads into that model, so a timm state dict fits.
+
+Options reach the network's constructor only from ``BACKBONE_OPTIONS`` (``check_options``):
+timm's ``create_model`` also takes ``checkpoint_path`` (unpickles any file),
+``pretrained_cfg(_overlay)`` (any local file, URL or hub repository) and ``cache_dir``, none of
+which a spec may set. Weights are read by ``read_state_dict``, which never unpickles.
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -36,9 +44,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import timm
+import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file as load_safetensors
 from timm.models import get_pretrained_cfg
-from timm.models import load_state_dict as timm_load_state_dict
 from timm.models.resnet import ResNet
 from torch import Tensor, nn
 
@@ -53,6 +62,66 @@ PAPER_TIMM_BACKBONES = (
     "swin_tiny_patch4_window7_224",
 )
 """The ImageNet-layout networks of the paper's Tables 2-6 and 9, by timm name."""
+
+
+# --- options -------------------------------------------------------------------------------
+
+
+def _rate(value: Any) -> str | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1
+    return None if ok and math.isfinite(value) else "a number in [0, 1)"
+
+
+def _pool(value: Any) -> str | None:
+    pools = ("avg", "max", "avgmax", "catavgmax", "token", "map", "")
+    return None if value in pools else f"one of {', '.join(map(repr, pools))}"
+
+
+def _count(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 4096
+    return None if ok else "a whole number in [1, 4096]"
+
+
+BACKBONE_OPTIONS: dict[str, Callable[[Any], str | None]] = {
+    # The keyword arguments timm's create_model documents for every model (drop_rate,
+    # drop_path_rate, global_pool), ...
+    "drop_rate": _rate,  # also Wide-ResNet's dropout between its convs
+    "drop_path_rate": _rate,  # stochastic depth; the DeiT / Swin recipes set it (drop_path)
+    "global_pool": _pool,
+    # ... those of the paper's timm families (ResNet, ResNeXt, DeiT / ViT, Swin __init__) ...
+    "drop_block_rate": _rate,
+    "attn_drop_rate": _rate,
+    "proj_drop_rate": _rate,
+    "pos_drop_rate": _rate,
+    "in_chans": _count,
+    # ... and SmallNet's width. The recipes in trainers/recipes.py set drop_path_rate only.
+    "width": _count,
+}
+"""Backbone options a spec may set, each with the check of its value (None: fine, else what is
+allowed). Nothing else reaches a constructor: see the module's docstring for why."""
+
+
+def check_options(options: Mapping[str, Any]) -> list[str]:
+    """What is wrong with ``options`` (a sentence per key naming what is allowed); [] if fine."""
+    problems = []
+    refused = sorted(key for key in options if key not in BACKBONE_OPTIONS)
+    if refused:
+        problems.append(
+            f"option{'s' if len(refused) > 1 else ''} {', '.join(map(repr, refused))} not "
+            f"allowed; allowed: {', '.join(BACKBONE_OPTIONS)} (weights: and pretrained: are "
+            "the ways to start from trained weights)"
+        )
+    for key, value in options.items():
+        check = BACKBONE_OPTIONS.get(key)
+        wanted = check(value) if check is not None else None
+        if wanted:
+            problems.append(f"option {key!r} must be {wanted}; got {value!r}")
+    return problems
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether ``name`` names a model hub repository (timm downloads its config and weights)."""
+    return name.startswith(("hf-hub:", "hf_hub:"))
 
 
 class _Staged(Protocol):
@@ -321,8 +390,10 @@ def build_backbone(
 
     ``weights`` loads a local file (see ``load_weights``); ``pretrained`` asks timm to download
     its weights (timm names only, needs network). ``options`` go to the network's constructor
-    (timm's, e.g. ``drop_path_rate``, or ``drop_rate`` for Wide-ResNet). Fixed-size timm models
-    (ViT, DeiT, Swin) are built for ``image_size``; the other networks take any size.
+    (timm's, e.g. ``drop_path_rate``, or ``drop_rate`` for Wide-ResNet), only those of
+    ``BACKBONE_OPTIONS`` (a ValueError names the others); hub names (``hf-hub:``) are refused.
+    Fixed-size timm models (ViT, DeiT, Swin) are built for ``image_size``; the other networks
+    take any size.
 
     Args:
         name: a dmsweep backbone (``resnet18_cifar``, ``wrn28_8``, ...) or a timm model name.
@@ -342,6 +413,14 @@ def build_backbone(
         raise ValueError(f"image_size must be a positive int; got {image_size!r}")
     if weights is not None and pretrained:
         raise ValueError("pass either weights (a local file) or pretrained, not both")
+    problems = check_options(options)
+    if problems:
+        raise ValueError(f"backbone {name}: " + "; ".join(problems))
+    if is_hub_name(name):
+        raise ValueError(
+            f"backbone {name!r}: hub models are not built here; download the weights once and "
+            "pass a timm name with weights=<local file>"
+        )
     if name in _BUILDERS:
         if pretrained:
             raise ValueError(f"{name} has no downloadable weights; pass weights=<local file>")
@@ -364,18 +443,46 @@ def build_backbone(
     return model
 
 
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
+# timm's checkpoint keys, in its order of preference (EMA weights first).
+CHECKPOINT_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """The tensors of a weights file, read without unpickling anything.
+
+    ``.safetensors`` files are read by safetensors; any other file by ``torch.load`` with
+    ``weights_only=True``, which refuses a pickle that builds other objects than tensors and
+    containers (a file made to run code on load is refused, not run). A checkpoint dict gives
+    its first of ``CHECKPOINT_KEYS``; DDP's ``module.`` prefix is stripped.
+    """
+    path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        # timm's reader: safetensors or torch files, picks state_dict_ema / model_ema /
-        # state_dict / model from a checkpoint and strips DDP's ``module.`` prefix.
-        state = timm_load_state_dict(str(path), use_ema=True)
+        if path.suffix == ".safetensors":
+            loaded: Any = load_safetensors(str(path), device="cpu")
+        else:
+            # timm's training checkpoints keep their arguments as an argparse.Namespace: a
+            # plain record, the one class besides tensors and containers let through.
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which is what must never happen.
+        raise ValueError(
+            f"could not read weights from {path}: it holds objects other than tensors, and "
+            "weights are read as tensors only (save model.state_dict() with torch.save, or "
+            "as .safetensors)"
+        ) from None
     except Exception as error:
         raise ValueError(f"could not read weights from {path}: {error}") from error
+    if isinstance(loaded, Mapping):
+        key = next((k for k in CHECKPOINT_KEYS if loaded.get(k) is not None), None)
+        state = loaded[key] if key is not None else loaded
+    else:
+        state = loaded
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} holds no state dict of tensors")
-    return dict(state)
+    return {str(k).removeprefix("module."): v for k, v in state.items()}
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
@@ -404,7 +511,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     target = model.model if isinstance(model, TimmBackbone) else model
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     expected = target.state_dict()
     if all(k.startswith("model.") for k in state) and not any(
         k.startswith("model.") for k in expected

@@ -10,8 +10,26 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from trainers.backbones import BACKBONE_OPTIONS, check_options
+from trainers.limits import (
+    MAX_BATCH_SIZE,
+    MAX_CLASSES,
+    MAX_EPOCHS,
+    MAX_IMAGE_SIZE,
+    MAX_IMAGES,
+    MAX_SEED,
+    MAX_SYNTHETIC_IMAGES,
+)
+from trainers.mixing.base import LambdaMode, SaliencyDetector
 from trainers.objectives import objective
 from trainers.recipes import get_recipe
 from trainers.validation import StrictModel, describe_errors
@@ -33,19 +51,40 @@ class DataSettings(StrictModel):
 
     source: str | None = Field(None, description="cifar, imagefolder, parquet or synthetic")
     root: str | None = Field(None, description="default: $DMSWEEP_DATA_ROOT/<name>")
-    image_size: int | None = Field(None, ge=8, description="default: the data set's own")
-    subset: int | None = Field(None, ge=1, description="keep N training images, class-balanced")
+    image_size: int | None = Field(
+        None, ge=8, le=MAX_IMAGE_SIZE, description="default: the data set's own"
+    )
+    subset: int | None = Field(
+        None, ge=1, le=MAX_IMAGES, description="keep N training images, class-balanced"
+    )
     test_subset: int | None = Field(
-        None, ge=1, description="evaluate on N test images, class-balanced (quick runs)"
+        None,
+        ge=1,
+        le=MAX_IMAGES,
+        description="evaluate on N test images, class-balanced (quick runs)",
     )
     label_fraction: Annotated[float | int, AfterValidator(_fraction_or_count)] | None = Field(
         None,
         gt=0,
         description="keep labels for a fraction in (0, 1] or a whole count (> 1) of images",
     )
-    num_classes: int | None = Field(None, ge=2, description="synthetic data only")
-    synthetic_images: dict[str, int] | None = Field(
-        None, description="synthetic data only: images per split, e.g. {train: 2000, test: 1000}"
+    num_classes: int | None = Field(None, ge=2, le=MAX_CLASSES, description="synthetic data only")
+    synthetic_images: (
+        dict[
+            Literal["train", "test", "val"],
+            Annotated[int, Field(ge=1, le=MAX_SYNTHETIC_IMAGES)],
+        ]
+        | None
+    ) = Field(
+        None,
+        description="synthetic data only: images per split, e.g. {train: 2000, test: 1000}; "
+        f"at most {MAX_SYNTHETIC_IMAGES:,} each",
+    )
+    loader_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes that decode and augment per sample (photos, "
+        "RandAugment); 0: in the training process; default: the CPUs less one, at most 8",
     )
 
 
@@ -58,9 +97,25 @@ class DataConfig(DataSettings):
 class BackboneSettings(StrictModel):
     """Options and initial weights of a backbone (a sweep spec's ``backbones.<name>``)."""
 
-    options: dict[str, Any] = Field(default_factory=dict)
-    weights: str | None = Field(None, description="a local state dict or timm checkpoint")
-    pretrained: bool = Field(False, description="timm's own download (needs network)")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"constructor options, only {', '.join(BACKBONE_OPTIONS)}",
+    )
+    weights: str | None = Field(
+        None, description="a local state dict, timm checkpoint or .safetensors (never unpickled)"
+    )
+    pretrained: bool = Field(
+        False, description="timm's own download (needs network; a service allows it only if told)"
+    )
+
+    @field_validator("options")
+    @classmethod
+    def _check_options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        # Checked with the spec, not when a worker builds the network: see trainers/backbones.
+        problems = check_options(options)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return options
 
 
 class BackboneConfig(BackboneSettings):
@@ -69,8 +124,23 @@ class BackboneConfig(BackboneSettings):
     name: str
 
 
-class MixingConfig(StrictModel):
-    """The mixing method and its Beta(alpha, alpha) parameter."""
+class MixingSettings(StrictModel):
+    """How a policy draws (a sweep spec's ``mixing``, for every cell or per override)."""
+
+    lambda_mode: LambdaMode = Field(
+        "batch",
+        description="batch: one lambda, box or mask per batch (the paper's configurations); "
+        "sample: one per sample (not comparable with the paper)",
+    )
+    saliency_detector: SaliencyDetector = Field(
+        "fine_grained",
+        description="saliencymix only: fine_grained (OpenCV's, as SaliencyMix) or "
+        "spectral_residual",
+    )
+
+
+class MixingConfig(MixingSettings):
+    """The mixing method, its Beta(alpha, alpha) parameter and how lambda is drawn."""
 
     method: str = Field(description=f"one of {', '.join(METHODS)}")
     alpha: Annotated[float, BOUNDS["alpha"].constraint()] | None = Field(
@@ -87,17 +157,34 @@ class MixingConfig(StrictModel):
 
 
 class LossConfig(StrictModel):
-    """The loss and its hyperparameters (eta for dm_ce; xi and t for dm_bce)."""
+    """The loss and its hyperparameters (eta for dm_ce; xi and t for dm_bce).
+
+    With method ``mixup_cutmix`` the batches alternate between an interpolation-based and a
+    cutting-based policy, which A.3 gives different DM(BCE) settings: ``xi`` and ``t`` then apply
+    to the CutMix batches and ``interpolation_xi`` / ``interpolation_t`` to the Mixup ones.
+    """
 
     name: str = Field(description=f"one of {', '.join(LOSSES)}")
     eta: Annotated[float, BOUNDS["eta"].constraint()] | None = Field(None)
     xi: Annotated[float, BOUNDS["xi"].constraint()] | None = Field(None)
     t: Annotated[float, BOUNDS["t"].constraint()] | None = Field(None)
+    interpolation_xi: Annotated[float, BOUNDS["xi"].constraint()] | None = Field(
+        None, description="dm_bce with mixup_cutmix: xi of the Mixup batches"
+    )
+    interpolation_t: Annotated[float, BOUNDS["t"].constraint()] | None = Field(
+        None, description="dm_bce with mixup_cutmix: t of the Mixup batches"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> LossConfig:
-        objective(self.name, **self.hyperparameters())  # raises naming what is wrong
+        objective(self.name, **self.hyperparameters(), **self.interpolation_settings())
         return self
+
+    def interpolation_settings(self) -> dict[str, float]:
+        """``interpolation_xi`` / ``interpolation_t`` where set (dm_bce with mixup_cutmix)."""
+        values = {"interpolation_xi": self.interpolation_xi}
+        values["interpolation_t"] = self.interpolation_t
+        return {k: v for k, v in values.items() if v is not None}
 
     def hyperparameters(self) -> dict[str, float]:
         """The hyperparameters that are set."""
@@ -110,7 +197,9 @@ class EvalConfig(StrictModel):
 
     fgsm: bool = Field(False, description="FGSM error of Table 8 at the end (white-box)")
     fgsm_epsilon: float = Field(8 / 255, gt=0, le=1)
-    mixed_batch: int = Field(256, ge=2, description="size of the fixed mixed validation batch")
+    mixed_batch: int = Field(
+        256, ge=2, le=MAX_BATCH_SIZE, description="size of the fixed mixed validation batch"
+    )
 
 
 class TrainConfig(StrictModel):
@@ -122,10 +211,12 @@ class TrainConfig(StrictModel):
     loss: LossConfig
     recipe: str = "cifar"
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
-    epochs: int | None = Field(None, ge=1, description="default: the recipe's")
-    batch_size: int | None = Field(None, ge=1, description="global; default: the recipe's")
-    seed: int = Field(0, ge=0)
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: the recipe's")
+    batch_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, description="global; default: the recipe's"
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
     eval: EvalConfig = Field(default_factory=EvalConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
@@ -141,6 +232,11 @@ class TrainConfig(StrictModel):
             raise ValueError(
                 f"recipe {self.recipe!r} trains with binary cross-entropy (RSB A3, Table 10); "
                 f"use loss mbce, mbce_two or dm_bce, not {self.loss.name!r}"
+            )
+        if self.loss.interpolation_settings() and self.mixing.method != "mixup_cutmix":
+            raise ValueError(
+                "loss.interpolation_xi / interpolation_t apply only to method 'mixup_cutmix' "
+                f"(its Mixup batches); method {self.mixing.method!r} uses loss.xi and loss.t"
             )
         if (
             self.mixing.method == "mixup_cutmix"

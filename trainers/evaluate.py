@@ -61,7 +61,10 @@ def fixed_mixed_batch(
     labels = source.labels[index].to(device)
     policy = method if method in POLICIES and method != "manifoldmix" else "mixup"
     generator = torch.Generator(device=device).manual_seed(seed)
-    return POLICIES[policy](images, labels, alpha=alpha or 1.0, generator=generator)
+    # A lambda per sample: one draw for the whole batch would make the metric hang on one value.
+    return POLICIES[policy](
+        images, labels, alpha=alpha or 1.0, generator=generator, lambda_mode="sample"
+    )
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -32,6 +32,7 @@ from trainers.backbones import build_backbone
 from trainers.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from trainers.config import TrainConfig
 from trainers.data import ImageSource, open_dataset, subset
+from trainers.data.loader import SampleLoader, default_loader_workers, eval_crops, in_memory
 from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks, gather
 from trainers.evaluate import accuracy, fgsm_error_rate, fixed_mixed_batch, mixed_accuracy
 from trainers.metrics import median_of_last
@@ -40,6 +41,7 @@ from trainers.objectives import Objective, objective
 from trainers.optim import build_ema, build_optimizer, build_scheduler
 from trainers.order import epoch_order
 from trainers.recipes import Recipe, get_recipe
+from trainers.transforms import eval_sample_transform, train_sample_transform
 
 __all__ = ["NonFiniteLossError", "Trial", "build_trial", "load_checkpoint", "run", "train_step"]
 
@@ -93,6 +95,9 @@ class Trial:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     step: int = 0
+    # The per-sample path (photos, RandAugment): crops made in DataLoader workers; None: the
+    # batched path, crops made on the device from ``train_set.read``.
+    loader: SampleLoader | None = None
 
     def epoch_indices(self, epoch: int) -> Tensor:
         """Labelled training images of this rank for ``epoch``, in training order."""
@@ -122,7 +127,12 @@ def _rank_order(
     )
 
 
-def _open_data(config: TrainConfig) -> tuple[ImageSource, ImageSource]:
+def _open_data(config: TrainConfig, recipe: Recipe) -> tuple[ImageSource, ImageSource, bool]:
+    """Train and test splits, and whether the test images come already cropped for evaluation.
+
+    A test split that decodes per image (originals of varying size) is seen through Table 10's
+    evaluation transform (shorter side to size / crop_pct, centre crop), decoded once.
+    """
     data = config.data
     open_split = partial(
         open_dataset,
@@ -141,7 +151,31 @@ def _open_data(config: TrainConfig) -> tuple[ImageSource, ImageSource]:
     test = open_split("test")
     if data.test_subset is not None:
         test = subset(test, data.test_subset, seed=config.seed)
-    return train, test
+    if in_memory(test):
+        return train, test, False
+    size = train.image_size
+    return train, eval_crops(test, eval_sample_transform(size, recipe.test_crop), size), True
+
+
+def _sample_loader(
+    config: TrainConfig, recipe: Recipe, train: ImageSource, seed: int, ranks: Ranks
+) -> SampleLoader | None:
+    """The per-sample loader where the data or the recipe need one, else None.
+
+    Per sample: images that decode one by one (photos kept as they are: RandomResizedCrop from
+    the whole original, Table 10) and recipes with RandAugment (a PIL operation per image).
+    """
+    if in_memory(train) and recipe.randaugment is None:
+        return None
+    mean, _ = mean_std(config.data.name)
+    workers = config.data.loader_workers
+    return SampleLoader(
+        train,
+        train_sample_transform(recipe, train.image_size, mean),
+        seed=seed,
+        workers=default_loader_workers() if workers is None else workers,
+        pin_memory=ranks.device.type == "cuda",
+    )
 
 
 def build_trial(config: TrainConfig) -> Trial:
@@ -156,7 +190,7 @@ def build_trial(config: TrainConfig) -> Trial:
             f"{ranks.world_size} ranks"
         )
     rank_batch = batch_size // ranks.world_size
-    train_set, test_set = _open_data(config)
+    train_set, test_set, test_cropped = _open_data(config, recipe)
     labelled = (train_set.labels >= 0).nonzero().squeeze(1)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -201,10 +235,11 @@ def build_trial(config: TrainConfig) -> Trial:
         scaler=torch.amp.GradScaler(ranks.device.type, enabled=amp),
         amp=amp,
         augment=TrainAugment(recipe, train_set.image_size, mean, std),
-        eval_transform=EvalTransform(recipe, train_set.image_size, mean, std),
+        eval_transform=EvalTransform(recipe, train_set.image_size, mean, std, cropped=test_cropped),
         loss_fn=objective(
             config.loss.name,
             **config.loss.hyperparameters(),
+            **config.loss.interpolation_settings(),
             label_smoothing=recipe.label_smoothing,
         ),
         mixer=MethodMixer(
@@ -213,23 +248,33 @@ def build_trial(config: TrainConfig) -> Trial:
             mixup_alpha=recipe.mixup_alpha,
             cutmix_alpha=recipe.cutmix_alpha,
             switch_prob=recipe.switch_prob,
+            lambda_mode=config.mixing.lambda_mode,
+            saliency_detector=config.mixing.saliency_detector,
         ),
         generator=generator,
         choices=torch.Generator().manual_seed(stream_seed),
         mean=mean,
         std=std,
+        loader=_sample_loader(config, recipe, train_set, stream_seed, ranks),
     )
 
 
-def train_step(trial: Trial, images: Tensor, targets: Tensor) -> Tensor:
+def train_step(
+    trial: Trial, images: Tensor, targets: Tensor, cropped_seed: int | None = None
+) -> Tensor:
     """One optimisation step on a uint8 batch: augment, mix, forward, loss, backward, update.
 
-    Returns the loss, detached, without synchronising with the device.
+    ``cropped_seed``: the batch comes cropped from the loader workers with this seed for its
+    device-side draws (only normalisation and random erasing are left). Returns the loss,
+    detached, without synchronising with the device.
     """
     device = trial.ranks.device
     images = images.to(device, non_blocking=True)
     targets = targets.to(device, non_blocking=True)
-    inputs = trial.augment(images, trial.generator)
+    if cropped_seed is None:
+        inputs = trial.augment(images, trial.generator)
+    else:
+        inputs = trial.augment.finish(images, cropped_seed)
     with torch.autocast(device.type, enabled=trial.amp):
         logits, batch = trial.mixer(
             trial.train_model, inputs, targets, trial.generator, trial.choices
@@ -255,13 +300,10 @@ def _train_epoch(trial: Trial, epoch: int) -> tuple[Tensor, int, float]:
     order = trial.epoch_indices(epoch)
     losses: list[Tensor] = []
     checked, images, lr = 0, 0, trial.optimizer.param_groups[0]["lr"]
-    for start in range(0, len(order), trial.rank_batch):
-        index = order[start : start + trial.rank_batch]
-        if len(index) < 2:
-            break  # batch norm cannot train on a single image
+    for batch, targets, seed in _batches(trial, epoch, order):
         lr = trial.optimizer.param_groups[0]["lr"]
-        losses.append(train_step(trial, trial.train_set.read(index), trial.train_set.labels[index]))
-        images += len(index)
+        losses.append(train_step(trial, batch, targets, seed))
+        images += len(targets)
         if len(losses) - checked >= FINITE_CHECK_EVERY:
             _check_finite(losses[checked:], trial.step - len(losses) + checked + 1, epoch)
             checked = len(losses)
@@ -271,7 +313,28 @@ def _train_epoch(trial: Trial, epoch: int) -> tuple[Tensor, int, float]:
     return torch.stack(losses), images, lr
 
 
-def _state(trial: Trial, epoch: int, history: list[float], rng: list[dict[str, object]]) -> dict:
+def _batches(
+    trial: Trial, epoch: int, order: Tensor
+) -> Iterator[tuple[Tensor, Tensor, int | None]]:
+    """(uint8 images, labels, seed of a pre-cropped batch or None) for each step of an epoch."""
+    if trial.loader is not None:
+        for loaded in trial.loader.epoch(epoch, order, trial.rank_batch):
+            yield loaded.images, loaded.labels, loaded.seed
+        return
+    for start in range(0, len(order), trial.rank_batch):
+        index = order[start : start + trial.rank_batch]
+        if len(index) < 2:
+            break  # batch norm cannot train on a single image
+        yield trial.train_set.read(index), trial.train_set.labels[index], None
+
+
+def _state(
+    trial: Trial,
+    epoch: int,
+    history: list[float],
+    ema_history: list[float],
+    rng: list[dict[str, object]],
+) -> dict:
     return {
         "model": trial.model.state_dict(),
         "optimizer": trial.optimizer.state_dict(),
@@ -281,11 +344,12 @@ def _state(trial: Trial, epoch: int, history: list[float], rng: list[dict[str, o
         "epoch": epoch,
         "step": trial.step,
         "history": history,
+        "ema_history": ema_history,
         "rng": rng,  # one entry per rank
     }
 
 
-def _restore(trial: Trial, state: dict) -> tuple[int, list[float]]:
+def _restore(trial: Trial, state: dict) -> tuple[int, list[float], list[float]]:
     trial.model.load_state_dict(state["model"])
     trial.optimizer.load_state_dict(state["optimizer"])
     trial.scheduler.load_state_dict(state["scheduler"])
@@ -299,7 +363,7 @@ def _restore(trial: Trial, state: dict) -> tuple[int, list[float]]:
             f"{trial.ranks.world_size} would not continue the same run"
         )
     restore_rng(state["rng"][trial.ranks.rank], trial.generators)
-    return state["epoch"], list(state["history"])
+    return state["epoch"], list(state["history"]), list(state["ema_history"])
 
 
 def run(
@@ -314,7 +378,9 @@ def run(
         config: the trial (data, backbone, mixing, loss, recipe, seed; ``TrainConfig``).
         report: called after every epoch with that epoch's metrics (``train_loss``, ``val_top1``,
             ``lr``, ...; the last epoch adds ``trainers.vocabulary.SUMMARY_METRICS``) and the
-            folder of a checkpoint written for it, or None.
+            folder of a checkpoint written for it, or None. Where the recipe keeps an EMA of the
+            weights (DeiT, Table 10), the EMA is evaluated too: ``val_top1_ema`` each epoch,
+            ``top1_ema_best`` at the end.
         resume_from: a checkpoint folder ``report`` was given; training goes on after its epoch.
 
     Example::
@@ -337,8 +403,9 @@ def run(
     )
     start_epoch = 0
     history: list[float] = []
+    ema_history: list[float] = []
     if resume_from is not None:
-        start_epoch, history = _restore(trial, load_checkpoint(resume_from))
+        start_epoch, history, ema_history = _restore(trial, load_checkpoint(resume_from))
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, trial.epochs):
@@ -361,6 +428,15 @@ def run(
         )
         mixed_top1, mixed_top2 = mixed_accuracy(trial.model, fixed_mixed)
         history.append(top1)
+        if trial.ema is not None:
+            ema_top1, _ = accuracy(
+                trial.ema.module,
+                trial.test_set,
+                trial.eval_transform,
+                ranks,
+                max(trial.rank_batch, 256),
+            )
+            ema_history.append(ema_top1)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / steps,
@@ -372,10 +448,14 @@ def run(
             "epoch_time_s": epoch_time,
             "images_per_s": seen / epoch_time,
         }
+        if ema_history:
+            metrics["val_top1_ema"] = ema_history[-1]
         last = epoch + 1 == trial.epochs
         if last:
             metrics["top1_median_last10"] = median_of_last(history, 10)
             metrics["top1_best"] = max(history)
+            if ema_history:
+                metrics["top1_ema_best"] = max(ema_history)
             if config.eval.fgsm:
                 metrics["fgsm_error"] = fgsm_error_rate(
                     trial.model,
@@ -390,7 +470,8 @@ def run(
             rng = gather(rng_state(trial.generators), ranks)  # every rank's streams
             if ranks.is_main:
                 checkpoint = save_checkpoint(
-                    _state(trial, epoch + 1, history, rng), config.model_dump(mode="json")
+                    _state(trial, epoch + 1, history, ema_history, rng),
+                    config.model_dump(mode="json"),
                 )
         try:
             report(metrics, checkpoint)

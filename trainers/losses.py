@@ -27,6 +27,11 @@ __all__ = ["ce", "dm_bce", "dm_ce", "mbce", "mce", "rescale_lambda"]
 
 Lambda = float | Tensor
 
+# A mixed sample holds two classes only when each has more than this share of it; below, the
+# decoupled terms of Sec. 3.1 are off for that sample (OpenMixup's decoupled mixup loss drops
+# such rows as well).
+TWO_CLASS_MIN_SHARE = 1e-3
+
 
 # --------------------------------------------------------------------------- argument checks
 
@@ -149,8 +154,11 @@ def dm_ce(logits: Tensor, y_a: Tensor, y_b: Tensor, lam: Lambda, *, eta: float) 
     ``phi(i; without j) = exp(z_i) / sum_{c != j} exp(z_c)`` (Proposition 2). The paper writes the
     decoupled part as a log-likelihood added with a plus sign; minimising that would lower the
     confidence it is meant to raise, so it enters here as a negative log-likelihood (as in the
-    authors' code). A same-class pair (``y_a == y_b``) has no decoupled term but still counts in
-    the batch mean. Needs at least two classes.
+    authors' code). A sample holding one class has no decoupled term but still counts in the
+    batch mean: a same-class pair (``y_a == y_b``), and a sample whose smaller share
+    ``min(lam, 1 - lam)`` is at most :data:`TWO_CLASS_MIN_SHARE` (CutMix pasted nothing, or
+    nearly), since Proposition 2 assumes both classes present and the term would otherwise raise
+    a class that is not in the image. Needs at least two classes.
     """
     _check_nonnegative(eta, "eta")
     y_a, y_b, lam = _mixed_inputs(logits, y_a, y_b, lam)
@@ -192,7 +200,7 @@ class _DecoupledMixupCE(torch.autograd.Function):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             z = logits.to(lam.dtype)
             z_ab = z.gather(1, torch.stack((y_a, y_b), dim=1))
-            decoupled = y_a != y_b
+            decoupled = (y_a != y_b) & (torch.minimum(lam, 1 - lam) > TWO_CLASS_MIN_SHARE)
             w_a, w_b = w_a * decoupled, w_b * decoupled
 
             a_likelier = z_ab[:, 0] >= z_ab[:, 1]
@@ -202,7 +210,8 @@ class _DecoupledMixupCE(torch.autograd.Function):
             z_o = torch.where(a_likelier, z_ab[:, 1], z_ab[:, 0])
             w_d = torch.where(a_likelier, w_a, w_b)  # weight of the term whose numerator is d
             w_o = torch.where(a_likelier, w_b, w_a)
-            # A same-class pair has o == d, masked; any other class gives lse_d as well.
+            # Where the decoupled terms are off (o == d, or one class absent) any class but d
+            # gives lse_d as well.
             k = torch.where(decoupled, o, (d + 1) % z.shape[1])
 
             z_without_d = z.scatter(1, d[:, None], float("-inf"))

@@ -13,7 +13,12 @@ from torch import Tensor
 
 from trainers import losses
 from trainers.mixing import MixedBatch
-from trainers.vocabulary import LOSS_HYPERPARAMETERS, LOSSES, SOFTMAX_LOSSES
+from trainers.vocabulary import (
+    INTERPOLATION_BASED,
+    LOSS_HYPERPARAMETERS,
+    LOSSES,
+    SOFTMAX_LOSSES,
+)
 
 Objective = Callable[[Tensor, MixedBatch], Tensor]
 
@@ -34,6 +39,16 @@ def _check_hyperparameters(name: str, given: set[str]) -> None:
         )
         takes = ", ".join(sorted(required)) or "no hyperparameters"
         raise ValueError(f"loss {name!r} takes {takes}: {detail}")
+
+
+def _dm_bce_by_policy(xi: float, t: float, interpolation: tuple[float, float]) -> Objective:
+    """DM(BCE) with A.3's settings per batch: ``interpolation`` (xi, t) on Mixup batches."""
+
+    def loss(z: Tensor, b: MixedBatch) -> Tensor:
+        xi_b, t_b = interpolation if b.policy in INTERPOLATION_BASED else (xi, t)
+        return losses.dm_bce(z, b.y_a, b.y_b, b.lam, xi=xi_b, t=t_b)
+
+    return loss
 
 
 def _unsmoothed(name: str, eta: float | None, xi: float | None, t: float | None) -> Objective:
@@ -58,6 +73,8 @@ def objective(
     eta: float | None = None,
     xi: float | None = None,
     t: float | None = None,
+    interpolation_xi: float | None = None,
+    interpolation_t: float | None = None,
     label_smoothing: float = 0.0,
 ) -> Objective:
     """The loss ``name`` with its hyperparameters bound; unused ones must be left out.
@@ -71,6 +88,10 @@ def objective(
         eta: DM(CE)'s weight of the decoupled term (Eq. 2); dm_ce only.
         xi: DM(BCE)'s truncation of the label rescaling ``r(lambda; xi, t)`` (Eq. 3); dm_bce only.
         t: DM(BCE)'s temperature of that rescaling (Eq. 3); dm_bce only.
+        interpolation_xi: DM(BCE)'s xi on the batches an interpolation-based policy mixed (the
+            Mixup batches of ``mixup_cutmix``; A.3 sets them apart from the cutting-based ones);
+            ``xi`` applies to the others. Given with ``interpolation_t`` or not at all.
+        interpolation_t: DM(BCE)'s t on those batches; ``t`` applies to the others.
         label_smoothing: epsilon of the softmax losses' label smoothing.
 
     Example::
@@ -84,6 +105,13 @@ def objective(
     if not 0 <= label_smoothing < 1:
         raise ValueError(f"label_smoothing must lie within [0, 1); got {label_smoothing!r}")
     loss = _unsmoothed(name, eta, xi, t)
+    if (interpolation_xi is None) != (interpolation_t is None):
+        raise ValueError("give interpolation_xi and interpolation_t together, or neither")
+    if interpolation_xi is not None and interpolation_t is not None:
+        if name != "dm_bce":
+            raise ValueError(f"interpolation_xi / interpolation_t apply to dm_bce, not {name!r}")
+        assert xi is not None and t is not None  # _check_hyperparameters asked for both
+        loss = _dm_bce_by_policy(xi, t, (interpolation_xi, interpolation_t))
     if label_smoothing == 0:
         return loss
     if name not in SOFTMAX_LOSSES:

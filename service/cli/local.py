@@ -32,6 +32,7 @@ from service.spec.model import SweepSpec
 from service.spec.reading import load_spec
 from service.spec.reference import field_reference, json_schema
 from service.tracking.store import default_tracking_uri
+from service.tracking.uri import remember
 from trainers.data import LAYOUTS, prepare
 from trainers.vocabulary import PAPER_METRIC
 
@@ -109,6 +110,9 @@ def _start(
     from service.sweep.engine import SpecError, create_sweep, preflight
 
     spec, text = _load(spec_file)
+    uri = tracking_uri or spec.tracking_uri
+    if uri:
+        remember(uri)  # before Ray starts: a local Ray's workers inherit this environment
     if tuning and spec.search is None:
         raise fail(f"{spec_file}: has no search section; `dmsweep run` runs its grid")
     info = summary(spec)
@@ -304,11 +308,16 @@ def data_prepare(
         str, typer.Option("--format", help="imagefolder, or parquet (shards written with pyarrow).")
     ] = "imagefolder",
     image_size: Annotated[
-        int | None, typer.Option(min=8, help="Store images at this size (default: the layout's).")
+        int | None,
+        typer.Option(
+            min=8,
+            help="Training size (default: the layout's). Parquet keeps larger photos as their "
+            "original files; images of 64 px or less are stored decoded at this size.",
+        ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace splits already in --out.")] = False,
 ) -> None:
-    """Convert a published data set layout into ImageFolder or Parquet shards."""
+    """Convert a published data set layout into ImageFolder or Parquet shards (format 2)."""
     try:
         written = prepare(layout, source, out, fmt, image_size=image_size, overwrite=overwrite)
     except (ValueError, OSError) as error:

@@ -16,7 +16,8 @@ _HELP = {
     "address": "A Ray cluster to join (ray://, host:port or auto); default: a local Ray.",
     "server": "A sweep service URL ($DMSWEEP_SERVER); its token from $DMSWEEP_API_TOKEN.",
     "sweep_id": "Name the new sweep (the sweep service does); default <name>-<UTC time>.",
-    "tracking": "MLflow tracking URI (default: the spec's, else runs/mlflow.db).",
+    "tracking": "MLflow tracking URI (default: the spec's, else runs/mlflow.db); from the "
+    "environment it keeps a password off the command line.",
     "sweep": "A sweep id (under --storage-path) or its folder.",
     "trial": "A trial id or name (or a unique prefix of either).",
 }
@@ -24,7 +25,9 @@ StoragePath = Annotated[Path | None, typer.Option(help=_HELP["storage"])]
 Address = Annotated[str | None, typer.Option(help=_HELP["address"])]
 Server = Annotated[str | None, typer.Option(envvar="DMSWEEP_SERVER", help=_HELP["server"])]
 SweepIdOption = Annotated[str | None, typer.Option(help=_HELP["sweep_id"])]
-TrackingUri = Annotated[str | None, typer.Option(help=_HELP["tracking"])]
+TrackingUri = Annotated[
+    str | None, typer.Option(envvar="DMSWEEP_TRACKING_URI", help=_HELP["tracking"])
+]
 SweepId = Annotated[str, typer.Argument(help=_HELP["sweep"])]
 TrialText = Annotated[str | None, typer.Argument(help=_HELP["trial"])]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -138,17 +139,26 @@ def serve(
 ) -> None:
     """Start the sweep service (FastAPI on uvicorn); configured by DMSWEEP_* variables.
 
-    DMSWEEP_DATABASE_URL, DMSWEEP_RAY_ADDRESS, DMSWEEP_MLFLOW_URI, DMSWEEP_DATA_ROOTS,
-    DMSWEEP_STORAGE_ROOT, DMSWEEP_API_TOKEN / DMSWEEP_API_TOKEN_FILE
+    DMSWEEP_DATABASE_URL, DMSWEEP_RAY_ADDRESS, DMSWEEP_MLFLOW_URI, DMSWEEP_MLFLOW_PUBLIC_URL,
+    DMSWEEP_DATA_ROOTS, DMSWEEP_STORAGE_ROOT, DMSWEEP_API_TOKEN / DMSWEEP_API_TOKEN_FILE (at
+    least 32 characters), DMSWEEP_ALLOW_DOWNLOADS, DMSWEEP_TRUSTED_PROXIES
     (see service/server/settings.py).
     """
     import uvicorn
 
-    from service.server.app import create_app
-    from service.server.settings import ServiceSettings, SettingsError
+    from service.server.app import PROXY_HEADERS, create_app
+    from service.server.settings import ServiceSettings, SettingsError, check_token
 
+    if insecure_no_auth and not _is_loopback(host):
+        raise fail(
+            f"--insecure-no-auth serves without a token, so only on a loopback address "
+            f"(127.0.0.1, ::1, localhost); got --host {host}. Set DMSWEEP_API_TOKEN to serve "
+            "on the network"
+        )
     try:
         settings = ServiceSettings.from_env()
+        if settings.api_token is not None and not insecure_no_auth:
+            check_token(settings.api_token)
         app_ = create_app(settings, require_token=not insecure_no_auth)
     except (SettingsError, ValueError) as error:
         raise fail(str(error)) from None
@@ -159,7 +169,16 @@ def serve(
         f"{settings.storage_root}, store {_redacted(settings.database_url)})",
         highlight=False,
     )
-    uvicorn.run(app_, host=host, port=port, log_level="info")
+    uvicorn.run(app_, host=host, port=port, log_level="info", proxy_headers=PROXY_HEADERS)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to any interface
 
 
 def _redacted(url: str) -> str:

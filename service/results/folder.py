@@ -11,6 +11,7 @@ Every run of a spec is a new sweep, ``<storage_path>/<name>-<UTC timestamp>/``::
     optuna.db            the Optuna studies (with a search section, SQLite by default)
     results.parquet, report.md, report.html, gains.png    written at the end of the sweep
     best_settings.yaml   with a search: each cell's best setting
+    tracking_outbox/     MLflow writes that MLflow did not take yet (service.tracking.outbox)
     <Ray Tune's experiment state>                           what ``Tuner.restore`` reads
 
 Trial records are written by the trial itself, so the results of a sweep whose driver died are
@@ -22,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,12 +39,20 @@ SPEC_FILE = "spec.yaml"
 STATE_FILE = "sweep.json"
 
 
-def new_sweep_id(name: str, storage_path: Path, now: datetime | None = None) -> str:
-    """``<name>-<UTC timestamp>``, with ``-2``, ``-3``, ... when that folder already exists."""
+def new_sweep_id(
+    name: str,
+    storage_path: Path,
+    now: datetime | None = None,
+    taken: Callable[[str], bool] = lambda sweep_id: False,
+) -> str:
+    """``<name>-<UTC timestamp>``, with ``-2``, ``-3``, ... when that id is in use.
+
+    In use: its folder exists under ``storage_path``, or ``taken`` says so (the service's store).
+    """
     stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     sweep_id = f"{name}-{stamp}"
     suffix = 2
-    while (storage_path / sweep_id).exists():
+    while (storage_path / sweep_id).exists() or taken(sweep_id):
         sweep_id = f"{name}-{stamp}-{suffix}"
         suffix += 1
     return sweep_id
@@ -66,6 +76,7 @@ _LAYOUT = {
     "train_dir": "train",  # Ray Train's storage path: one run (with checkpoints) per trial
     "errors_dir": "errors",  # Failures a retry would repeat, left by workers
     "best_settings_file": "best_settings.yaml",  # with a search: each cell's best setting
+    "tracking_outbox_dir": "tracking_outbox",  # MLflow writes to send when MLflow is back
 }
 
 
@@ -81,6 +92,7 @@ class SweepFolder:
     train_dir: Path = field(init=False, repr=False, compare=False)
     errors_dir: Path = field(init=False, repr=False, compare=False)
     best_settings_file: Path = field(init=False, repr=False, compare=False)
+    tracking_outbox_dir: Path = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, relative in _LAYOUT.items():

@@ -22,16 +22,17 @@ def _number(text: str) -> float | int | str | None:
 
 
 def load_paper_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
-    """The paper's reported numbers: every row of every CSV in ``folder``, numbers parsed.
+    """The paper's reported numbers: every row of each table's CSV in ``folder``, numbers parsed.
 
     ``folder`` defaults to ``search_spaces/paper_results/`` of the repository (Tables 1-5 and
     8; see its README.md). Each row has ``table, dataset, backbone, method, loss, recipe`` (the
     dmsweep recipe the table's numbers were trained with) and the paper's metrics (``top1``:
     median top-1 of the last 10 epochs, mean of three trials; ``fgsm_error`` for Table 8).
-    ``table`` stays text ("1", "8").
+    ``table`` stays text ("1", "8"). Only ``table<N>.csv`` files are tables: the folder holds
+    other CSVs (the parity table of the settings, ``parity.csv``).
     """
     rows = []
-    for csv_path in sorted(Path(folder or PAPER_RESULTS).glob("*.csv")):
+    for csv_path in sorted(Path(folder or PAPER_RESULTS).glob("table*.csv")):
         with csv_path.open(newline="") as handle:
             for raw in csv.DictReader(handle):
                 row = {k: _number(v) for k, v in raw.items()}

@@ -23,9 +23,20 @@ Conventions, chosen here:
   ``recipe`` key (older results files) are compared with any recipe's number; a (dataset,
   backbone) whose trials name several recipes with none. Where two tables give a number for one
   cell and recipe, the lower table's is shown (Table 1 before Table 8);
+* a trial that drew lambda per sample (``lambda_mode: sample``) makes its cell not comparable:
+  the paper's configurations draw one lambda per batch (the cell says why);
 * columns are the (dataset, backbone, loss) we ran, plus the paper's other losses for those
   (dataset, backbone) and recipe so each MCE / DM pair is whole; rows are the methods we ran
-  plus the paper's methods for those columns, the latter marked "not run".
+  plus the paper's methods for those columns, the latter marked "not run";
+* control cells (the base loss at the DM cell's alpha, ``service.spec.cells``: their trials'
+  ``cell`` ends in ``/control``) are kept out of the columns and summarised apart
+  (``PivotTable.controls``): the paper's base cell is MCE at its own tuned alpha, DM runs at
+  alpha 0.2 (A.3), so a DM gain has two parts, the loss and the alpha. Each ``Gain`` holds
+  both: DM minus the baseline (beside the paper's gain) and DM minus the control. Where no
+  control was run and the baseline ran at the DM cell's alpha, the baseline is the control;
+* a gain's ``std`` is that of the difference of one DM trial and one base trial, from the two
+  cells' standard deviations over seeds: sqrt(std_dm^2 + std_base^2) (the cells' seeds are
+  independent runs); None unless both cells have two seeds or more.
 """
 
 from __future__ import annotations
@@ -37,11 +48,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.results.paper import load_paper_results
+from service.spec.cells import is_control_id
 from trainers.vocabulary import GAIN_PAIRS, LOSSES, METHOD_ORDER, PAPER_METRIC
 
+FINAL_METRIC = "val_top1"
+"""The top-1 of the last epoch (a trial's record keeps its last epoch's metrics)."""
+
 # Our metric -> the paper's column. ``top1_best`` has none: the paper reports the median of the
-# last 10 epochs for classification, the best checkpoint only for semi-supervised learning.
-PAPER_COLUMN = {PAPER_METRIC: "top1", "fgsm_error": "fgsm_error"}
+# last 10 epochs for classification, the best checkpoint only for semi-supervised learning. The
+# final top-1 stands in for the median in runs too short for one (``headline``), so it is shown
+# beside the paper's median too (such runs are not comparable with it anyway).
+PAPER_COLUMN = {PAPER_METRIC: "top1", FINAL_METRIC: "top1", "fgsm_error": "fgsm_error"}
+SAMPLE_MODE = "sample"
+"""``lambda_mode`` of trials that drew lambda per sample: not how the paper's numbers were made."""
 
 Column = tuple[str, str, str]
 """(dataset, backbone, loss): one column of the pivot."""
@@ -57,7 +76,9 @@ class Cell:
     """One (method, column) of the pivot: our trials of it and the paper's number.
 
     ``std`` is None with fewer than two seeds; ``delta`` (our mean minus the paper's) is None
-    when either is missing or the cell is not comparable with the paper's recipe.
+    when either is missing or the cell is not comparable with the paper's recipe. ``alphas``
+    are the trials' ``hp.alpha`` values (sorted, each once); ``sample_mode`` says some trial
+    drew lambda per sample, which makes the cell not comparable.
     """
 
     n: int = 0
@@ -69,6 +90,8 @@ class Cell:
     paper: float | None = None
     paper_table: str | None = None
     delta: float | None = None
+    alphas: tuple[float, ...] = ()
+    sample_mode: bool = False
 
     @property
     def run(self) -> bool:
@@ -98,6 +121,8 @@ class Cell:
         text = f"paper {fmt(self.paper)}"
         if self.run and not self.comparable:
             text += ", not comparable"
+            if self.sample_mode:
+                text += " (lambda drawn per sample)"
         elif self.delta is not None:
             text += f", Δ {fmt(self.delta, signed=True)}"
         return text
@@ -112,8 +137,12 @@ class Cell:
 class Gain:
     """DM minus its base loss for one (dataset, backbone, method): ours and the paper's.
 
-    ``ours`` is the difference of the two cells' means (None unless both have one); ``paper``
-    the difference of the paper's two numbers; ``comparable`` whether both our cells are.
+    ``ours`` is the difference of the DM and baseline cells' means (None unless both have one),
+    ``std`` its spread over seeds (module docstring); ``paper`` the difference of the paper's two
+    numbers; ``comparable`` whether both our cells are. ``control`` / ``control_std`` are DM
+    minus the control cell (the base loss at the DM cell's alpha), None without one;
+    ``control_is_base`` says the baseline ran at the DM cell's alpha and stands for the control.
+    ``alphas`` are (baseline, DM, control) alphas, None where a cell ran none or several.
     """
 
     dataset: str
@@ -124,6 +153,11 @@ class Gain:
     ours: float | None
     paper: float | None
     comparable: bool
+    std: float | None = None
+    control: float | None = None
+    control_std: float | None = None
+    control_is_base: bool = False
+    alphas: tuple[float | None, float | None, float | None] = (None, None, None)
 
     @property
     def label(self) -> str:
@@ -140,6 +174,7 @@ class PivotTable:
     columns: list[Column]
     cells: dict[tuple[str, Column], Cell]
     gains: list[Gain] = field(default_factory=list)
+    controls: dict[tuple[str, Column], Cell] = field(default_factory=dict)
 
     def cell(self, method: str, column: Column) -> Cell:
         """The cell of ``method`` in ``column`` (an empty, "not run" one when it has none)."""
@@ -182,7 +217,34 @@ def _paper_numbers(
     return numbers
 
 
-def _summarise(trials: list[Mapping[str, Any]], metric: str, paper: tuple[float, str] | None):
+def is_control_row(row: Mapping[str, Any]) -> bool:
+    """Whether a trial row belongs to a control cell (its ``cell`` id says so)."""
+    return is_control_id(str(row.get("cell") or ""))
+
+
+def row_order(row: Mapping[str, Any]) -> tuple[str, str, tuple[int, str], tuple[int, str], bool]:
+    """A trial's cell's place in a list: data set, backbone, method and loss as tables order them.
+
+    A control comes right after its baseline.
+    """
+    return (
+        str(row.get("dataset")),
+        str(row.get("backbone")),
+        _rank(METHOD_ORDER, str(row.get("method"))),
+        _rank(LOSSES, str(row.get("loss"))),
+        is_control_row(row),
+    )
+
+
+def _alphas(trials: list[Mapping[str, Any]]) -> tuple[float, ...]:
+    found = {t.get("hp.alpha") for t in trials}
+    return tuple(sorted(a for a in found if isinstance(a, (int, float))))
+
+
+def summarise(
+    trials: list[Mapping[str, Any]], metric: str, paper: tuple[float, str] | None = None
+) -> Cell:
+    """One cell of ``metric`` from its trials' rows, beside the paper's (number, table) if any."""
     values, failed, missing = [], 0, 0
     for trial in trials:
         if trial.get("status") == "failed":
@@ -195,10 +257,23 @@ def _summarise(trials: list[Mapping[str, Any]], metric: str, paper: tuple[float,
                 missing += 1
     mean = statistics.mean(values) if values else None
     std = statistics.stdev(values) if len(values) >= 2 else None
-    comparable = all(trial.get("comparable", True) is not False for trial in trials)
+    sample_mode = any(trial.get("lambda_mode") == SAMPLE_MODE for trial in trials)
+    comparable = not sample_mode and all(t.get("comparable", True) is not False for t in trials)
     number, table = paper if paper else (None, None)
     delta = mean - number if comparable and mean is not None and number is not None else None
-    return Cell(len(values), mean, std, failed, missing, comparable, number, table, delta)
+    return Cell(
+        len(values),
+        mean,
+        std,
+        failed,
+        missing,
+        comparable,
+        number,
+        table,
+        delta,
+        _alphas(trials),
+        sample_mode,
+    )
 
 
 def pivot(
@@ -218,10 +293,12 @@ def pivot(
     numbers = _paper_numbers(load_paper_results() if paper is None else paper, metric)
 
     grouped: dict[tuple[str, Column], list[Mapping[str, Any]]] = {}
+    control_rows: dict[tuple[str, Column], list[Mapping[str, Any]]] = {}
     recipes: dict[tuple[str, str], set[str | None]] = {}
     for row in rows:
         column = (row["dataset"], row["backbone"], row["loss"])
-        grouped.setdefault((row["method"], column), []).append(row)
+        target = control_rows if is_control_row(row) else grouped
+        target.setdefault((row["method"], column), []).append(row)
         recipes.setdefault(column[:2], set()).add(row.get("recipe"))
     # The recipe each (dataset, backbone) ran with: None for rows without one, "(several)" (no
     # paper row's) where its rows name more than one.
@@ -244,11 +321,26 @@ def pivot(
             number = numbers.get((column[0], column[1], method, column[2], recipe_of[column[:2]]))
             trials = grouped.get((method, column), [])
             if trials or number:
-                cells[(method, column)] = _summarise(trials, metric, number)
+                cells[(method, column)] = summarise(trials, metric, number)
 
-    table = PivotTable(metric, ordered_methods, ordered_columns, cells)
+    controls = {key: summarise(trials, metric) for key, trials in control_rows.items()}
+    table = PivotTable(metric, ordered_methods, ordered_columns, cells, controls=controls)
     table.gains = _gains(table)
     return table
+
+
+def _difference(dm: Cell, base: Cell) -> tuple[float | None, float | None]:
+    """DM's mean minus the base's, and the std of that difference (module docstring)."""
+    if dm.mean is None or base.mean is None:
+        return None, None
+    std = None
+    if dm.std is not None and base.std is not None:
+        std = math.sqrt(dm.std**2 + base.std**2)
+    return dm.mean - base.mean, std
+
+
+def _alpha(cell: Cell | None) -> float | None:
+    return cell.alphas[0] if cell is not None and len(cell.alphas) == 1 else None
 
 
 def _gains(table: PivotTable) -> list[Gain]:
@@ -259,11 +351,33 @@ def _gains(table: PivotTable) -> list[Gain]:
             for base, dm in GAIN_PAIRS:
                 a = table.cell(method, (dataset, backbone, base))
                 b = table.cell(method, (dataset, backbone, dm))
-                ours = b.mean - a.mean if a.mean is not None and b.mean is not None else None
+                ours, std = _difference(b, a)
                 theirs = b.paper - a.paper if a.paper is not None and b.paper is not None else None
-                if ours is not None or (theirs is not None and (a.run or b.run)):
-                    comparable = a.comparable and b.comparable
-                    gains.append(
-                        Gain(dataset, backbone, method, base, dm, ours, theirs, comparable)
+                control = table.controls.get((method, (dataset, backbone, base)))
+                control_is_base = (
+                    control is None and _alpha(a) is not None and _alpha(a) == _alpha(b)
+                )
+                if control_is_base:
+                    control = a
+                versus, versus_std = _difference(b, control) if control else (None, None)
+                shown = theirs is not None and (a.run or b.run)
+                if ours is None and versus is None and not shown:
+                    continue
+                gains.append(
+                    Gain(
+                        dataset,
+                        backbone,
+                        method,
+                        base,
+                        dm,
+                        ours,
+                        theirs,
+                        a.comparable and b.comparable,
+                        std=std,
+                        control=versus,
+                        control_std=versus_std,
+                        control_is_base=control_is_base,
+                        alphas=(_alpha(a), _alpha(b), _alpha(control)),
                     )
+                )
     return gains

@@ -67,6 +67,8 @@ class Failure:
 # The record's own keys as stored; every other key is a setting (``hp.<name>``) or a metric.
 _IDENTITY = ("trial_id", "name", "cell", "dataset", "backbone", "method", "loss", "seed")
 _RUN_INFO = ("recipe", "epochs", "comparable")
+# Stored only when known: records written before lambda_mode was recorded read back the same.
+_SETTINGS = ("lambda_mode",)
 _FAILURE = ("error", "traceback", "deterministic")
 HYPERPARAMETER_PREFIX = "hp."
 
@@ -75,10 +77,11 @@ HYPERPARAMETER_PREFIX = "hp."
 class TrialRecord:
     """What a trial leaves in its sweep's folder when it ends (``trials/<id>.json``).
 
-    Stored flat, one row of the results file: identity, ``status``, the cell's recipe and epochs,
-    ``hp.<name>`` per hyperparameter (the cell's, then the search's sampled setting), the metrics
-    of its last epoch, and for a failure the error, its traceback and whether a retry would
-    repeat it (``deterministic``).
+    Stored flat, one row of the results file: identity, ``status``, the cell's recipe, epochs,
+    whether the paper's number compares and how lambda was drawn (``lambda_mode``: batch or
+    sample; None in records from before it was recorded), ``hp.<name>`` per hyperparameter (the
+    cell's, then the search's sampled setting), the metrics of its last epoch, and for a failure
+    the error, its traceback and whether a retry would repeat it (``deterministic``).
     """
 
     trial_id: str
@@ -93,6 +96,7 @@ class TrialRecord:
     recipe: str | None = None
     epochs: int | None = None
     comparable: bool = True
+    lambda_mode: str | None = None
     hyperparameters: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -108,6 +112,7 @@ class TrialRecord:
         row: Record = {key: getattr(self, key) for key in _IDENTITY}
         row["status"] = self.status.value
         row |= {key: getattr(self, key) for key in _RUN_INFO}
+        row |= {key: getattr(self, key) for key in _SETTINGS if getattr(self, key) is not None}
         row |= {HYPERPARAMETER_PREFIX + k: v for k, v in self.hyperparameters.items()}
         row |= self.metrics
         row |= {key: getattr(self, key) for key in _FAILURE if getattr(self, key) is not None}
@@ -116,11 +121,11 @@ class TrialRecord:
     @classmethod
     def from_row(cls, row: Record) -> TrialRecord:
         """A record from its stored form (``to_row``)."""
-        known = {*_IDENTITY, "status", *_RUN_INFO, *_FAILURE}
+        known = {*_IDENTITY, "status", *_RUN_INFO, *_SETTINGS, *_FAILURE}
         return cls(
             **{key: row[key] for key in _IDENTITY},
             status=TrialState(row["status"]),
-            **{key: row[key] for key in (*_RUN_INFO, *_FAILURE) if key in row},
+            **{key: row[key] for key in (*_RUN_INFO, *_SETTINGS, *_FAILURE) if key in row},
             hyperparameters={
                 k.removeprefix(HYPERPARAMETER_PREFIX): v
                 for k, v in row.items()

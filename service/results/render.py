@@ -1,23 +1,71 @@
-"""A pivot as Markdown, as a self-contained HTML page, and its gains as a PNG bar chart."""
+"""A report as Markdown (the main table and the gains) and as one self-contained HTML page.
+
+The page is what a researcher shares: the main table beside the paper, both DM gains (against
+the paper's baseline, with the paper's gain, and against the control at the DM cell's alpha)
+with their chart, every metric of every cell, mean ± std learning curves and each trial with a
+link to its MLflow run. Nothing on it is fetched: the charts are inline SVG, the style inline.
+Every text from the trials is escaped.
+"""
 
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
-from service.results.pivot import Gain, PivotTable, fmt
+from service.results.charts import curves_svg, gains_svg
+from service.results.curves import Curve
+from service.results.links import RunLinks
+from service.results.metrics import EMA_NOTE, METRICS, Headline, present
+from service.results.pivot import Gain, PivotTable, fmt, is_control_row, row_order, summarise
+from trainers.vocabulary import PAPER_METRIC
+
+Panel = tuple[str, str, str]
+"""(dataset, backbone, method): one panel of learning curves."""
+
+
+def _signed(value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "—"
+    return fmt(value, signed=True) + (f" ± {fmt(std)}" if std is not None else "")
+
+
+def _alpha(value: float | None) -> str:
+    return "—" if value is None else f"{value:g}"
 
 
 def _gain_cells(gain: Gain) -> list[str]:
-    ours = "—" if gain.ours is None else fmt(gain.ours, signed=True)
     theirs = "—" if gain.paper is None else fmt(gain.paper, signed=True)
     if gain.paper is not None and not gain.comparable:
         theirs += " (not comparable)"
-    return [gain.dataset, gain.backbone, gain.method, f"{gain.dm} - {gain.base}", ours, theirs]
+    control = _signed(gain.control, gain.control_std)
+    if gain.control_is_base and gain.control is not None:
+        control += " (the baseline ran at DM's alpha)"
+    base, dm, other = gain.alphas
+    alphas = f"{_alpha(base)} / {_alpha(dm)} / {_alpha(other)}"
+    return [
+        gain.dataset,
+        gain.backbone,
+        gain.method,
+        f"{gain.dm} - {gain.base}",
+        _signed(gain.ours, gain.std),
+        theirs,
+        control,
+        alphas,
+    ]
 
 
-_GAIN_HEADER = ["dataset", "backbone", "method", "gain", "ours", "paper"]
+_GAIN_HEADER = [
+    "dataset",
+    "backbone",
+    "method",
+    "gain",
+    "vs baseline (ours)",
+    "paper",
+    "vs control (ours)",
+    "alpha: baseline / DM / control",
+]
 
 
 def _header(table: PivotTable) -> list[str]:
@@ -32,90 +80,178 @@ def _title(table: PivotTable) -> str:
     )
 
 
-def to_markdown(table: PivotTable) -> str:
-    """The pivot and its DM - MCE gains as two GitHub-flavoured markdown tables."""
+_GAINS_NOTE = (
+    "The paper compares MCE at its tuned alpha with DM at alpha 0.2 (A.3), so a gain against "
+    "the baseline mixes the loss and the alpha; the control is the base loss at the DM cell's "
+    "alpha (a spec's `controls: true`), and the gain against it is the loss's alone. ± is the "
+    "std of one DM trial minus one base trial over seeds: sqrt(std_dm² + std_base²)."
+)
+
+
+def to_markdown(table: PivotTable, headline: Headline | None = None) -> str:
+    """The pivot and its DM gains as two GitHub-flavoured markdown tables."""
 
     def line(cells: Sequence[str]) -> str:
         # A "|" inside a cell would end it early.
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
     header = _header(table)
-    out = [f"## {table.metric}", "", _title(table), "", line(header)]
-    out.append(line(["---"] * len(header)))
+    out = [f"## {table.metric}", "", _title(table), ""]
+    if headline is not None:
+        out += [f"Headline: {headline.reason}.", ""]
+    out += [line(header), line(["---"] * len(header))]
     for method in table.methods:
         out.append(line([method, *(table.cell(method, c).text() for c in table.columns)]))
-    out += ["", "### DM - MCE gains", "", line(_GAIN_HEADER), line(["---"] * len(_GAIN_HEADER))]
+    out += ["", "### DM gains", "", _GAINS_NOTE, ""]
+    out += [line(_GAIN_HEADER), line(["---"] * len(_GAIN_HEADER))]
     out += [line(_gain_cells(gain)) for gain in table.gains] or ["(no DM / base pair was run)"]
     return "\n".join(out) + "\n"
 
 
-def to_html(table: PivotTable) -> str:
-    """The pivot and its gains as one self-contained HTML page; every text escaped."""
+@dataclass(frozen=True)
+class Page:
+    """What the HTML page shows besides the pivot: its trials, curves and run links."""
 
-    def row(cells: Sequence[str], tag: str = "td") -> str:
-        return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+    title: str = "dmsweep report"
+    headline: Headline | None = None
+    rows: Sequence[Mapping[str, Any]] = ()
+    curves: Mapping[Panel, Sequence[tuple[str, Curve]]] = field(default_factory=dict)
+    links: RunLinks = field(default_factory=RunLinks)
 
-    body = [row(_header(table), "th")]
+
+def _row(cells: Sequence[str], tag: str = "td") -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+
+def _table(table_id: str, header: Sequence[str], rows: Sequence[str]) -> str:
+    return f"<table id='{table_id}'>{_row(header, 'th')}{''.join(rows)}</table>"
+
+
+def cell_name(row: Mapping[str, Any]) -> str:
+    """A row's cell id (``cell``), or its four axes joined for rows without one."""
+    if row.get("cell"):
+        return str(row["cell"])
+    return "/".join(str(row.get(axis)) for axis in ("dataset", "backbone", "method", "loss"))
+
+
+def _metrics_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Every metric of every cell: mean ± std (n) over its succeeded trials."""
+    names = present(rows)
+    by_cell: dict[str, list[Mapping[str, Any]]] = {}
+    for row in sorted(rows, key=row_order):
+        by_cell.setdefault(cell_name(row), []).append(row)
+    body = []
+    for cell, trials in by_cell.items():
+        summary = summarise(trials, PAPER_METRIC)
+        alphas = ", ".join(f"{a:g}" for a in summary.alphas) or "—"
+        modes = sorted({str(t["lambda_mode"]) for t in trials if t.get("lambda_mode")})
+        cells = [cell, alphas, ", ".join(modes) or "—"]
+        cells += [summarise(trials, name).ours_text() for name in names]
+        body.append(_row(cells))
+    header = ["cell", "alpha", "lambda mode", *(METRICS[name] for name in names)]
+    return _table("metrics-table", header, body)
+
+
+def _trials_table(rows: Sequence[Mapping[str, Any]], links: RunLinks) -> str:
+    names = [n for n in ("val_top1", PAPER_METRIC, "top1_best") if n in present(rows)]
+    body = []
+    for row in sorted(rows, key=lambda r: (row_order(r), cell_name(r), str(r.get("seed")))):
+        alpha = row.get("hp.alpha")
+        values = [
+            fmt(float(v)) if isinstance(v := row.get(name), (int, float)) else "—" for name in names
+        ]
+        url = links.urls.get(str(row.get("trial_id")))
+        name = html.escape(str(row.get("name") or cell_name(row)))
+        run = f"<a class='mlflow-run' href='{html.escape(url)}'>run</a>" if url else "—"
+        cells = [
+            cell_name(row),
+            str(row.get("seed")),
+            str(row.get("status")),
+            "—" if alpha is None else f"{alpha:g}",
+            str(row.get("lambda_mode") or "—"),
+            *values,
+        ]
+        body.append(
+            "<tr>"
+            + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+            + f"<td title='{name}'>{run}</td></tr>"
+        )
+    header = ["cell", "seed", "status", "alpha", "lambda mode", *(METRICS[n] for n in names)]
+    return _table("trials-table", [*header, "MLflow"], body)
+
+
+def _curves(curves: Mapping[Panel, Sequence[tuple[str, Curve]]]) -> str:
+    if not curves:
+        return "<p>No learning curves: no trial log has an epoch line.</p>"
+    panels = [
+        f"<figure class='curve-panel' data-panel='{html.escape(' / '.join(panel))}'>"
+        f"{curves_svg(' / '.join(panel), lines)}</figure>"
+        for panel, lines in curves.items()
+    ]
+    return f"<div id='curves'>{''.join(panels)}</div>"
+
+
+_STYLE = (
+    "body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #999;padding:2px 6px;font-size:13px}th{background:#eee}"
+    "#curves{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}"
+    "figure svg{max-width:100%;height:auto}p.note{font-size:13px;color:#333}"
+)
+
+
+def to_html(table: PivotTable, page: Page | None = None) -> str:
+    """The report as one self-contained HTML page; every text escaped."""
+    page = page or Page()
+    rows = list(page.rows)
+    body = [_row(_header(table), "th")]
     body += [
-        row([method, *(table.cell(method, c).text() for c in table.columns)])
+        _row([method, *(table.cell(method, c).text() for c in table.columns)])
         for method in table.methods
     ]
-    gains = [row(_GAIN_HEADER, "th"), *(row(_gain_cells(gain)) for gain in table.gains)]
-    style = (
-        "body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
-        "td,th{border:1px solid #999;padding:2px 6px;font-size:13px}th{background:#eee}"
+    notes = [_title(table)]
+    if page.headline is not None:
+        notes.append(f"Headline: {page.headline.reason}.")
+    if any(name.endswith("_ema") or "_ema_" in name for name in present(rows)):
+        notes.append(EMA_NOTE)
+    notes.append(
+        "A cell whose trials drew lambda per sample (lambda mode sample) is marked not "
+        "comparable: the paper's configurations draw one lambda per batch."
     )
+    gains = [_row(_gain_cells(gain)) for gain in table.gains]
     metric = html.escape(table.metric)
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>dmsweep report: {metric}</title><style>{style}</style></head><body>\n"
-        f"<h2>{metric}</h2><p>{html.escape(_title(table))}</p>\n"
-        f"<table>{''.join(body)}</table>\n<h3>DM - MCE gains</h3>\n"
-        f"<table>{''.join(gains)}</table>\n</body></html>\n"
-    )
+    parts = [
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(page.title)}: {metric}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(page.title)}</h1>",
+        *(f"<p class='note'>{html.escape(n)}</p>" for n in notes),
+        f"<h2 id='headline'>{metric}</h2>",
+        f"<table id='headline-table'>{''.join(body)}</table>",
+        "<h2 id='gains'>DM gains</h2>",
+        f"<p class='note'>{html.escape(_GAINS_NOTE)}</p>",
+        _table("gains-table", _GAIN_HEADER, gains)
+        if gains
+        else "<p>No DM / base pair was run.</p>",
+        f"<figure id='gains-chart'>{gains_svg(table)}</figure>",
+    ]
+    if rows:
+        parts += [
+            "<h2 id='metrics'>Every metric</h2>",
+            "<p class='note'>Mean ± std (ddof=1) over the succeeded trials of each cell; "
+            "control cells end in /control.</p>",
+            _metrics_table(rows),
+            "<h2 id='learning-curves'>Learning curves</h2>",
+            "<p class='note'>Top-1 per epoch, mean over a cell's trials with a band of ± std "
+            "(from the trials' logs); EMA curves dashed.</p>",
+            _curves(page.curves),
+            "<h2 id='trials'>Trials</h2>",
+            f"<p class='note'>{html.escape(page.links.note)}.</p>",
+            _trials_table(rows, page.links),
+        ]
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
 
 
-def gains_chart(table: PivotTable, path: str | Path) -> Path:
-    """A PNG bar chart of our DM - MCE gains per method, one bar per column pair; the path.
-
-    The paper's gain for the same pair is drawn as a black marker over the bar.
-    """
-    # The object API with the Agg canvas: no pyplot state, no display, safe in worker threads.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    labels = sorted({gain.label for gain in table.gains})
-    methods = [m for m in table.methods if any(g.method == m for g in table.gains)]
-    figure = Figure(figsize=(max(6.0, 0.9 * len(methods) * max(1, len(labels))), 4.5))
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    if not methods:
-        axes.text(0.5, 0.5, "no DM / base pair was run", ha="center", va="center")
-        axes.set_axis_off()
-    else:
-        width = 0.8 / len(labels)
-        for i, label in enumerate(labels):
-            by_method = {g.method: g for g in table.gains if g.label == label}
-            xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(methods))]
-            ours = [getattr(by_method.get(m), "ours", None) for m in methods]
-            theirs = [getattr(by_method.get(m), "paper", None) for m in methods]
-            axes.bar(
-                [x for x, v in zip(xs, ours, strict=True) if v is not None],
-                [v for v in ours if v is not None],
-                width,
-                label=label,
-            )
-            paper_points = [(x, v) for x, v in zip(xs, theirs, strict=True) if v is not None]
-            if paper_points:
-                px, py = zip(*paper_points, strict=True)
-                axes.plot(px, py, "k_", markersize=12, markeredgewidth=2)
-        axes.plot([], [], "k_", markersize=12, markeredgewidth=2, label="paper")
-        axes.axhline(0, color="grey", linewidth=0.8)
-        axes.set_xticks(range(len(methods)), methods, rotation=30, ha="right")
-        axes.set_ylabel(f"DM - base loss, {table.metric} (points)")
-        axes.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    return path
+def control_label(row: Mapping[str, Any]) -> str:
+    """How a learning curve's legend names a cell: its loss, and ``(control)`` for a control."""
+    return f"{row['loss']} (control)" if is_control_row(row) else str(row["loss"])

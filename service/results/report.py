@@ -7,12 +7,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service.results.charts import gains_chart
+from service.results.curves import CURVE_METRICS, Curve, History, cell_curve, epoch_history
 from service.results.folder import SweepFolder
+from service.results.links import RunLinks, trial_run_links
+from service.results.metrics import headline
 from service.results.pivot import pivot
 from service.results.records import TrialRecord, TrialState
-from service.results.render import gains_chart, to_html, to_markdown
+from service.results.render import Page, Panel, cell_name, control_label, to_html, to_markdown
 from service.results.results_file import write_results
 from service.spec.model import SweepSpec
+
+
+def learning_curves(
+    rows: Iterable[Mapping[str, Any]], histories: Mapping[str, History]
+) -> dict[Panel, list[tuple[str, Curve]]]:
+    """Per (dataset, backbone, method), each cell's curves over its succeeded trials' histories.
+
+    ``histories`` is keyed by trial id (a row's ``trial_id``); rows without one are left out.
+    """
+    by_cell: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        if row.get("status") == TrialState.SUCCEEDED.value and row.get("trial_id") in histories:
+            by_cell.setdefault(cell_name(row), []).append(row)
+    panels: dict[Panel, list[tuple[str, Curve]]] = {}
+    for cell, trials in by_cell.items():
+        first = trials[0]
+        panel = (str(first["dataset"]), str(first["backbone"]), str(first["method"]))
+        for metric in CURVE_METRICS:
+            curve = cell_curve(cell, metric, (histories[str(t["trial_id"])] for t in trials))
+            if curve is not None:
+                label = control_label(first) + (" EMA" if metric.endswith("_ema") else "")
+                panels.setdefault(panel, []).append((label, curve))
+    return panels
 
 
 def write_report(
@@ -20,28 +47,54 @@ def write_report(
     out_dir: str | Path,
     paper: Iterable[Mapping[str, Any]] | None = None,
     table_rows: Iterable[Mapping[str, Any]] | None = None,
+    *,
+    histories: Mapping[str, History] | None = None,
+    links: RunLinks | None = None,
+    title: str = "dmsweep report",
 ) -> dict[str, Path]:
     """Write results.parquet, report.md, report.html and gains.png to ``out_dir``; their paths.
 
-    The report pivots ``top1_median_last10``, the paper's metric (median top-1 of the last 10
-    epochs, mean of three trials; Table 1, Sec. 4). ``paper`` as in ``pivot``. The Parquet file
-    holds every row; the table summarises ``table_rows`` when given (a tuning sweep's best
-    setting per cell), else every row.
+    The report's table and gains are of the headline metric (``metrics.headline``): the paper's
+    ``top1_median_last10`` (median top-1 of the last 10 epochs, mean of three trials; Table 1,
+    Sec. 4), or the final top-1 where trials ran 10 epochs or fewer. ``paper`` as in ``pivot``.
+    The Parquet file holds every row; the tables summarise ``table_rows`` when given (a tuning
+    sweep's best setting per cell), else every row. The HTML page also shows every metric, the
+    learning curves from ``histories`` (trial id -> ``curves.History``) and ``links`` to the
+    trials' MLflow runs.
     """
     rows = list(rows)
+    shown = rows if table_rows is None else list(table_rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = pivot(rows if table_rows is None else list(table_rows), paper=paper)
+    main = headline(shown)
+    table = pivot(shown, paper=paper, metric=main.metric)
     markdown = out / "report.md"
-    markdown.write_text(to_markdown(table), encoding="utf-8")
-    page = out / "report.html"
-    page.write_text(to_html(table), encoding="utf-8")
+    markdown.write_text(to_markdown(table, main), encoding="utf-8")
+    page = Page(
+        title=title,
+        headline=main,
+        rows=shown,
+        curves=learning_curves(shown, histories or {}),
+        links=links or RunLinks(),
+    )
+    html_page = out / "report.html"
+    html_page.write_text(to_html(table, page), encoding="utf-8")
     return {
         "results": write_results(rows, out / "results.parquet"),
         "markdown": markdown,
-        "html": page,
+        "html": html_page,
         "chart": gains_chart(table, out / "gains.png"),
     }
+
+
+def trial_histories(folder: SweepFolder, records: Iterable[TrialRecord]) -> dict[str, History]:
+    """Each trial's per-epoch metrics, from its log in the sweep's folder (none without a log)."""
+    histories = {}
+    for record in records:
+        log = folder.log_file(record.trial_id)
+        if log.is_file():
+            histories[record.trial_id] = epoch_history(log.read_text(errors="replace"))
+    return histories
 
 
 def write_sweep_report(
@@ -50,13 +103,25 @@ def write_sweep_report(
     """Write the sweep's results and report; their paths.
 
     ``results.parquet`` holds every trial. The paper-style table summarises every trial, or, with
-    a search, each cell's best setting (failed trials still counted).
+    a search, each cell's best setting (failed trials still counted). The page's learning curves
+    come from the trials' logs, its run links from the sweep's MLflow store when it has one.
     """
     table_rows = None
     if spec.search is not None:
         table_rows = [r.to_row() for r in _best_records(spec, records).values()]
         table_rows += [r.to_row() for r in records if r.status == TrialState.FAILED]
-    return write_report([r.to_row() for r in records], folder.path, table_rows=table_rows)
+    try:
+        tracking = folder.read_state().tracking
+    except ValueError:  # no sweep.json: a report of the records alone
+        tracking = None
+    return write_report(
+        [r.to_row() for r in records],
+        folder.path,
+        table_rows=table_rows,
+        histories=trial_histories(folder, records),
+        links=trial_run_links(tracking),
+        title=f"dmsweep report: {folder.sweep_id}",
+    )
 
 
 def _best_records(

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from trainers.vocabulary import SUMMARY_METRICS
 
 IDENTITY = ("dataset", "backbone", "method", "loss", "seed", "status")
-RUN_INFO = ("recipe", "epochs", "comparable")
+RUN_INFO = ("recipe", "epochs", "comparable", "lambda_mode")
 COLUMN_ORDER = (*IDENTITY, *SUMMARY_METRICS, *RUN_INFO)
 """The first columns of a results file, in order; every other key follows, sorted."""
 

@@ -1,17 +1,24 @@
 """The sweep service over HTTP (FastAPI): submit, follow, cancel and resume sweeps.
 
-Every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 without it, 403
-with a wrong one). Input is never trusted: bodies over 1 MiB get 413, unknown content types
-415, specs that fail the models or the path policy 422 with one entry per failing field, and
-nothing is created by a request that is refused. The OpenAPI document is at ``/docs``.
+Every endpoint but ``OPEN_PATHS`` needs ``Authorization: Bearer <token>`` (401 without it, 403
+with a wrong one; a client address that sent ``auth_failures`` wrong tokens within
+``auth_window_s`` gets 429 with ``Retry-After`` until the oldest of them leaves the window).
+Input is never trusted: bodies over 1 MiB get 413, unknown content types 415, specs that fail
+the models or the path policy 422 with one entry per failing field, and nothing is created by
+a request that is refused. The OpenAPI document is at ``/docs``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import ipaddress
 import logging
+import math
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -22,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.server.ray_jobs import RayJobs, RayUnavailableError
-from service.server.settings import ServiceSettings
+from service.server.settings import IpNetwork, ServiceSettings
 from service.server.store import IdempotencyConflictError, SweepStore
 from service.server.sweeps import (
     SpecRejectedError,
@@ -33,7 +40,13 @@ from service.server.sweeps import (
 from service.spec.reading import MAX_BYTES, SpecInputError
 
 log = logging.getLogger("dmsweep.api")
-OPEN_PATHS = frozenset({"/healthz"})
+# How uvicorn must serve the app: the client address is the app's to find (``client_address``),
+# from the proxies the operator lists; uvicorn's own X-Forwarded-For handling trusts 127.0.0.1
+# by default, which would let anyone behind a same-host proxy name any address.
+PROXY_HEADERS = False
+MAX_TRACKED_ADDRESSES = 10_000  # bounds the failed-authentication table (oldest dropped first)
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+READINESS_TIMEOUT_S = 5.0
 
 
 class TrialCounts(BaseModel):
@@ -67,27 +80,122 @@ class _RefusedError(Exception):
         self.detail = detail
 
 
+def client_address(scope: Scope, trusted: Sequence[IpNetwork]) -> str:
+    """The client's address as the service sees it.
+
+    The peer's own, unless the peer is a proxy the operator trusts: then the last hop of
+    X-Forwarded-For that is not a trusted proxy (earlier hops are the client's own claims).
+    """
+    peer = scope["client"][0] if scope.get("client") else "unknown"
+    if not trusted or not _within(peer, trusted):
+        return peer
+    headers = [v for k, v in scope["headers"] if k == b"x-forwarded-for"]
+    hops = [h.strip() for h in b",".join(headers).decode("latin-1").split(",") if h.strip()]
+    address = peer
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop if _is_ip(hop) else address
+        address = hop
+    return address
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _within(text: str, networks: Sequence[IpNetwork]) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+class FailedAuthentications:
+    """Wrong tokens per client address within a sliding window, in a table of bounded size.
+
+    Used by the middleware on the event loop only (one thread): no lock. Each address keeps at
+    most ``limit`` times; past ``max_addresses`` the address seen least recently is forgotten.
+    """
+
+    def __init__(self, limit: int, window_s: float, max_addresses: int) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.max_addresses = max_addresses
+        self._times: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def retry_after(self, address: str, now: float) -> float | None:
+        """Seconds until ``address`` may try again, or None when it may now."""
+        times = self._times.get(address)
+        if times is None:
+            return None
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        if not times:
+            del self._times[address]
+            return None
+        return times[0] + self.window_s - now if len(times) >= self.limit else None
+
+    def failed(self, address: str, now: float) -> None:
+        """Count a wrong token from ``address``."""
+        times = self._times.pop(address, None) or deque(maxlen=self.limit)
+        times.append(now)
+        self._times[address] = times  # now the most recently seen
+        while len(self._times) > self.max_addresses:
+            self._times.popitem(last=False)
+
+    def __len__(self) -> int:
+        """How many addresses the table holds."""
+        return len(self._times)
+
+
 class BearerAuth:
     """ASGI middleware: every path but ``OPEN_PATHS`` needs the service's bearer token."""
 
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        token: str | None,
+        failures: FailedAuthentications | None = None,
+        trusted_proxies: Sequence[IpNetwork] = (),
+    ) -> None:
         self.app = app
         self.token = token.encode() if token is not None else None
+        self.failures = failures
+        self.trusted_proxies = tuple(trusted_proxies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on, or answer 401 / 403 without reading its body."""
+        """Pass the request on, or answer 401 / 403 / 429 without reading its body."""
         if scope["type"] != "http" or self.token is None or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        address = client_address(scope, self.trusted_proxies)
+        now = time.monotonic()
+        wait = self.failures.retry_after(address, now) if self.failures else None
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not given:
+        if wait is not None:
+            # Answered before the token is compared: a blocked address learns nothing more.
+            seconds = max(1, math.ceil(wait))
             response: Response = JSONResponse(
+                {"detail": f"too many wrong tokens from {address}; try again in {seconds} s"},
+                status_code=429,
+                headers={"Retry-After": str(seconds)},
+            )
+        elif scheme.lower() != b"bearer" or not given:
+            response = JSONResponse(
                 {"detail": "missing credentials: send 'Authorization: Bearer <token>'"},
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
         elif not hmac.compare_digest(given.strip(), self.token):
+            if self.failures is not None:
+                self.failures.failed(address, now)
+            log.warning("a wrong API token from %s", address)
             response = JSONResponse({"detail": "the token is not valid"}, status_code=403)
         else:
             await self.app(scope, receive, send)
@@ -162,7 +270,14 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(BearerAuth, token=settings.api_token if require_token else None)
+    app.add_middleware(
+        BearerAuth,
+        token=settings.api_token if require_token else None,
+        failures=FailedAuthentications(
+            settings.auth_failures, settings.auth_window_s, MAX_TRACKED_ADDRESSES
+        ),
+        trusted_proxies=settings.trusted_proxies,
+    )
 
     @app.exception_handler(_RefusedError)
     async def refused(request: Request, error: _RefusedError) -> JSONResponse:
@@ -191,9 +306,31 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
         return JSONResponse({"detail": str(error)}, status_code=503)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers (no token needed)."""
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers (no token needed).
+
+        On the event loop: it never waits for a worker thread, the database, Ray or MLflow.
+        """
         return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness (no token needed): 503 only when the database cannot be reached.
+
+        Ray's and MLflow's reachability are reported without failing: sweeps wait queued for
+        Ray, and trials buffer what MLflow does not take.
+        """
+        try:
+            report = await asyncio.wait_for(
+                asyncio.to_thread(service.readiness), READINESS_TIMEOUT_S
+            )
+        except asyncio.TimeoutError:
+            detail = f"no answer in {READINESS_TIMEOUT_S:g} s"
+            return JSONResponse({"status": "unready", "database": detail}, status_code=503)
+        except Exception as error:  # the database's driver raises its own errors
+            detail = f"unreachable ({type(error).__name__})"
+            return JSONResponse({"status": "unready", "database": detail}, status_code=503)
+        return JSONResponse({"status": "ready", **report})
 
     @app.post(
         "/sweeps",
@@ -263,6 +400,10 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
 
 
 def _first_refresh(service: SweepService) -> None:
+    try:  # before the first queued sweep is submitted (each job's driver also prepares it)
+        service.prepare_tracking()
+    except Exception:
+        log.exception("preparing the MLflow store failed; each sweep's driver tries again")
     try:
         service.refresh_active()
     except Exception:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from ray.job_submission import JobStatus, JobSubmissionClient
+from ray.job_submission import JobStatus
 
 from service.server.store import SweepState
+from service.tracking.uri import TRACKING_URI_ENV
 
 # Ray job states to the service's sweep states.
 SWEEP_STATE = {
@@ -45,15 +47,23 @@ def submission_id(sweep_id: str, attempt: int) -> str:
     return f"dmsweep-{sweep_id}-{attempt}"
 
 
-def run_entrypoint(
-    spec_file: str, sweep_id: str, storage_root: str, tracking_uri: str | None
-) -> str:
-    """The shell command of a sweep's first job: ``dmsweep run`` on the stored spec."""
+def run_entrypoint(spec_file: str, sweep_id: str, storage_root: str) -> str:
+    """The shell command of a sweep's first job: ``dmsweep run`` on the stored spec.
+
+    The tracking URI is not in it (Ray shows entrypoints to anyone who reads its jobs, and the
+    URI may hold a password): ``job_env`` passes it in the job's environment.
+    """
     command = [sys.executable, "-m", "service.cli", "run", spec_file, "--sweep-id", sweep_id]
     command += ["--storage-path", storage_root, "--address", "auto"]
-    if tracking_uri:
-        command += ["--tracking-uri", tracking_uri]
     return shlex.join(command)
+
+
+def job_env(tracking_uri: str | None) -> dict[str, str]:
+    """The variables of a sweep's job: its tracking URI, read by ``dmsweep run`` and ``resume``.
+
+    Ray hands a job's runtime env to every worker of the job, where the trials log to MLflow.
+    """
+    return {TRACKING_URI_ENV: tracking_uri} if tracking_uri else {}
 
 
 def resume_entrypoint(sweep_id: str, storage_root: str) -> str:
@@ -62,85 +72,146 @@ def resume_entrypoint(sweep_id: str, storage_root: str) -> str:
     return shlex.join([*command, "--storage-path", storage_root, "--address", "auto"])
 
 
+# Every call to the job server is bounded: Ray's own JobSubmissionClient sends its requests
+# without a timeout, so a head that accepts connections and never answers held the service's
+# request threads forever. The documented Jobs REST API is called directly instead.
+TIMEOUT_S = 5.0
+# After a call that timed out or could not connect, calls fail at once for this long: a request
+# (and the poller) pays for a hung head once, not once per sweep.
+BACKOFF_S = 5.0
+
+
 class RayJobs:
     """The cluster's job server, reached over HTTP with Ray's token when the cluster uses one."""
 
-    def __init__(self, address: str, token: str | None = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        token: str | None = None,
+        *,
+        timeout_s: float = TIMEOUT_S,
+        backoff_s: float = BACKOFF_S,
+    ) -> None:
         self.address = address
-        self._headers = {"Authorization": f"Bearer {token}"} if token else None
-        self._client: JobSubmissionClient | None = None
+        self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._down_until = 0.0
+        self._down_reason = ""
 
-    def _jobs(self) -> JobSubmissionClient:
-        if self._client is None:
-            try:
-                self._client = JobSubmissionClient(self.address, headers=self._headers)
-            except Exception as error:  # the client raises bare exceptions on connection errors
-                raise RayUnavailableError(
-                    f"the Ray job server at {self.address} did not answer: {error}"
-                ) from None
-        return self._client
-
-    def _call(self, what: str, call: Any) -> Any:
+    def _request(self, what: str, method: str, path: str, **options: Any) -> httpx.Response:
+        """One bounded request; ``RayUnavailableError`` when the server does not answer."""
+        if time.monotonic() < self._down_until:
+            raise RayUnavailableError(
+                f"{what} at {self.address} was not tried: {self._down_reason}"
+            )
         try:
-            return call(self._jobs())
-        except RayUnavailableError:
-            raise
-        except Exception as error:
-            self._client = None  # reconnect next time (the head may have restarted)
-            raise RayUnavailableError(f"{what} at {self.address} failed: {error}") from None
+            return httpx.request(
+                method,
+                f"{self.address.rstrip('/')}{path}",
+                headers=self._headers,
+                timeout=self.timeout_s,
+                **options,
+            )
+        except httpx.HTTPError as error:
+            reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            self._down_reason = f"the job server did not answer ({reason})"
+            self._down_until = time.monotonic() + self.backoff_s
+            raise RayUnavailableError(f"{what} at {self.address} failed: {reason}") from None
 
-    def submit(self, job_id: str, entrypoint: str, metadata: dict[str, str]) -> None:
+    def _json(self, what: str, method: str, path: str, **options: Any) -> Any:
+        response = self._request(what, method, path, **options)
+        if response.status_code != 200:
+            raise RayUnavailableError(
+                f"{what} at {self.address} failed: {response.status_code} "
+                f"{response.text.strip()[-500:]}"
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise RayUnavailableError(
+                f"{what} at {self.address} failed: the answer is not JSON"
+            ) from None
+
+    def reachable(self) -> bool:
+        """Whether the job server answers now (one bounded request; readiness)."""
+        try:
+            self._json("reading Ray's version", "GET", "/api/version")
+        except RayUnavailableError:
+            return False
+        return True
+
+    def submit(
+        self,
+        job_id: str,
+        entrypoint: str,
+        metadata: dict[str, str],
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Start a job with a known id; a job of that id already there is left as it is.
 
-        No runtime env is given: the engine sets its own in ``ray.init``, and Ray refuses to
-        merge two that name the same variable.
+        ``env``: the job's environment variables (``job_env``), its only runtime env. The
+        engine's ``ray.init`` adds its own, which Ray merges as long as no variable is named
+        by both (``service.sweep.ray_setup``).
         """
         if self.state(job_id) is not None:
             return  # the submit reached Ray before (the service died before storing that)
-        self._call(
-            "submitting the job",
-            lambda jobs: jobs.submit_job(
-                entrypoint=entrypoint,
-                submission_id=job_id,
-                metadata=metadata,
-            ),
+        body: dict[str, Any] = {
+            "entrypoint": entrypoint,
+            "submission_id": job_id,
+            "metadata": metadata,
+        }
+        if env:
+            body["runtime_env"] = {"env_vars": env}
+        response = self._request("submitting the job", "POST", "/api/jobs/", json=body)
+        if response.status_code == 200:
+            return
+        if "already exists" in response.text:
+            return  # another request of this service submitted the same attempt just now
+        raise RayUnavailableError(
+            f"submitting the job at {self.address} failed: {response.status_code} "
+            f"{response.text.strip()[-500:]}"
         )
 
     def state(self, job_id: str) -> JobState | None:
         """The job's state, or None when the cluster does not know the job."""
-
-        def read(jobs: JobSubmissionClient) -> JobState | None:
-            try:
-                info = jobs.get_job_info(job_id)
-            except RuntimeError as error:  # 404: "Job ... does not exist"
-                if "does not exist" in str(error):
-                    return None
-                raise
-            return JobState(SWEEP_STATE[info.status], info.message)
-
-        return self._call("reading the job's state", read)
+        response = self._request("reading the job's state", "GET", f"/api/jobs/{job_id}")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise RayUnavailableError(
+                f"reading the job's state at {self.address} failed: {response.status_code} "
+                f"{response.text.strip()[-500:]}"
+            )
+        try:
+            info = response.json()
+            return JobState(SWEEP_STATE[JobStatus(info["status"])], info.get("message"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise RayUnavailableError(
+                f"reading the job's state at {self.address} failed: {error!r}"
+            ) from None
 
     def nodes(self) -> list[dict[str, float]]:
         """The total resources of each live node (the dashboard's state API)."""
+        listed = self._json(
+            "reading the nodes",
+            "GET",
+            "/api/v0/nodes",
+            params={"limit": 10_000, "detail": "true"},
+        )
         try:
-            response = httpx.get(
-                f"{self.address.rstrip('/')}/api/v0/nodes",
-                params={"limit": 10_000, "detail": "true"},
-                headers=self._headers,
-                timeout=10,
-            )
-            response.raise_for_status()
-            listed = response.json()["data"]["result"]["result"]
-        except (httpx.HTTPError, KeyError, TypeError, ValueError) as error:
+            result = listed["data"]["result"]["result"]
+            return [n["resources_total"] for n in result if n.get("state") == "ALIVE"]
+        except (KeyError, TypeError) as error:
             raise RayUnavailableError(
-                f"reading the nodes at {self.address} failed: {error}"
+                f"reading the nodes at {self.address} failed: {error!r}"
             ) from None
-        return [n["resources_total"] for n in listed if n.get("state") == "ALIVE"]
 
     def stop(self, job_id: str) -> None:
         """Ask the job to stop (Ray sends SIGTERM, then SIGKILL)."""
-        self._call("stopping the job", lambda jobs: jobs.stop_job(job_id))
+        self._json("stopping the job", "POST", f"/api/jobs/{job_id}/stop")
 
     def logs(self, job_id: str) -> str:
         """The job's driver output so far."""
-        return self._call("reading the job's logs", lambda jobs: jobs.get_job_logs(job_id))
+        logs = self._json("reading the job's logs", "GET", f"/api/jobs/{job_id}/logs")
+        return str(logs.get("logs", "")) if isinstance(logs, dict) else ""

@@ -11,15 +11,27 @@
 - ``DMSWEEP_API_TOKEN`` or ``DMSWEEP_API_TOKEN_FILE``: the bearer token clients send (none:
   ``dmsweep serve`` refuses to start unless told ``--insecure-no-auth``).
 - ``DMSWEEP_POLL_S``: seconds between reads of the Ray jobs' states (default 2).
+- ``DMSWEEP_MLFLOW_PUBLIC_URL``: the MLflow UI as users reach it, for the run links the API
+  returns (default: the tracking URI when it is a server, without its credentials).
+- ``DMSWEEP_ALLOW_DOWNLOADS``: ``1`` lets specs use ``pretrained: true`` and hub models (default
+  off: the workers download nothing a spec asks for; ``service.spec.downloads``).
+- ``DMSWEEP_TRUSTED_PROXIES``: comma-separated addresses or networks of the reverse proxies in
+  front of the service; only their ``X-Forwarded-For`` names the client (default: none).
+- ``DMSWEEP_AUTH_FAILURES`` / ``DMSWEEP_AUTH_WINDOW_S``: wrong tokens a client address may send
+  per window before it gets 429 (default 10 per 60 s).
 - ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``: Ray's own token, sent to the job server.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+MIN_TOKEN_LENGTH = 32  # secrets.token_urlsafe(32) gives 43 characters
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class SettingsError(ValueError):
@@ -42,6 +54,48 @@ def read_token(env: Mapping[str, str], value_var: str, file_var: str) -> str | N
     return None
 
 
+def check_token(token: str) -> None:
+    """Refuse an API token short enough to guess (``SettingsError`` saying how to make one)."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise SettingsError(
+            f"the API token (DMSWEEP_API_TOKEN or DMSWEEP_API_TOKEN_FILE) has {len(token)} "
+            f"characters; it needs at least {MIN_TOKEN_LENGTH}. Make one with: python -c "
+            '"import secrets; print(secrets.token_urlsafe(32))"'
+        )
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[IpNetwork, ...]:
+    networks = []
+    for item in (env.get(name) or "").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise SettingsError(
+                    f"{name} must list IP addresses or networks (10.0.0.0/8), comma-separated; "
+                    f"got {item.strip()!r}"
+                ) from None
+    return tuple(networks)
+
+
+def _number(env: Mapping[str, str], name: str, default: float, least: float) -> float:
+    text = env.get(name)
+    try:
+        value = float(text) if text else default
+    except ValueError:
+        value = float("nan")
+    if not value >= least:  # also NaN
+        raise SettingsError(f"{name} must be a number >= {least:g}; got {text!r}")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str) -> bool:
+    text = (env.get(name) or "0").strip().lower()
+    if text not in ("0", "1", "true", "false", "yes", "no"):
+        raise SettingsError(f"{name} must be 1 or 0 (true / false); got {env[name]!r}")
+    return text in ("1", "true", "yes")
+
+
 def _ray_token(env: Mapping[str, str]) -> str | None:
     """Ray's token as Ray's own clients find it: the variables, then ``~/.ray/auth_token``."""
     token = read_token(env, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -59,10 +113,15 @@ class ServiceSettings:
     ray_address: str
     storage_root: Path
     data_roots: tuple[Path, ...] = ()
-    mlflow_uri: str | None = None
+    mlflow_uri: str | None = field(default=None, repr=False)  # may hold a password
     api_token: str | None = field(default=None, repr=False)
     ray_token: str | None = field(default=None, repr=False)
     poll_s: float = 2.0
+    mlflow_public_url: str | None = None
+    allow_downloads: bool = False
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    auth_failures: int = 10
+    auth_window_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -90,4 +149,9 @@ class ServiceSettings:
             api_token=read_token(env, "DMSWEEP_API_TOKEN", "DMSWEEP_API_TOKEN_FILE"),
             ray_token=_ray_token(env),
             poll_s=poll_s,
+            mlflow_public_url=env.get("DMSWEEP_MLFLOW_PUBLIC_URL") or None,
+            allow_downloads=_switch(env, "DMSWEEP_ALLOW_DOWNLOADS"),
+            trusted_proxies=_networks(env, "DMSWEEP_TRUSTED_PROXIES"),
+            auth_failures=int(_number(env, "DMSWEEP_AUTH_FAILURES", 10, 1)),
+            auth_window_s=_number(env, "DMSWEEP_AUTH_WINDOW_S", 60.0, 1),
         )

@@ -13,7 +13,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    select,
+    text,
+)
+from sqlalchemy import update as sql_update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -158,6 +168,41 @@ class SweepStore:
             query = query.where(SweepRow.state.in_(sorted(str(state) for state in states)))
         with self._sessions() as session:
             return list(session.scalars(query))
+
+    def ping(self) -> None:
+        """One round trip to the database (readiness); raises when it cannot be reached."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    def update_if(
+        self, sweep_id: str, expected_state: str, expected_attempt: int, /, **changes: Any
+    ) -> SweepRow | None:
+        """Change a sweep only while it is still in ``expected_state`` at ``expected_attempt``.
+
+        None when it is not (and nothing changed).
+
+        One conditional UPDATE, atomic in SQLite and PostgreSQL alike: the service reads a
+        sweep, talks to Ray without holding any lock, and then applies what it learnt only if
+        no other request (a cancel, the poller) changed the sweep meanwhile.
+        """
+        values = {
+            name: value.value if isinstance(value, TextEnum) else value
+            for name, value in changes.items()
+        }
+        values["updated_at"] = _now()
+        statement = (
+            sql_update(SweepRow)
+            .where(
+                SweepRow.sweep_id == sweep_id,
+                SweepRow.state == str(expected_state),
+                SweepRow.attempt == expected_attempt,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        with self._sessions.begin() as session:
+            changed = session.execute(statement).rowcount  # type: ignore[attr-defined]
+        return self.get(sweep_id) if changed else None
 
     def update(self, sweep_id: str, **changes: Any) -> SweepRow:
         """Change fields of one sweep; the row as stored."""

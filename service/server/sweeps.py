@@ -25,6 +25,7 @@ from service.results.report import write_sweep_report
 from service.server.ray_jobs import (
     RayJobs,
     RayUnavailableError,
+    job_env,
     resume_entrypoint,
     run_entrypoint,
     submission_id,
@@ -41,10 +42,11 @@ from service.server.store import (
 from service.spec.capacity import autoscaling_nodes, resource_problems
 from service.spec.cells import total_trials
 from service.spec.data_check import data_problems
+from service.spec.downloads import download_problems
 from service.spec.model import SweepSpec
 from service.spec.path_policy import path_problems, resolve_paths
 from service.spec.reading import parse_spec
-from service.tracking.store import Tracking
+from service.tracking.store import Tracking, default_tracking_uri, prepare_store, reachable
 from service.tracking.sweep_runs import run_url
 from trainers.validation import Problem, describe, problems_of
 from trainers.vocabulary import DEFAULT_SEARCH_METRIC
@@ -103,7 +105,36 @@ class SweepService:
         self.settings = settings
         self.store = store
         self.jobs = jobs
-        self._lock = threading.Lock()  # one state change of a sweep at a time
+        # Only naming a new sweep is serialised here. State changes never hold a lock across
+        # a call to Ray: each is applied with ``SweepStore.update_if``, only if no other request
+        # changed the sweep while Ray was being asked.
+        self._naming = threading.Lock()
+
+    @property
+    def tracking_uri(self) -> str:
+        """Where the sweeps' jobs track: the setting, else the SQLite store under the root."""
+        return self.settings.mlflow_uri or default_tracking_uri(self.settings.storage_root)
+
+    def prepare_tracking(self) -> None:
+        """Create (and migrate) a SQLite tracking store before any sweep's job opens it."""
+        prepare_store(self.tracking_uri)
+
+    def readiness(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """The database (raises when it cannot be reached), Ray's and MLflow's reachability.
+
+        Ray or MLflow being away does not make the service unready: sweeps wait queued for
+        Ray, and trials buffer what MLflow does not take.
+        """
+        self.store.ping()
+        ray = self.jobs.reachable()
+        tracking = reachable(self.tracking_uri, timeout_s)
+        return {
+            "database": "ok",
+            "ray": "reachable" if ray else "unreachable",
+            "mlflow": "not checked"
+            if tracking is None
+            else ("reachable" if tracking else "unreachable"),
+        }
 
     # --- submit ---------------------------------------------------------------------------
 
@@ -121,6 +152,8 @@ class SweepService:
             storage_root=settings.storage_root,
             tracking_uri=settings.mlflow_uri,
         )
+        if not settings.allow_downloads:
+            problems += download_problems(spec)
         if problems:
             raise SpecRejectedError(problems)
         resolved = resolve_paths(
@@ -150,10 +183,8 @@ class SweepService:
                     raise IdempotencyConflictError(key, earlier.sweep_id)
                 return self.view(earlier), False
         spec, resolved = self.validate(body, content_type)
-        with self._lock:
-            sweep_id = new_sweep_id(spec.name, self.settings.storage_root)
-            while self.store.exists(sweep_id):
-                sweep_id = new_sweep_id(f"{spec.name}-{len(sweep_id)}", self.settings.storage_root)
+        with self._naming:
+            sweep_id = new_sweep_id(spec.name, self.settings.storage_root, taken=self.store.exists)
             row = SweepRow(
                 sweep_id=sweep_id,
                 name=spec.name,
@@ -179,6 +210,15 @@ class SweepService:
     def _folder(self, sweep_id: str) -> SweepFolder:
         return SweepFolder(self.settings.storage_root / sweep_id)
 
+    def _apply(self, row: SweepRow, **changes: Any) -> SweepRow:
+        """``changes`` to the sweep as ``row`` was read; the sweep as stored now.
+
+        When another request changed the sweep meanwhile, its change stands and this one is
+        dropped (it was based on a state that is gone).
+        """
+        changed = self.store.update_if(row.sweep_id, row.state, row.attempt, **changes)
+        return changed if changed is not None else self.get(row.sweep_id)
+
     def _start_job(self, row: SweepRow) -> SweepRow:
         """Submit the sweep's next job (its run, or a resume once its folder exists)."""
         attempt = row.attempt + 1
@@ -188,18 +228,33 @@ class SweepService:
             entrypoint = resume_entrypoint(row.sweep_id, root)
         else:
             spec_file = str(self._spec_file(row.sweep_id))
-            entrypoint = run_entrypoint(spec_file, row.sweep_id, root, self.settings.mlflow_uri)
+            entrypoint = run_entrypoint(spec_file, row.sweep_id, root)
+        env = job_env(self.settings.mlflow_uri)  # the URI may hold a password: not in argv
         try:
-            self.jobs.submit(job_id, entrypoint, {"dmsweep_sweep": row.sweep_id})
+            self.jobs.submit(job_id, entrypoint, {"dmsweep_sweep": row.sweep_id}, env)
         except RayUnavailableError as error:
-            return self.store.update(row.sweep_id, state=SweepState.QUEUED, message=str(error))
-        return self.store.update(
+            return self._apply(row, state=SweepState.QUEUED, message=str(error))
+        started = self.store.update_if(
             row.sweep_id,
+            row.state,
+            row.attempt,
             state=SweepState.SUBMITTED,
             ray_job_id=job_id,
             attempt=attempt,
             message=None,
         )
+        if started is not None:
+            return started
+        now = self.get(row.sweep_id)
+        if now.state == SweepState.CANCELLED and now.ray_job_id != job_id:
+            # Cancelled while this job was being submitted: the job must not run on.
+            try:
+                self.jobs.stop(job_id)
+            except RayUnavailableError as error:
+                return self.store.update(
+                    row.sweep_id, message=f"cancelled; stopping job {job_id} failed: {error}"
+                )
+        return now
 
     # --- follow -----------------------------------------------------------------------------
 
@@ -212,25 +267,24 @@ class SweepService:
 
     def refresh(self, sweep_id: str) -> SweepRow:
         """Read the sweep's state from its Ray job (or submit a queued one)."""
-        with self._lock:
-            row = self.get(sweep_id)
-            if row.state not in ACTIVE:
-                return row
-            if row.state == "queued" or row.ray_job_id is None:
-                return self._start_job(row)
-            try:
-                job = self.jobs.state(row.ray_job_id)
-            except RayUnavailableError as error:
-                return self.store.update(sweep_id, message=str(error))
-            if job is None:
-                return self.store.update(
-                    sweep_id,
-                    state=SweepState.FAILED,
-                    message=f"the Ray cluster at {self.jobs.address} does not know the job "
-                    f"{row.ray_job_id} (was the cluster replaced?); resume the sweep",
-                )
-            message = self._outcome(row, job.sweep_state, job.message)
-            return self.store.update(sweep_id, state=job.sweep_state, message=message)
+        row = self.get(sweep_id)
+        if row.state not in ACTIVE:
+            return row
+        if row.state == "queued" or row.ray_job_id is None:
+            return self._start_job(row)
+        try:
+            job = self.jobs.state(row.ray_job_id)
+        except RayUnavailableError as error:
+            return self._apply(row, message=str(error))
+        if job is None:
+            return self._apply(
+                row,
+                state=SweepState.FAILED,
+                message=f"the Ray cluster at {self.jobs.address} does not know the job "
+                f"{row.ray_job_id} (was the cluster replaced?); resume the sweep",
+            )
+        message = self._outcome(row, job.sweep_state, job.message)
+        return self._apply(row, state=job.sweep_state, message=message)
 
     def _outcome(self, row: SweepRow, state: str, job_message: str | None) -> str | None:
         if state != SweepState.FAILED:
@@ -259,7 +313,8 @@ class SweepService:
         best = None
         if trials.best is not None:
             best = {"trial": trials.best[0], row.search_metric: trials.best[1]}
-        url = run_url(Tracking(**state.tracking)) if state.tracking else None
+        ui = self.settings.mlflow_public_url
+        url = run_url(Tracking(**state.tracking), ui) if state.tracking else None
         return Progress(
             done=trials.done,
             # Unfinished trials of a sweep that is not running were lost with its driver.
@@ -297,8 +352,8 @@ class SweepService:
 
     def cancel(self, sweep_id: str) -> SweepRow:
         """Stop the sweep's Ray job; ``StateConflictError`` once the sweep has ended."""
-        row = self.refresh(sweep_id)
-        with self._lock:
+        for _ in range(5):  # again when the poller moved the sweep on meanwhile
+            row = self.refresh(sweep_id)
             if row.state not in ACTIVE:
                 raise StateConflictError(
                     f"sweep {sweep_id} is {row.state}; only a queued, submitted or "
@@ -306,29 +361,37 @@ class SweepService:
                 )
             if row.ray_job_id is not None and row.state != "queued":
                 self.jobs.stop(row.ray_job_id)
-            return self.store.update(
-                sweep_id, state=SweepState.CANCELLED, message="cancelled by a user"
+            cancelled = self.store.update_if(
+                sweep_id,
+                row.state,
+                row.attempt,
+                state=SweepState.CANCELLED,
+                message="cancelled by a user",
             )
+            if cancelled is not None:
+                return cancelled
+        raise StateConflictError(f"sweep {sweep_id} kept changing; try again")
 
     def resume(self, sweep_id: str) -> SweepRow:
         """Start a job that continues a failed or cancelled sweep; finished trials are kept."""
         row = self.refresh(sweep_id)
-        with self._lock:
-            if row.state not in (SweepState.FAILED, SweepState.CANCELLED):
+        if row.state not in (SweepState.FAILED, SweepState.CANCELLED):
+            raise StateConflictError(
+                f"sweep {sweep_id} is {row.state}; only a failed or cancelled sweep can be resumed"
+            )
+        if row.ray_job_id is not None:
+            job = self.jobs.state(row.ray_job_id)
+            if job is not None and job.sweep_state in (
+                SweepState.SUBMITTED,
+                SweepState.RUNNING,
+            ):
                 raise StateConflictError(
-                    f"sweep {sweep_id} is {row.state}; only a failed or cancelled sweep can "
-                    "be resumed"
+                    f"sweep {sweep_id}'s job {row.ray_job_id} is still stopping"
                 )
-            if row.ray_job_id is not None:
-                job = self.jobs.state(row.ray_job_id)
-                if job is not None and job.sweep_state in (
-                    SweepState.SUBMITTED,
-                    SweepState.RUNNING,
-                ):
-                    raise StateConflictError(
-                        f"sweep {sweep_id}'s job {row.ray_job_id} is still stopping"
-                    )
-            return self._start_job(row)
+        resumed = self._start_job(row)
+        if resumed.attempt == row.attempt and resumed.state != SweepState.QUEUED:
+            raise StateConflictError(f"sweep {sweep_id} changed meanwhile; try again")
+        return resumed
 
     def report(self, sweep_id: str) -> str:
         """The paper-style table (Markdown) from the trials finished so far."""

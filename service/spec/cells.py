@@ -7,6 +7,10 @@ the spec has a ``search`` section, one sampled setting (the eta / xi / t grids o
 Hyperparameters of a cell, per key, from the first that sets it: the matching ``overrides``
 (later ones win), the spec's top-level ``hyperparameters``, then the paper's defaults
 (``service.spec.defaults``, appendix A.3).
+
+With ``controls: true`` a spec also runs a *control cell* per DM cell (``control_cells``): the
+base loss at the DM cell's alpha. The paper compares MCE at its tuned alpha with DM at alpha
+0.2 (A.3), so part of a DM gain can be the alpha; the control tells the two apart.
 """
 
 from __future__ import annotations
@@ -16,14 +20,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from service.spec import defaults
-from trainers.config import TrainConfig
+from trainers.config import MixingSettings, TrainConfig
 from trainers.recipes import get_recipe
-from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES, LOSS_HYPERPARAMETERS, takes_alpha
+from trainers.vocabulary import (
+    GAIN_PAIRS,
+    LOSS_HYPERPARAMETER_NAMES,
+    LOSS_HYPERPARAMETERS,
+    takes_alpha,
+)
 
 if TYPE_CHECKING:
     from service.spec.model import Range, SweepSpec
 
 AXES = ("dataset", "backbone", "method", "loss")
+CONTROL = "control"
+"""The last part of a control cell's id: ``<dataset>/<backbone>/<method>/<base loss>/control``."""
+CONTROL_LOSS = {dm: base for base, dm in GAIN_PAIRS}
+"""Each DM loss's base loss (MCE for DM(CE), MBCE for DM(BCE)): what its control cell runs."""
 
 
 def applies(
@@ -52,11 +65,21 @@ class Cell:
     hyperparameters: dict[str, float] = field(default_factory=dict, compare=False)
     recipe_overrides: dict[str, Any] = field(default_factory=dict, compare=False)
     epochs: int | None = field(default=None, compare=False)
+    mixing: MixingSettings = field(default_factory=MixingSettings, compare=False)
+    # The training settings this cell takes from the spec without a cited source ("epochs",
+    # "recipe_overrides"): where any, its number does not compare with the paper's.
+    departures: tuple[str, ...] = field(default=(), compare=False)
+    # A control cell (``control_cells``): the base loss at a DM cell's alpha, not the grid's cell.
+    control: bool = False
 
     @property
     def cell_id(self) -> str:
-        """``dataset/backbone/method/loss``, e.g. ``cifar100/resnet18_cifar/mixup/dm_ce``."""
-        return "/".join((self.dataset, self.backbone, self.method, self.loss))
+        """``dataset/backbone/method/loss``, e.g. ``cifar100/resnet18_cifar/mixup/dm_ce``.
+
+        A control cell's ends in ``/control``: ``cifar100/resnet18_cifar/mixup/mce/control``.
+        """
+        cell_id = "/".join((self.dataset, self.backbone, self.method, self.loss))
+        return f"{cell_id}/{CONTROL}" if self.control else cell_id
 
     @property
     def slug(self) -> str:
@@ -75,25 +98,102 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
     matching = [o.set for o in spec.overrides if o.match.matches(bare)]
     recipe_overrides = dict(spec.recipe_overrides)
     epochs = spec.epochs
+    mixing = spec.mixing.model_dump()
+    departures = {"epochs": epochs is not None, "recipe_overrides": bool(recipe_overrides)}
     for settings in matching:
         recipe_overrides.update(settings.recipe_overrides)
         epochs = settings.epochs if settings.epochs is not None else epochs
+        if settings.mixing is not None:
+            mixing.update(settings.mixing.model_dump(exclude_unset=True))
+        # A later setting replaces an earlier one, so the last to set a key says whether it is
+        # the paper's; recipe overrides merge, so one without a source taints them all.
+        if settings.epochs is not None:
+            departures["epochs"] = settings.source is None
+        if settings.recipe_overrides and settings.source is None:
+            departures["recipe_overrides"] = True
     values = defaults.resolve_hyperparameters(bare.dataset, bare.backbone, bare.method, bare.loss)
     values.update(spec.hyperparameters.given())
     for settings in matching:
         values.update(settings.given())
     cell = Cell(bare.dataset, bare.backbone, bare.method, bare.loss, {}, recipe_overrides, epochs)
     kept = {k: v for k, v in values.items() if applies(spec, k, cell)}
-    return Cell(bare.dataset, bare.backbone, bare.method, bare.loss, kept, recipe_overrides, epochs)
+    return Cell(
+        bare.dataset,
+        bare.backbone,
+        bare.method,
+        bare.loss,
+        kept,
+        recipe_overrides,
+        epochs,
+        MixingSettings.model_validate(mixing),
+        tuple(name for name, departs in departures.items() if departs),
+    )
+
+
+def _interpolation_settings(cell: Cell) -> dict[str, float]:
+    """DM(BCE)'s xi / t of the Mixup batches of ``mixup_cutmix`` (A.3's interpolation values).
+
+    A.3 gives interpolation- and cutting-based policies different xi and t; ``mixup_cutmix``
+    switches between the two families per batch, so its loss picks per batch as well. The cell's
+    own xi / t (the cutting-based defaults, or the spec's) apply to its CutMix batches.
+    """
+    if cell.method != "mixup_cutmix" or cell.loss != "dm_bce":
+        return {}
+    return {f"interpolation_{k}": v for k, v in defaults.BCE_INTERPOLATION.items()}
+
+
+def is_control_id(cell_id: str) -> bool:
+    """Whether ``cell_id`` is a control cell's (``Cell.cell_id``)."""
+    return cell_id.endswith("/" + CONTROL)
+
+
+def control_cells(spec: SweepSpec, cells: list[Cell]) -> list[Cell]:
+    """With ``controls: true``, per DM cell of ``cells``: its base loss at its alpha.
+
+    A control keeps the DM cell's other settings (recipe overrides, epochs, mixing), so that it
+    differs from the DM cell in the loss alone. There is none for a DM cell that takes no alpha
+    (vanilla, ResizeMix, mixup_cutmix with the recipe's alphas), nor where the grid's baseline
+    cell already runs at the DM cell's alpha: that cell is the control (the report uses it so).
+    """
+    if not spec.controls:
+        return []
+    alphas = {cell.cell_id: cell.hyperparameters.get("alpha") for cell in cells}
+    controls = []
+    for cell in cells:
+        base, alpha = CONTROL_LOSS.get(cell.loss), cell.hyperparameters.get("alpha")
+        if base is None or alpha is None:
+            continue
+        baseline = "/".join((cell.dataset, cell.backbone, cell.method, base))
+        if baseline in alphas and alphas[baseline] == alpha:
+            continue
+        controls.append(
+            Cell(
+                cell.dataset,
+                cell.backbone,
+                cell.method,
+                base,
+                {"alpha": alpha},
+                dict(cell.recipe_overrides),
+                cell.epochs,
+                cell.mixing,
+                cell.departures,
+                control=True,
+            )
+        )
+    return controls
 
 
 def expand(spec: SweepSpec) -> list[Cell]:
-    """The cells in grid order (dataset, backbone, method, loss), exclusions applied."""
-    return [
+    """The cells in grid order (dataset, backbone, method, loss), exclusions applied.
+
+    With ``controls: true`` the control cells follow (``control_cells``).
+    """
+    cells = [
         resolve(spec, cell)
         for cell in grid_cells(spec)
         if not any(rule.matches(cell) for rule in spec.exclude)
     ]
+    return cells + control_cells(spec, cells)
 
 
 def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
@@ -105,8 +205,12 @@ def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
         {
             "data": {"name": cell.dataset, **(data.model_dump() if data else {})},
             "backbone": {"name": cell.backbone, **(backbone.model_dump() if backbone else {})},
-            "mixing": {"method": cell.method, "alpha": hp.get("alpha")},
-            "loss": {"name": cell.loss, **{k: hp[k] for k in LOSS_HYPERPARAMETER_NAMES if k in hp}},
+            "mixing": {"method": cell.method, "alpha": hp.get("alpha"), **cell.mixing.model_dump()},
+            "loss": {
+                "name": cell.loss,
+                **{k: hp[k] for k in LOSS_HYPERPARAMETER_NAMES if k in hp},
+                **_interpolation_settings(cell),
+            },
             "recipe": spec.recipe,
             "recipe_overrides": cell.recipe_overrides,
             "epochs": cell.epochs,
@@ -115,6 +219,23 @@ def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
             "checkpoint_every": spec.checkpoint_every,
             "eval": spec.eval.model_dump(),
         }
+    )
+
+
+def comparable(spec: SweepSpec, cell: Cell) -> bool:
+    """Whether the paper's number for the cell compares with ours: the paper's settings as they are.
+
+    Epochs and recipe overrides count as the paper's when the override that sets them cites its
+    source (``CellSettings.source``). Drawing lambda per sample is not how the paper's
+    configurations drew it (one per batch).
+    """
+    data = spec.data.get(cell.dataset)
+    return (
+        cell.dataset != "synthetic"
+        and cell.mixing.lambda_mode == "batch"
+        and not cell.departures
+        and spec.batch_size is None
+        and (data is None or (data.subset is None and data.label_fraction is None))
     )
 
 
@@ -158,6 +279,7 @@ def summary(spec: SweepSpec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "name": spec.name,
         "cells": len(cells),
+        "controls": sum(cell.control for cell in cells),
         "trials": len(cells) * len(spec.grid.seeds),
         "seeds": list(spec.grid.seeds),
         "datasets": sorted({c.dataset for c in cells}, key=spec.grid.dataset.index),

@@ -23,8 +23,16 @@ from pydantic import (
 from service.spec.cells import AXES, Cell, applies, expand, grid_cells, train_config
 from service.spec.defaults import DYNAMIC
 from trainers.backbones import DMSWEEP_BACKBONES
-from trainers.config import BackboneSettings, DataSettings, EvalConfig
+from trainers.config import BackboneSettings, DataSettings, EvalConfig, MixingSettings
 from trainers.data.datasets import DATASETS, ROOT_VARIABLE
+from trainers.limits import (
+    MAX_BATCH_SIZE,
+    MAX_CPUS_PER_WORKER,
+    MAX_EPOCHS,
+    MAX_GPUS_PER_WORKER,
+    MAX_SEED,
+    MAX_WORKERS_PER_TRIAL,
+)
 from trainers.recipes import RECIPES, get_recipe
 from trainers.validation import Location, Problem, StrictModel, raise_problems
 from trainers.vocabulary import (
@@ -38,6 +46,10 @@ from trainers.vocabulary import (
 
 MAX_SEEDS = 100
 MAX_TRIALS = 10_000
+# Values per grid axis, per match list and per search parameter; a real grid has a handful.
+MAX_LIST = 100
+# Override and exclude rules; Table 2's spec has three.
+MAX_RULES = 1_000
 # Shown when a cell fails TrainConfig validation; more would drown the first ones.
 _MAX_CELL_ERRORS = 10
 
@@ -114,24 +126,31 @@ class Grid(StrictModel):
     """The axes whose product gives the cells, and the seeds every cell is trained with."""
 
     dataset: Annotated[list[DatasetName], AfterValidator(_unique)] = Field(
-        min_length=1, description=f"data sets: {', '.join(DATASETS)}"
+        min_length=1, max_length=MAX_LIST, description=f"data sets: {', '.join(DATASETS)}"
     )
     backbone: Annotated[list[BackboneName], AfterValidator(_unique)] = Field(
         min_length=1,
+        max_length=MAX_LIST,
         description=f"backbones: {', '.join(DMSWEEP_BACKBONES)} or timm model names",
     )
     method: Annotated[list[MethodName], AfterValidator(_unique)] = Field(
-        min_length=1, description=f"mixing methods: {', '.join(METHODS)}"
+        min_length=1, max_length=MAX_LIST, description=f"mixing methods: {', '.join(METHODS)}"
     )
     loss: Annotated[list[LossName], AfterValidator(_unique)] = Field(
-        min_length=1, description=f"losses: {', '.join(LOSSES)}"
+        min_length=1, max_length=MAX_LIST, description=f"losses: {', '.join(LOSSES)}"
     )
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], AfterValidator(_unique)] = Field(
-        default_factory=lambda: [0],
-        min_length=1,
-        max_length=MAX_SEEDS,
-        description=f"seeds, one trial per cell each (1 to {MAX_SEEDS}, unique, >= 0)",
+    seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], AfterValidator(_unique)] = (
+        Field(
+            default_factory=lambda: [0],
+            min_length=1,
+            max_length=MAX_SEEDS,
+            description=f"seeds, one trial per cell each (1 to {MAX_SEEDS}, unique, >= 0)",
+        )
     )
+
+    def size(self) -> int:
+        """Cells of the axes' product, before exclusions."""
+        return len(self.dataset) * len(self.backbone) * len(self.method) * len(self.loss)
 
 
 class Hyperparameters(StrictModel):
@@ -164,10 +183,18 @@ class Hyperparameters(StrictModel):
 class Match(StrictModel):
     """Selects cells: every axis given must hold one of its values; absent axes match all."""
 
-    dataset: list[str] | None = Field(None, description="data set names (a name or a list)")
-    backbone: list[str] | None = Field(None, description="backbone names (a name or a list)")
-    method: list[str] | None = Field(None, description="method names (a name or a list)")
-    loss: list[str] | None = Field(None, description="loss names (a name or a list)")
+    dataset: list[str] | None = Field(
+        None, max_length=MAX_LIST, description="data set names (a name or a list)"
+    )
+    backbone: list[str] | None = Field(
+        None, max_length=MAX_LIST, description="backbone names (a name or a list)"
+    )
+    method: list[str] | None = Field(
+        None, max_length=MAX_LIST, description="method names (a name or a list)"
+    )
+    loss: list[str] | None = Field(
+        None, max_length=MAX_LIST, description="loss names (a name or a list)"
+    )
 
     @field_validator("dataset", "backbone", "method", "loss", mode="before")
     @classmethod
@@ -188,7 +215,17 @@ class CellSettings(Hyperparameters):
     recipe_overrides: dict[str, Any] = Field(
         default_factory=dict, description="recipe fields, merged over the spec's recipe_overrides"
     )
-    epochs: int | None = Field(None, ge=1, description="epochs of these cells")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="epochs of these cells")
+    mixing: MixingSettings | None = Field(
+        None, description="lambda_mode / saliency_detector of these cells (the ones given)"
+    )
+    source: str | None = Field(
+        None,
+        max_length=500,
+        description="where these settings come from (a paper line or a configuration's path): "
+        "epochs and recipe_overrides with a source are the paper's, and keep the cells "
+        "comparable with its numbers",
+    )
 
 
 class CellOverride(StrictModel):
@@ -220,24 +257,33 @@ class Scheduler(StrictModel):
     """Early stopping of trials: Ray Tune's ASHA."""
 
     type: Literal["asha"] = Field(description="asha (the only scheduler so far)")
-    grace_period: int = Field(1, ge=1, description="epochs every trial runs at least")
-    max_t: int | None = Field(None, ge=1, description="epochs at most; default: the spec's epochs")
+    grace_period: int = Field(
+        1, ge=1, le=MAX_EPOCHS, description="epochs every trial runs at least"
+    )
+    max_t: int | None = Field(
+        None, ge=1, le=MAX_EPOCHS, description="epochs at most; default: the spec's epochs"
+    )
     reduction_factor: float = Field(4, gt=1, description="ASHA's eta (Ray Tune's default 4)")
 
 
 class Search(StrictModel):
     """Optuna search per cell: one study per cell, named ``<sweep id>:<cell id>``."""
 
-    parameters: dict[SearchableName, list[float] | Range] = Field(
-        min_length=1,
-        description="each a list of values (categorical) or {low, high, log} (a range); lr and "
-        "weight_decay replace the recipe's",
+    parameters: dict[SearchableName, Annotated[list[float], Field(max_length=MAX_LIST)] | Range] = (
+        Field(
+            min_length=1,
+            description="each a list of values (categorical) or {low, high, log} (a range); lr and "
+            "weight_decay replace the recipe's",
+        )
     )
     sampler: Literal["grid", "tpe"] = Field(
         "tpe", description="grid (every parameter categorical) or tpe"
     )
     num_samples: int | None = Field(
-        None, ge=1, description="settings per cell and seed; default with grid: the grid's size"
+        None,
+        ge=1,
+        le=MAX_TRIALS,
+        description="settings per cell and seed; default with grid: the grid's size",
     )
     metric: str = Field(DEFAULT_SEARCH_METRIC, description="what the search optimises")
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
@@ -298,15 +344,22 @@ class Search(StrictModel):
 class Resources(StrictModel):
     """What each trial gets from the Ray cluster."""
 
-    workers_per_trial: int = Field(1, ge=1, description="data-parallel workers of one trial")
-    gpus_per_worker: float = Field(0, ge=0, description="GPUs per worker (0: CPU only)")
-    cpus_per_worker: float = Field(1, gt=0, description="CPUs per worker")
+    workers_per_trial: int = Field(
+        1, ge=1, le=MAX_WORKERS_PER_TRIAL, description="data-parallel workers of one trial"
+    )
+    gpus_per_worker: float = Field(
+        0, ge=0, le=MAX_GPUS_PER_WORKER, description="GPUs per worker (0: CPU only)"
+    )
+    cpus_per_worker: float = Field(1, gt=0, le=MAX_CPUS_PER_WORKER, description="CPUs per worker")
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="trials at once; null: as many as the cluster fits"
+        None, ge=1, le=MAX_TRIALS, description="trials at once; null: as many as the cluster fits"
     )
 
 
-_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# A sweep id is the name, a 16-character UTC stamp and maybe a suffix: well within the store's
+# 200-character ids and a file system's 255-byte folder names.
+MAX_NAME_LENGTH = 100
 
 
 class SweepSpec(StrictModel):
@@ -319,30 +372,50 @@ class SweepSpec(StrictModel):
             "backbone": ["smallnet"], "method": ["mixup"], "loss": ["mce", "dm_ce"]}})
     """
 
-    name: str = Field(description="letters, digits, '.', '_' and '-'")
+    name: str = Field(
+        description=f"letters, digits, '.', '_' and '-', not starting with '-'; at most "
+        f"{MAX_NAME_LENGTH} characters"
+    )
     grid: Grid = Field(description="the axes of the cells and the seeds")
     recipe: str = Field("cifar", description=f"training recipe: {', '.join(RECIPES)}")
     recipe_overrides: dict[str, Any] = Field(
         default_factory=dict, description="recipe fields replaced in every cell"
     )
-    epochs: int | None = Field(None, ge=1, description="default: the recipe's")
-    batch_size: int | None = Field(None, ge=1, description="global; default: the recipe's")
-    checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
+    epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: the recipe's")
+    batch_size: int | None = Field(
+        None, ge=1, le=MAX_BATCH_SIZE, description="global; default: the recipe's"
+    )
+    checkpoint_every: int = Field(1, ge=1, le=MAX_EPOCHS, description="epochs between checkpoints")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="what is measured")
+    mixing: MixingSettings = Field(
+        default_factory=MixingSettings,
+        description="how every cell's policy draws: lambda_mode (batch, as the paper's "
+        "configurations, or sample), saliency_detector",
+    )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters,
         description="alpha / eta / xi / t for every cell they apply to (over the defaults)",
     )
     overrides: list[CellOverride] = Field(
-        default_factory=list, description="per-cell settings; later ones win"
+        default_factory=list, max_length=MAX_RULES, description="per-cell settings; later ones win"
     )
-    exclude: list[Match] = Field(default_factory=list, description="cells left out")
+    exclude: list[Match] = Field(
+        default_factory=list, max_length=MAX_RULES, description="cells left out"
+    )
+    controls: bool = Field(
+        False,
+        description="also run, per DM cell, its control: the base loss (mce; mbce for dm_bce) at "
+        "the DM cell's alpha, cell id <dataset>/<backbone>/<method>/<loss>/control",
+    )
     data: dict[str, DataSettings] = Field(
         default_factory=dict,
+        max_length=MAX_LIST,
         description=f"per data set of the grid; default root: ${ROOT_VARIABLE}/<data set>",
     )
     backbones: dict[str, BackboneSettings] = Field(
-        default_factory=dict, description="per backbone of the grid: options, weights"
+        default_factory=dict,
+        max_length=MAX_LIST,
+        description="per backbone of the grid: options, weights",
     )
     search: Search | None = Field(None, description="Optuna search per cell; null: seeds only")
     resources: Resources = Field(default_factory=Resources, description="per trial")
@@ -366,27 +439,46 @@ class SweepSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, name: str) -> str:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError(
                 f"name may contain only letters, digits, '.', '_' and '-'; got {name!r}"
             )
+        if name.startswith("-"):
+            # The name becomes part of a command line (the Ray job's entrypoint), where a
+            # leading '-' reads as an option.
+            raise ValueError(f"name must not start with '-'; got {name!r}")
+        if len(name) > MAX_NAME_LENGTH:
+            raise ValueError(f"name has {len(name)} characters; at most {MAX_NAME_LENGTH}")
         return name
 
     @model_validator(mode="after")
     def _check(self) -> SweepSpec:
         problems = self._settings_problems()
         raise_problems(problems, "SweepSpec")  # the cells below need known names and a valid recipe
+        if self.grid.size() > MAX_TRIALS:
+            # Checked before any cell is built: the cost of expanding is bounded too.
+            axes = " x ".join(str(len(getattr(self.grid, axis))) for axis in AXES)
+            problems.append(
+                Problem(
+                    ("grid",),
+                    f"the axes make {axes} = {self.grid.size():,} cells; at most {MAX_TRIALS:,}",
+                )
+            )
+            raise_problems(problems, "SweepSpec")
         cells = expand(self)
+        samples = self.search.num_samples if self.search is not None else None
+        trials = len(cells) * len(self.grid.seeds) * (samples or 1)
         if not cells:
             problems.append(
                 Problem(("exclude",), "the exclude rules remove every cell of the grid")
             )
-        elif len(cells) * len(self.grid.seeds) > MAX_TRIALS:
+        elif trials > MAX_TRIALS:
+            per_cell = f" x {samples} settings" if samples else ""
             problems.append(
                 Problem(
                     ("grid",),
-                    f"{len(cells)} cells x {len(self.grid.seeds)} seeds = "
-                    f"{len(cells) * len(self.grid.seeds)} trials; at most {MAX_TRIALS:,}",
+                    f"{len(cells)} cells x {len(self.grid.seeds)} seeds{per_cell} = "
+                    f"{trials:,} trials; at most {MAX_TRIALS:,}",
                 )
             )
         raise_problems(problems, "SweepSpec")
@@ -419,6 +511,14 @@ class SweepSpec(StrictModel):
             )
             return problems
         problems += _recipe_problems(self.recipe, self.recipe_overrides, ("recipe_overrides",))
+        if self.controls and self.search is not None and "alpha" in self.search.parameters:
+            problems.append(
+                Problem(
+                    ("controls",),
+                    "a control runs the base loss at its DM cell's alpha, but search.parameters "
+                    "tunes alpha per cell: drop one of the two",
+                )
+            )
         for index, override in enumerate(self.overrides):
             loc: Location = ("overrides", index, "set", "recipe_overrides")
             own = _non_finite(override.set.recipe_overrides, loc)

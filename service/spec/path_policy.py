@@ -82,9 +82,8 @@ def path_problems(
         problems.append(
             Problem(
                 ("tracking_uri",),
-                "the service tracks every sweep in its own MLflow "
-                f"({tracking_uri or 'its store'}); leave tracking_uri out "
-                f"(got {spec.tracking_uri!r})",
+                # The service's URI is not shown: it may hold a password.
+                "the service tracks every sweep in its own MLflow; leave tracking_uri out",
             )
         )
     if spec.search is not None and spec.search.storage is not None:

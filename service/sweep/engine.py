@@ -41,14 +41,21 @@ from service.spec.capacity import autoscaling_nodes, resource_problems
 from service.spec.cells import expand, search_space, study_name, total_trials
 from service.spec.data_check import data_problems
 from service.spec.model import SweepSpec
-from service.sweep.callbacks import SweepCallback
+from service.sweep.callbacks import SweepCallback, backfill_write, send_pending
 from service.sweep.ray_setup import SLOT, ray_init_options
 from service.sweep.ray_workarounds import PlacementGroupReaper
 from service.sweep.scheduler import StudyASHA
 from service.sweep.searcher import CellStudies, StudyPlan
 from service.sweep.trial import SweepContext, build_context, run_trial
+from service.tracking.outbox import Outbox
 from service.tracking.provenance import git_commit
-from service.tracking.store import Tracking, default_artifact_location, default_tracking_uri
+from service.tracking.store import (
+    Tracking,
+    best_effort,
+    default_artifact_location,
+    default_tracking_uri,
+    prepare_store,
+)
 from service.tracking.sweep_runs import finish_sweep, reopen_sweep, start_sweep
 from trainers.validation import describe
 
@@ -228,39 +235,60 @@ def create_sweep(
 ) -> SweepFolder:
     """A new sweep folder with the spec and its state; the MLflow parent run.
 
-    ``sweep_id`` is given by the sweep service, which names a sweep when it is submitted; a
-    sweep of that id must not exist yet.
+    ``sweep_id`` is given by the sweep service, which names a sweep when it is submitted.
+    Creating it is idempotent until the sweep exists (its ``sweep.json`` is written last): a
+    first job that died during set-up left a folder without it, and the next attempt completes
+    that folder (and finds the parent run that attempt may have made) instead of refusing it.
+    A sweep that exists is refused, naming ``dmsweep resume``.
     """
     problems = data_problems(spec)
     if problems:
         raise SpecError(describe(problems))
     root = Path(storage_path or spec.storage_path).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
+    given = sweep_id is not None
     sweep_id = sweep_id or new_sweep_id(spec.name, root)
     folder = SweepFolder(root / sweep_id)
+    if folder.state_file.is_file():
+        raise SpecError(
+            f"sweep {sweep_id} already exists in {root}; continue it with "
+            f"`dmsweep resume {sweep_id}`"
+        )
     try:
-        folder.path.mkdir()
+        folder.path.mkdir(exist_ok=given)
     except FileExistsError:
         raise SpecError(f"sweep {sweep_id} already exists in {root}") from None
     folder.spec_file.write_text(spec_text)
     uri = tracking_uri or spec.tracking_uri or default_tracking_uri(root)
+    prepare_store(uri)  # a fresh SQLite store, migrated once whoever opens it first
     artifacts = None
     if uri.startswith("sqlite:") and not (tracking_uri or spec.tracking_uri):
         artifacts = default_artifact_location(root, spec.name)
-    track = start_sweep(
-        uri=uri,
-        experiment=spec.name,
-        sweep_id=sweep_id,
-        spec_file=folder.spec_file,
-        tags={"dmsweep.spec": spec.name, "dmsweep.search": str(spec.search is not None)},
-        artifact_location=artifacts,
+    tags = {"dmsweep.spec": spec.name, "dmsweep.search": str(spec.search is not None)}
+    # MLflow down: the sweep runs all the same; its parent run waits in the outbox, and its
+    # trials get their runs (with their final metrics) once it exists (``finish``).
+    track = best_effort(
+        lambda: start_sweep(
+            uri=uri,
+            experiment=spec.name,
+            sweep_id=sweep_id,
+            spec_file=folder.spec_file,
+            tags=tags,
+            artifact_location=artifacts,
+            attempts=1,
+        ),
+        f"the parent run of sweep {sweep_id}",
     )
+    if track is None:
+        parent: dict[str, object] = {"op": "sweep_run", "uri": uri, "experiment": spec.name}
+        parent |= {"sweep_id": sweep_id, "tags": tags, "spec_file": str(folder.spec_file)}
+        Outbox(folder.tracking_outbox_dir).add({**parent, "artifact_location": artifacts})
     folder.write_state(
         SweepInfo(
             sweep_id=sweep_id,
             name=spec.name,
             status=SweepStatus.CREATED,
-            tracking=asdict(track),
+            tracking=asdict(track) if track is not None else None,
             git_commit=git_commit(),
         )
     )
@@ -280,12 +308,12 @@ def execute(
     line's display and the sweep service do. ``callbacks`` are Tune callbacks of a new sweep's
     run (a benchmark's timers); a resumed sweep keeps those of its first run.
     """
-    state = folder.read_state()
     spec = folder.read_spec()
     preflight(spec, address)  # a resumed sweep's data may have moved since it started
-    track = Tracking(**state.tracking) if state.tracking else None
+    track = send_pending(folder)  # what waited for MLflow (a parent run made late, ...)
     if resume and track is not None:
-        reopen_sweep(track)
+        reopen = track  # bound for the lambda (mypy)
+        best_effort(lambda: reopen_sweep(reopen, attempts=1), "reopening the parent run")
     context = build_context(spec, folder, track)
     if resume and tune.Tuner.can_restore(str(folder.path)):
         tuner = _restore(folder, context)
@@ -305,7 +333,8 @@ def execute(
         tuner.fit()
     except KeyboardInterrupt:
         interrupted = True
-    return finish(folder, spec, interrupted=interrupted, track=track)
+    # Trials that ran without a parent run get their child runs once it exists.
+    return finish(folder, spec, interrupted=interrupted, track=track, backfill=track is None)
 
 
 def finish(
@@ -314,8 +343,14 @@ def finish(
     *,
     interrupted: bool,
     track: Tracking | None,
+    backfill: bool = False,
 ) -> SweepOutcome:
-    """Results and report from the trial records; the parent run closed unless interrupted."""
+    """Results and report from the trial records; the parent run closed unless interrupted.
+
+    MLflow is written best-effort: what it does not take waits in the sweep's outbox, sent at
+    the next ``execute`` of the sweep (``dmsweep resume`` of an ended sweep sends it too).
+    ``backfill``: the trials ran without a parent run; each gets a child run now.
+    """
     records = folder.records()
     # Every trial that ends gets a record; Tune returns early, without error, on Ctrl-C.
     interrupted = interrupted or len(records) < total_trials(spec)
@@ -334,8 +369,37 @@ def finish(
     )
     folder.update_state(status=status, counts=counts)
     problems: list[str] = []
-    if track is not None and not interrupted:
-        problems = finish_sweep(track, outputs, counts, status="FAILED" if failed else "FINISHED")
+    if not interrupted:
+        outbox = Outbox(folder.tracking_outbox_dir)
+        if backfill:
+            for record in records:
+                outbox.add(backfill_write(record))
+        track = send_pending(folder) or track
+        run_status = "FAILED" if failed else "FINISHED"
+        sent = None
+        if track is not None and not outbox.pending():
+            done = track  # bound for the lambda (mypy)
+            sent = best_effort(
+                lambda: finish_sweep(done, outputs, counts, run_status, attempts=1),
+                "closing the parent run",
+            )
+        if sent is None:
+            outbox.add(
+                {
+                    "op": "finish_sweep",
+                    "outputs": {k: str(v) for k, v in outputs.items()},
+                    "counts": counts,
+                    "status": run_status,
+                }
+            )
+            send_pending(folder)
+        problems = sent or []
+        left = len(outbox.pending())
+        if left:
+            problems.append(
+                f"MLflow did not take {left} writes; they wait in {outbox.folder} and are "
+                f"sent by `dmsweep resume {folder.sweep_id}`"
+            )
         folder.update_state(tracking_problems=problems)
     return SweepOutcome(folder, counts, interrupted, outputs, best, problems)
 

@@ -7,11 +7,13 @@ cluster's State API is: ``service.sweep.ray_workarounds.state_api_env`` says why
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from typing import Any
 
 from service.sweep.ray_workarounds import state_api_env
+from service.tracking.uri import TRACKING_URI_ENV
 
 # Ray Train's controller polls its workers this often (default 2 s) and each ``report`` waits
 # for a poll: 0.2 s saved ~1.5-1.9 s per 1-epoch trial here, more with more epochs
@@ -33,6 +35,12 @@ def _is_gcs_address(address: str) -> bool:
     return bool(host) and "://" not in address and port.isdigit()
 
 
+def _job_env_vars() -> dict[str, str]:
+    """The variables a Ray job's runtime env gives its driver and workers (none outside a job)."""
+    config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    return (config.get("runtime_env") or {}).get("env_vars") or {}
+
+
 def ray_init_options(
     address: str | None = None,
     *,
@@ -48,6 +56,12 @@ def ray_init_options(
     """
     interval = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     env: dict[str, str] = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}
+    # The tracking URI's credentials reach the trials through their environment only
+    # (service.tracking.uri). A job of the sweep service has them in its runtime env already,
+    # and Ray refuses a variable that the job's and ray.init's runtime envs both name.
+    tracking_uri = os.environ.get(TRACKING_URI_ENV)
+    if tracking_uri and TRACKING_URI_ENV not in _job_env_vars():
+        env[TRACKING_URI_ENV] = tracking_uri
     options: dict[str, Any] = {
         "runtime_env": {"env_vars": env},
         "log_to_driver": False,  # each trial has its own log in the sweep folder

@@ -23,7 +23,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState, numbers
-from service.spec.cells import AXES, Cell, expand, train_config
+from service.spec.cells import AXES, comparable, expand, train_config
 from service.spec.model import SweepSpec
 from service.sweep.worker import append_log, train_loop_per_worker
 from service.tracking.store import Tracking
@@ -53,6 +53,7 @@ class CellRun:
     epochs: int
     hyperparameters: dict[str, float]
     comparable: bool  # the paper's recipe as is: its number compares with ours
+    lambda_mode: str  # one lambda per batch (the paper's configurations) or per sample
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,7 @@ def trial_record(
         recipe=cell.recipe,
         epochs=cell.epochs,
         comparable=cell.comparable,
+        lambda_mode=cell.lambda_mode,
         hyperparameters={**cell.hyperparameters, **params},
         metrics=numbers(metrics or {}),
         error=error,
@@ -195,6 +197,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             params=_flat_params(trial, params),
             trial_yaml=trial_yaml(trial.model_dump(mode="json")),
             log=lambda line: append_log(log_path, line),
+            outbox=folder.tracking_outbox_dir,  # MLflow down: the run is made later
         )
     gpus = context.gpus_per_worker
     trainer = TorchTrainer(
@@ -254,18 +257,6 @@ def _resolve_data_roots(config: TrainConfig) -> TrainConfig:
     return config.model_copy(update={"data": data.model_copy(update={"root": root})})
 
 
-def _comparable(spec: SweepSpec, cell: Cell) -> bool:
-    """Whether the paper's number for the cell compares with ours: the paper's recipe as is."""
-    data = spec.data.get(cell.dataset)
-    return (
-        cell.dataset != "synthetic"
-        and cell.epochs is None
-        and not cell.recipe_overrides
-        and spec.batch_size is None
-        and (data is None or (data.subset is None and data.label_fraction is None))
-    )
-
-
 def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None) -> SweepContext:
     """Every trial's TrainConfig and identity, resolved once in the driver."""
     configs: dict[str, dict[str, Any]] = {}
@@ -283,7 +274,8 @@ def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None) 
             recipe=spec.recipe,
             epochs=cell.epochs or recipe.epochs,
             hyperparameters=dict(cell.hyperparameters),
-            comparable=_comparable(spec, cell),
+            comparable=comparable(spec, cell),
+            lambda_mode=cell.mixing.lambda_mode,
         )
     resources = spec.resources
     return SweepContext(

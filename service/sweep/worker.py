@@ -44,7 +44,7 @@ def append_log(path: Path, line: str) -> None:
 
 
 def _epoch_line(metrics: dict[str, float]) -> str:
-    shown = ("train_loss", "val_top1", "val_top5", "lr", "epoch_time_s")
+    shown = ("train_loss", "val_top1", "val_top5", "val_top1_ema", "lr", "epoch_time_s")
     values = ", ".join(f"{k} {metrics[k]:.4g}" for k in shown if k in metrics)
     summary = ", ".join(f"{k} {metrics[k]:.4g}" for k in SUMMARY_METRICS if k in metrics)
     return f"epoch {int(metrics['epoch'])}: {values}" + (f"; {summary}" if summary else "")
@@ -68,7 +68,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     logger = None
     if main and config.get("tracking") and config.get("run_id"):
-        logger = TrialLogger(Tracking(**config["tracking"]), config["run_id"], log)
+        logger = TrialLogger(
+            Tracking(**config["tracking"]), config["run_id"], log, folder.tracking_outbox_dir
+        )
         logger.log_provenance()
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:

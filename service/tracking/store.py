@@ -9,15 +9,20 @@ under the sweep's storage path: no server to start.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 from mlflow import MlflowClient
+
+from service.tracking.uri import with_credentials
 
 ARTIFACT_ERROR_TAG = "dmsweep.artifact_error"
 # Errors of a local artifact store that a retry would meet again (a path under a regular file,
@@ -40,6 +45,65 @@ def default_tracking_uri(storage_path: Path) -> str:
     return f"sqlite:///{storage_path.resolve() / 'mlflow.db'}"
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI; None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+_PREPARED: set[str] = set()
+
+
+def prepare_store(uri: str) -> None:
+    """Make a SQLite tracking store ready for many concurrent writers, once per file.
+
+    MLflow creates and migrates a new SQLite store the first time a client opens it, without
+    any lock: two sweep drivers opening a fresh store at once both ran the migrations, and one
+    failed (``sqlite3.OperationalError: duplicate column name: step``). Here the first opener
+    does it under an exclusive lock on ``<file>.lock``, and the others wait and find it done.
+    The file is also switched to write-ahead logging, which lets readers (the UI, the service)
+    and writers proceed together; MLflow's own sessions wait up to 20 s for a writer's lock
+    (``busy_timeout``). Other stores (a tracking server, PostgreSQL) are left as they are.
+    """
+    path = sqlite_file(uri)
+    if path is None or uri in _PREPARED:
+        return
+    path = path.expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            connection = sqlite3.connect(path, timeout=60)
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")  # kept by the file from now on
+            finally:
+                connection.close()
+            retrying(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1))
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _PREPARED.add(uri)
+
+
+def reachable(uri: str, timeout_s: float = 2.0) -> bool | None:
+    """Whether the tracking store answers now (readiness).
+
+    A server's ``/health``, a SQLite file's folder; None for a store this does not check (a
+    database URL).
+    """
+    if uri.startswith(("http://", "https://")):
+        try:
+            response = httpx.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+    path = sqlite_file(uri)
+    if path is not None:
+        return path.is_file() or path.parent.is_dir()
+    return None
+
+
 def default_artifact_location(storage_path: Path, experiment: str) -> str:
     """Artifacts of the embedded store: a folder per experiment beside the sweeps."""
     return (storage_path.resolve() / "mlartifacts" / experiment).as_uri()
@@ -55,8 +119,8 @@ class Tracking:
     sweep_id: str
 
     def client(self) -> MlflowClient:
-        """A client bound to this store."""
-        return MlflowClient(tracking_uri=self.uri)
+        """A client bound to this store (``uri`` is stored redacted; see ``tracking.uri``)."""
+        return MlflowClient(tracking_uri=with_credentials(self.uri))
 
 
 def retrying(call: Callable[[], T], attempts: int = 5, wait_s: float = 0.5) -> T:
@@ -69,6 +133,27 @@ def retrying(call: Callable[[], T], attempts: int = 5, wait_s: float = 0.5) -> T
                 raise
             time.sleep(wait_s * 2**attempt)
     raise AssertionError("unreachable")
+
+
+def best_effort(
+    call: Callable[[], T],
+    what: str,
+    log: Callable[[str], None] = logger.warning,
+    attempts: int = 3,
+) -> T | None:
+    """``call()`` with bounded waiting, or None (told to ``log``) when MLflow did not take it.
+
+    Requests fail fast (``quick_http``: no client-side retries, 10 s timeout) and are tried
+    ``attempts`` times: with the server down that is about 1.5 s, with one that never answers
+    about ``attempts`` x 10 s. An MLflow outage never ends or holds a sweep; the caller keeps
+    what was not sent (``service.tracking.outbox``).
+    """
+    try:
+        with quick_http():
+            return retrying(call, attempts)
+    except Exception as error:
+        log(f"tracking: {what} waits for MLflow: {type(error).__name__}: {str(error)[:500]}")
+        return None
 
 
 @contextlib.contextmanager
@@ -93,7 +178,8 @@ def quick_http() -> Iterator[None]:
 def artifact_error(client: MlflowClient, run_id: str, artifact: str, error: Exception) -> str:
     """Tag a run with an artifact it does not have and why; the message."""
     message = f"artifact {artifact} was not stored: {error}"
-    # When the tracking store is down too, the caller still logs the message.
-    with contextlib.suppress(Exception):
+    # When the tracking store is down too, the caller still logs the message (at once: the
+    # client's own retries of this tag held a trial's end for minutes).
+    with contextlib.suppress(Exception), quick_http():
         client.set_tag(run_id, f"{ARTIFACT_ERROR_TAG}.{artifact}", str(error)[:5000])
     return message

@@ -19,8 +19,10 @@ from mlflow.entities import Metric
 
 from service.tracking.provenance import provenance
 from service.tracking.store import Tracking, artifact_error, retrying
+from service.tracking.uri import redacted, remember
 
 SWEEP_ID_TAG = "dmsweep.sweep_id"
+KIND_TAG = "dmsweep.kind"
 
 logger = logging.getLogger(__name__)
 
@@ -47,29 +49,55 @@ def start_sweep(
     spec_file: Path,
     tags: Mapping[str, str],
     artifact_location: str | None = None,
+    attempts: int = 5,
 ) -> Tracking:
-    """Create the sweep's parent run (and its experiment when new); where it is."""
+    """Create the sweep's parent run (and its experiment when new); where it is.
+
+    Idempotent: a parent run of the sweep that exists (made by an earlier attempt) is reused.
+    """
     client = MlflowClient(tracking_uri=uri)
-    experiment_id = retrying(lambda: _experiment_id(client, experiment, artifact_location))
-    run = retrying(
-        lambda: client.create_run(
-            experiment_id,
-            run_name=sweep_id,
-            tags={SWEEP_ID_TAG: sweep_id, "dmsweep.kind": "sweep", **tags, **provenance()},
-        )
+    experiment_id = retrying(
+        lambda: _experiment_id(client, experiment, artifact_location), attempts
     )
+    # A first attempt of a service-named sweep that died during set-up may have made it.
+    run_id = find_sweep_run(client, experiment_id, sweep_id, attempts)
+    if run_id is None:
+        run_id = retrying(
+            lambda: client.create_run(
+                experiment_id,
+                run_name=sweep_id,
+                tags={SWEEP_ID_TAG: sweep_id, KIND_TAG: "sweep", **tags, **provenance()},
+            ),
+            attempts,
+        ).info.run_id
     try:
-        retrying(lambda: client.log_artifact(run.info.run_id, str(spec_file)))
+        retrying(lambda: client.log_artifact(run_id, str(spec_file)), attempts)
     except Exception as error:  # the spec is in the sweep folder all the same
-        problem = artifact_error(client, run.info.run_id, spec_file.name, error)
+        problem = artifact_error(client, run_id, spec_file.name, error)
         logger.warning("tracking: %s", problem)
-    return Tracking(uri, experiment_id, run.info.run_id, sweep_id)
+    # Stored in sweep.json and the trials' configs: without credentials (tracking.uri).
+    return Tracking(remember(uri), experiment_id, run_id, sweep_id)
 
 
-def reopen_sweep(tracking: Tracking) -> None:
+def find_sweep_run(
+    client: MlflowClient, experiment_id: str, sweep_id: str, attempts: int = 5
+) -> str | None:
+    """The parent run of a sweep, or None (sweep ids are names: no quotes inside)."""
+    found = retrying(
+        lambda: client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{SWEEP_ID_TAG}` = '{sweep_id}' and tags.`{KIND_TAG}` = 'sweep'",
+            max_results=1,
+        ),
+        attempts,
+    )
+    return found[0].info.run_id if found else None
+
+
+def reopen_sweep(tracking: Tracking, attempts: int = 5) -> None:
     """Mark a resumed sweep's parent run as running again."""
     client = tracking.client()
-    retrying(lambda: client.update_run(tracking.parent_run_id, status="RUNNING"))
+    retrying(lambda: client.update_run(tracking.parent_run_id, status="RUNNING"), attempts)
 
 
 def finish_sweep(
@@ -77,6 +105,7 @@ def finish_sweep(
     outputs: Mapping[str, Path],
     counts: Mapping[str, int],
     status: str = "FINISHED",
+    attempts: int = 5,
 ) -> list[str]:
     """Attach the results and report to the parent run and close it; the artifacts it lacks.
 
@@ -90,20 +119,25 @@ def finish_sweep(
             log = functools.partial(
                 client.log_artifact, tracking.parent_run_id, str(path), "report"
             )
-            retrying(log)
+            retrying(log, attempts)
         except Exception as error:
             problems.append(artifact_error(client, tracking.parent_run_id, "report", error))
             logger.warning("tracking: %s", problems[-1])
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
-    retrying(lambda: client.log_batch(tracking.parent_run_id, metrics=metrics))
-    retrying(lambda: client.set_terminated(tracking.parent_run_id, status=status))
+    retrying(lambda: client.log_batch(tracking.parent_run_id, metrics=metrics), attempts)
+    retrying(lambda: client.set_terminated(tracking.parent_run_id, status=status), attempts)
     return problems
 
 
-def run_url(tracking: Tracking) -> str:
-    """Where the parent run is shown in the MLflow UI (relative for a local store)."""
+def run_url(tracking: Tracking, ui: str | None = None) -> str:
+    """Where the MLflow UI at ``ui`` shows the parent run.
+
+    Default: the tracking server without its credentials; a relative link for a local store.
+    """
     path = f"#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
-    if tracking.uri.startswith(("http://", "https://")):
-        return f"{tracking.uri.rstrip('/')}/{path}"
-    return path
+    # sweep.json files written before URIs were stored redacted may still hold credentials.
+    base = ui or (
+        redacted(tracking.uri) if tracking.uri.startswith(("http://", "https://")) else None
+    )
+    return f"{base.rstrip('/')}/{path}" if base else path

@@ -17,10 +17,13 @@ storage path: no server to start.
 
 Writes from a trial are buffered: when the tracking server cannot be reached, training goes on,
 metrics wait and are sent with the next epoch's; whatever still cannot be sent when the trial
-ends is written, by name and epoch, to the trial's log. An artifact that cannot be stored (the
-trial's YAML, the checkpoint, the learning curve, the sweep's report) never fails the trial or
-the sweep: the error, with the path it names, goes to the trial's log and to a tag
-``dmsweep.artifact_error.<artifact>`` of the run.
+ends waits in the sweep's ``tracking_outbox`` (``service.tracking.outbox``) for the sweep's
+driver to send, as does a child run MLflow could not create when the trial started (the trial
+then trains untracked, and its run gets its final metrics). Every wait is bounded. An
+artifact of a trial that cannot be stored (its YAML, the checkpoint, the learning curve)
+never fails the trial or the sweep, and is not sent later: the error, with
+the path it names, goes to the trial's log and to a tag ``dmsweep.artifact_error.<artifact>``
+of the run.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from mlflow.utils.validation import (
 )
 
 from service.tracking.provenance import provenance
-from service.tracking.store import Tracking, artifact_error, quick_http, retrying
+from service.tracking.store import Tracking, artifact_error, best_effort, quick_http, retrying
 from service.tracking.sweep_runs import SWEEP_ID_TAG
 
 TRIAL_ID_TAG = "dmsweep.trial_id"
@@ -67,17 +70,59 @@ def flatten(value: Any, prefix: str = "") -> dict[str, str]:
     return {prefix[:MAX_ENTITY_KEY_LENGTH]: str(value)[:MAX_PARAM_VAL_LENGTH]}
 
 
-def find_trial_run(tracking: Tracking, trial_id: str) -> str | None:
-    """The child run of a Tune trial, or None before it has one."""
+def find_trial_run(tracking: Tracking, trial_id: str, attempts: int = 5) -> str | None:
+    """The child run of a Tune trial of this sweep, or None before it has one.
+
+    The experiment is shared by every sweep of a spec, and Tune's grid trial ids repeat across
+    sweeps (a 20-bit random prefix): the sweep id is part of the filter. Both are names the
+    spec and Tune allow (letters, digits, ``-``, ``_``), never quotes.
+    """
     client = tracking.client()
     found = retrying(
         lambda: client.search_runs(
             [tracking.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}'",
+            filter_string=(
+                f"tags.`{SWEEP_ID_TAG}` = '{tracking.sweep_id}' "
+                f"and tags.`{TRIAL_ID_TAG}` = '{trial_id}'"
+            ),
             max_results=1,
-        )
+        ),
+        attempts,
     )
     return found[0].info.run_id if found else None
+
+
+def create_child_run(
+    tracking: Tracking,
+    plan: Mapping[str, Any],
+    attempts: int = 5,
+    log: Callable[[str], None] = logger.warning,
+) -> str:
+    """Create a trial's child run from ``plan`` (trial_id, name, tags, params, trial_yaml)."""
+    client = tracking.client()
+    run = retrying(
+        lambda: client.create_run(
+            tracking.experiment_id,
+            run_name=plan["name"],
+            tags={
+                PARENT_TAG: tracking.parent_run_id,
+                SWEEP_ID_TAG: tracking.sweep_id,
+                TRIAL_ID_TAG: plan["trial_id"],
+                **plan["tags"],
+            },
+        ),
+        attempts,
+    )
+    run_id = run.info.run_id
+    items = [Param(k, v) for k, v in plan["params"].items()]
+    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        chunk = items[start : start + MAX_PARAMS_TAGS_PER_BATCH]
+        retrying(functools.partial(client.log_batch, run_id, params=chunk), attempts)
+    try:
+        retrying(lambda: client.log_text(run_id, plan["trial_yaml"], "trial.yaml"), attempts)
+    except Exception as error:
+        log(f"tracking: {artifact_error(client, run_id, 'trial.yaml', error)}")
+    return run_id
 
 
 def child_run(
@@ -89,48 +134,50 @@ def child_run(
     params: Mapping[str, str],
     trial_yaml: str,
     log: Callable[[str], None] = logger.warning,
-) -> str:
-    """The child run of a Tune trial; its run id.
+    outbox: Path | None = None,
+) -> str | None:
+    """The child run of a Tune trial; its run id, or None when MLflow did not answer.
 
-    Found by the trial id when it exists (a resumed trial), created otherwise. ``log`` is told
-    when the trial's YAML cannot be stored (the trial goes on without it).
+    Found by the trial id when it exists (a resumed trial), created otherwise. Waiting is
+    bounded (``best_effort``): a trial never waits long for MLflow to start. Without an answer
+    the trial trains untracked, and its run is kept in ``outbox`` (the sweep's
+    ``tracking_outbox``) for the sweep's driver to create later, with the trial's final metrics.
+    ``log`` is told what was not stored.
     """
-    client = tracking.client()
-    found = find_trial_run(tracking, trial_id)
-    if found is not None:
-        retrying(lambda: client.update_run(found, status="RUNNING"))
-        return found
-    run = retrying(
-        lambda: client.create_run(
-            tracking.experiment_id,
-            run_name=name,
-            tags={
-                PARENT_TAG: tracking.parent_run_id,
-                SWEEP_ID_TAG: tracking.sweep_id,
-                TRIAL_ID_TAG: trial_id,
-                **tags,
-            },
-        )
-    )
-    run_id = run.info.run_id
-    items = [Param(k, v) for k, v in params.items()]
-    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        chunk = items[start : start + MAX_PARAMS_TAGS_PER_BATCH]
-        retrying(functools.partial(client.log_batch, run_id, params=chunk))
-    try:
-        retrying(lambda: client.log_text(run_id, trial_yaml, "trial.yaml"))
-    except Exception as error:
-        log(f"tracking: {artifact_error(client, run_id, 'trial.yaml', error)}")
+    plan: dict[str, Any] = {
+        "op": "trial_run",
+        "trial_id": trial_id,
+        "name": name,
+        "tags": dict(tags),
+        "params": dict(params),
+        "trial_yaml": trial_yaml,
+    }
+
+    def find_or_create() -> str:
+        found = find_trial_run(tracking, trial_id, attempts=1)
+        if found is not None:
+            tracking.client().update_run(found, status="RUNNING")
+            return found
+        return create_child_run(tracking, plan, attempts=1, log=log)
+
+    run_id = best_effort(find_or_create, f"the child run of trial {trial_id}", log)
+    if run_id is None and outbox is not None:
+        from service.tracking.outbox import BACKFILLED_TAG, Outbox  # it sends through here
+
+        plan["tags"][BACKFILLED_TAG] = "final metrics only: MLflow was down when it started"
+        Outbox(outbox).add(plan)
     return run_id
 
 
-def end_trial_run(tracking: Tracking, run_id: str, error: str | None = None) -> None:
+def end_trial_run(
+    tracking: Tracking, run_id: str, error: str | None = None, attempts: int = 5
+) -> None:
     """Close a child run: FINISHED, or FAILED with the reason as a tag."""
     client = tracking.client()
     if error is not None:
-        retrying(lambda: client.set_tag(run_id, "dmsweep.error", error[:5000]))
+        retrying(lambda: client.set_tag(run_id, "dmsweep.error", error[:5000]), attempts)
     status = RunStatus.to_string(RunStatus.FAILED if error is not None else RunStatus.FINISHED)
-    retrying(lambda: client.set_terminated(run_id, status=status))
+    retrying(lambda: client.set_terminated(run_id, status=status), attempts)
 
 
 @dataclass
@@ -140,6 +187,8 @@ class TrialLogger:
     tracking: Tracking
     run_id: str
     log: Callable[[str], None] = print
+    # the sweep's tracking_outbox: what is still unsent at the end is sent later from there
+    outbox: Path | None = None
     pending: list[Metric] = field(default_factory=list)
     _client: MlflowClient | None = field(default=None, repr=False)
 
@@ -167,10 +216,7 @@ class TrialLogger:
     def log_provenance(self) -> None:
         """Code, packages and hardware of the process that trains (rank 0's node)."""
         tags = [RunTag(k, v) for k, v in provenance().items()]
-        try:
-            retrying(lambda: self.client.log_batch(self.run_id, tags=tags))
-        except Exception as error:
-            self.log(f"tracking: provenance not stored: {error}")
+        best_effort(lambda: self.client.log_batch(self.run_id, tags=tags), "provenance", self.log)
 
     def log_epoch(self, metrics: Mapping[str, float]) -> None:
         """Per-epoch metrics, step = epoch; sent now or with a later epoch (never waits)."""
@@ -182,7 +228,8 @@ class TrialLogger:
     def log_artifacts(self, folder: str, artifact_path: str) -> None:
         """A folder of files (the final checkpoint)."""
         try:
-            retrying(lambda: self.client.log_artifacts(self.run_id, folder, artifact_path))
+            with quick_http():
+                retrying(lambda: self.client.log_artifacts(self.run_id, folder, artifact_path), 3)
         except Exception as error:
             self.log(f"tracking: {artifact_error(self.client, self.run_id, artifact_path, error)}")
 
@@ -191,14 +238,18 @@ class TrialLogger:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self._flush(attempts=6)  # metrics still waiting would be missing from the curve
+        self._flush(attempts=3, quick=True)  # metrics still waiting would miss the curve
+        if self.pending:
+            self.log("tracking: no learning curve, MLflow does not have every epoch yet")
+            return
         try:
-            history = {
-                name: sorted(
-                    (m.step, m.value) for m in self.client.get_metric_history(self.run_id, name)
-                )
-                for name in CURVE_METRICS
-            }
+            with quick_http():
+                history = {
+                    name: sorted(
+                        (m.step, m.value) for m in self.client.get_metric_history(self.run_id, name)
+                    )
+                    for name in CURVE_METRICS
+                }
         except Exception as error:
             self.log(f"tracking: no learning curve, the history is not readable: {error}")
             return
@@ -217,21 +268,52 @@ class TrialLogger:
             path = Path(folder) / "learning_curve.png"
             path.write_bytes(buffer.getvalue())
             try:
-                retrying(lambda: self.client.log_artifact(self.run_id, str(path)))
+                with quick_http():
+                    retrying(lambda: self.client.log_artifact(self.run_id, str(path)), 3)
             except Exception as error:
                 problem = artifact_error(self.client, self.run_id, path.name, error)
                 self.log(f"tracking: {problem}")
 
     def close(self, error: str | None = None) -> list[str]:
-        """Send what waits (trying harder), close the run; what could not be sent, if any."""
-        self._flush(attempts=6)
+        """Send what waits (trying harder, within bounds), close the run; what was lost.
+
+        With an ``outbox``, what MLflow still does not take (metrics, the run's end) is left
+        there for the sweep's driver to send later: nothing is lost. Without one, the metric
+        values that could not be sent are named in the log and a tag of the run.
+        """
+        self._flush(attempts=3, quick=True)
+        status = RunStatus.to_string(RunStatus.FAILED if error is not None else RunStatus.FINISHED)
+        if self.outbox is not None:
+            from service.tracking.outbox import Outbox, metrics_write
+
+            def end() -> bool:
+                end_trial_run(self.tracking, self.run_id, error, attempts=1)
+                return True
+
+            closed = not self.pending and best_effort(end, "closing the run", self.log)
+            if not closed:
+                outbox = Outbox(self.outbox)
+                if self.pending:
+                    outbox.add(metrics_write(self.run_id, self.pending))
+                    self.log(
+                        f"tracking: {len(self.pending)} metric values wait in "
+                        f"{self.outbox} for MLflow; the sweep's driver sends them"
+                    )
+                tags = {"dmsweep.error": error[:5000]} if error is not None else {}
+                outbox.add(
+                    {"op": "close_run", "run_id": self.run_id, "status": status, "tags": tags}
+                )
+                self.pending = []
+            return []
         lost = [f"{m.key}@epoch{m.step}" for m in self.pending]
         if lost:
             self.log("tracking: these metric values could not be sent: " + ", ".join(lost))
         try:
-            if lost:
-                self.client.set_tag(self.run_id, "dmsweep.lost_metrics", ", ".join(lost)[:5000])
-            end_trial_run(self.tracking, self.run_id, error)
+            with quick_http():
+                if lost:
+                    tag = ", ".join(lost)[:5000]
+                    retrying(lambda: self.client.set_tag(self.run_id, "dmsweep.lost_metrics", tag))
+                end_trial_run(self.tracking, self.run_id, error)
         except Exception as failure:
             self.log(f"tracking: the run could not be closed: {failure}")
         return lost

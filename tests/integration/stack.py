@@ -147,7 +147,12 @@ def running_stack() -> Iterator[Stack]:
             **ray_auth_env(ray_token),
             "DMSWEEP_DATABASE_URL": database_url,
             "DMSWEEP_RAY_ADDRESS": head.dashboard_url or "",
-            "DMSWEEP_MLFLOW_URI": mlflow.url,
+            # A password in the URI (the server takes any): it must reach no file, command
+            # line or answer (tests/integration/test_security_stack.py).
+            "DMSWEEP_MLFLOW_URI": mlflow.url.replace(
+                "http://", f"http://dmsweep:{secrets.token_urlsafe(12)}@", 1
+            ),
+            "DMSWEEP_MLFLOW_PUBLIC_URL": mlflow.url,
             "DMSWEEP_DATA_ROOTS": str(folder / "data"),
             "DMSWEEP_STORAGE_ROOT": str(folder / "storage"),
             "DMSWEEP_API_TOKEN_FILE": str(token_file),

@@ -45,6 +45,30 @@ def tiny_spec(name: str, **changes: Any) -> dict[str, Any]:
     return spec
 
 
+def tpe_asha(samples: int) -> dict[str, Any]:
+    """``tiny_spec`` settings of a TPE search over the learning rate with ASHA halving each epoch.
+
+    The learning rate spreads the accuracies, so that ASHA's cut-offs separate trials, and there
+    are enough images that the first epoch's accuracy already depends on it.
+    """
+    return {
+        "search": {
+            "parameters": {"lr": {"low": 1e-3, "high": 0.5, "log": True}},
+            "sampler": "tpe",
+            "num_samples": samples,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        },
+        "data": {
+            "synthetic": {
+                "num_classes": 4,
+                "image_size": 16,
+                "synthetic_images": {"train": 512, "test": 128},
+            }
+        },
+        "recipe_overrides": {"batch_size": 32},
+    }
+
+
 def synthetic_data(train_images: int) -> dict[str, Any]:
     """A spec's ``data``: synthetic 32-pixel images of 4 classes, 128 of them to test on."""
     return {

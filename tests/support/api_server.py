@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
 
-from service.server.app import create_app
+from service.server.app import PROXY_HEADERS, create_app
 from service.server.settings import ServiceSettings
 from tests.support.ports import free_port
 
@@ -22,7 +24,11 @@ class Served:
     """A running app and what it was configured with."""
 
     def __init__(
-        self, tmp: Path, ray_address: str | None = None, ray_token: str | None = None
+        self,
+        tmp: Path,
+        ray_address: str | None = None,
+        ray_token: str | None = None,
+        **settings: Any,
     ) -> None:
         self.tmp = tmp
         self.storage = tmp / "storage"
@@ -39,6 +45,7 @@ class Served:
             ray_token=ray_token,
             poll_s=3600,
         )
+        self.settings = replace(self.settings, **settings)  # e.g. trusted_proxies
         self.url = ""
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -46,7 +53,11 @@ class Served:
     def start(self) -> None:
         port = free_port()
         config = uvicorn.Config(
-            create_app(self.settings), host="127.0.0.1", port=port, log_level="warning"
+            create_app(self.settings),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            proxy_headers=PROXY_HEADERS,  # as `dmsweep serve` runs it
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)

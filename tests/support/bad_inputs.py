@@ -14,18 +14,9 @@ from typing import Any
 
 import yaml
 
-GOOD: dict[str, Any] = {
-    "name": "bad-input",
-    "grid": {
-        "dataset": ["synthetic"],
-        "backbone": ["smallnet"],
-        "method": ["mixup"],
-        "loss": ["mce"],
-        "seeds": [0],
-    },
-    "recipe": "smoke",
-    "epochs": 1,
-}
+from tests.support.specs import tiny_spec
+
+GOOD: dict[str, Any] = tiny_spec(name="bad-input")
 
 
 def flat(text: str) -> str:

@@ -7,7 +7,8 @@ For a sample mixing class ``a`` (weight ``lam``) and class ``b`` (weight ``1 - l
 
     phi(i; without j) = exp(z_i) / sum_{c != j} exp(z_c)
 
-with no decoupled part for a same-class pair, averaged over the batch. Each term is computed as
+with no decoupled part where the sample holds one class (a same-class pair, or a share
+``min(lam, 1 - lam)`` of at most 1e-3), averaged over the batch. Each term is computed as
 written, one row per sample, and differentiated by autograd: the obvious form that the fused
 loss must agree with, and the baseline bench/losses.py times it against.
 """
@@ -31,4 +32,6 @@ def textbook_dm_ce(z: Tensor, y_a: Tensor, y_b: Tensor, lam: float | Tensor, eta
     log_p = torch.log_softmax(z, dim=1)
     mce = -(lam * log_p[rows, y_a] + (1 - lam) * log_p[rows, y_b])
     decoupled = -log_phi(z, y_a, without=y_b) - log_phi(z, y_b, without=y_a)
-    return (mce + eta * torch.where(y_a != y_b, decoupled, 0.0)).mean()
+    lam = torch.as_tensor(lam, dtype=z.dtype, device=z.device).expand(z.shape[0])
+    two_classes = (y_a != y_b) & (torch.minimum(lam, 1 - lam) > 1e-3)
+    return (mce + eta * torch.where(two_classes, decoupled, 0.0)).mean()

@@ -1,9 +1,10 @@
 """What every image source gives the training loop, and the in-memory source.
 
-A source holds N images of one split, all uint8 RGB of one square size, their int64 labels (-1
-marks an image whose label was dropped by :func:`~trainers.data.sampling.label_fraction`) and
-the class names. The loop draws its own index order and asks the source for batches with
-``read``; augmentation and normalisation then happen on the training device.
+A source holds N images of one split, their int64 labels (-1 marks an image whose label was
+dropped by :func:`~trainers.data.sampling.label_fraction`) and the class names. Two ways to get
+pixels: ``read`` gives a batch of uint8 squares of one size (CIFAR-sized data: augmented on the
+training device), ``open_image`` one image as stored, at its own size (decoded and augmented per
+sample in loader workers, :mod:`trainers.data.loader`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 # The splits a data set may have; each source says which of them it supports.
@@ -49,6 +51,15 @@ class ImageSource(Protocol):
     def read(self, indices: Tensor) -> Tensor:
         """uint8 images (len(indices), 3, image_size, image_size), in the order asked for."""
         ...
+
+    def open_image(self, index: int) -> Image.Image:
+        """Image ``index`` as stored (an original photo keeps its size), RGB."""
+        ...
+
+
+def to_pil(pixels: Tensor) -> Image.Image:
+    """A uint8 (3, H, W) image as a PIL RGB image, what timm's and torchvision's transforms take."""
+    return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy(), "RGB")
 
 
 def as_index(indices: IndexLike, length: int) -> Tensor:
@@ -89,6 +100,10 @@ class ImageSet:
         index = as_index(indices, len(self))
         return self.images.index_select(0, index.to(self.images.device))
 
+    def open_image(self, index: int) -> Image.Image:
+        """Image ``index`` (all images of an ImageSet are stored at one size)."""
+        return to_pil(self.images[int(as_index([index], len(self))[0])].cpu())
+
 
 class SourceView:
     """Some images of another source, with their own labels, without copying any pixels.
@@ -117,6 +132,10 @@ class SourceView:
     def read(self, indices: IndexLike) -> Tensor:
         """The images at ``indices`` of this view, in that order."""
         return self.base.read(self.indices[as_index(indices, len(self))])
+
+    def open_image(self, index: int) -> Image.Image:
+        """Image ``index`` of this view, from the underlying source."""
+        return self.base.open_image(int(self.indices[as_index([index], len(self))[0]]))
 
     def __repr__(self) -> str:
         return f"SourceView({len(self)} of {len(self.base)} images of {self.base!r})"

@@ -35,14 +35,17 @@ SYNTHETIC_OPTIONS = ("num_classes", "images", "noise", "distractor", "max_shift"
 class DatasetInfo:
     """What dmsweep knows about a data set before opening it.
 
-    ``image_size`` is the native size (CIFAR, Tiny-ImageNet) or the default load size (224 px
-    for the photo data sets, whose images vary in size).
+    ``image_size`` is the native size (CIFAR, Tiny-ImageNet) or the training size (224 px for
+    the photo data sets). ``originals``: the images are photos of varying size, kept as they are
+    and cropped per sample from the whole original (Table 10's RandomResizedCrop, and the
+    shorter side resized to image_size / crop_pct then centre-cropped at test time).
     """
 
     num_classes: int
     default_source: str
     image_size: int
     sources: tuple[str, ...]
+    originals: bool = False
 
 
 _FILES = ("imagefolder", "parquet")
@@ -50,10 +53,10 @@ DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(10, "cifar", 32, ("cifar", *_FILES)),
     "cifar100": DatasetInfo(100, "cifar", 32, ("cifar", *_FILES)),
     "tiny_imagenet": DatasetInfo(200, "imagefolder", 64, _FILES),
-    "cub200": DatasetInfo(200, "imagefolder", 224, _FILES),
-    "aircraft": DatasetInfo(100, "imagefolder", 224, _FILES),
-    "cars": DatasetInfo(196, "imagefolder", 224, _FILES),
-    "imagenet": DatasetInfo(1000, "imagefolder", 224, _FILES),
+    "cub200": DatasetInfo(200, "imagefolder", 224, _FILES, originals=True),
+    "aircraft": DatasetInfo(100, "imagefolder", 224, _FILES, originals=True),
+    "cars": DatasetInfo(196, "imagefolder", 224, _FILES, originals=True),
+    "imagenet": DatasetInfo(1000, "imagefolder", 224, _FILES, originals=True),
     # Classes and size come from the arguments; these are the defaults.
     "synthetic": DatasetInfo(10, "synthetic", 32, ("synthetic",)),
 }
@@ -134,7 +137,8 @@ def open_dataset(
     of ImageFolder data (default: the data set's); CIFAR and Parquet images have a fixed size.
     ``subset`` then ``label_fraction`` are applied to the train split only, drawn with ``seed``
     (the same arguments can open every split). ``in_memory`` forces how an ImageFolder split is
-    held (see :mod:`trainers.data.imagefolder`). ``synthetic`` holds the synthetic data set's
+    held (see :mod:`trainers.data.imagefolder`; the photo data sets, ``DatasetInfo.originals``,
+    stay lazy by default, their files as they are). ``synthetic`` holds the synthetic data set's
     options: ``num_classes``, ``images`` (a count, or counts per split, default train 5000,
     val and test 1000), ``noise``, ``distractor``, ``max_shift``.
 
@@ -180,9 +184,11 @@ def open_dataset(
                     [paths[i] for i in keep.tolist()], labels[keep], classes, files.image_size
                 )
                 subset = None
-            data = hold(files, in_memory)
+            data = hold(files, False if in_memory is None and info.originals else in_memory)
         else:
             data = ParquetShards(folder, split)
+            if data.encoding == "original" and image_size is not None:
+                data.image_size = image_size  # originals can be cropped to any training size
             _fixed_size(name, source, data.image_size, image_size)
         if len(data.classes) != info.num_classes:
             warnings.warn(

@@ -1,23 +1,22 @@
 """ImageFolder: ``root/<split>/<class>/*.{jpg,jpeg,png}``, classes sorted by folder name.
 
-Images are decoded with PIL (converted to RGB) and brought to one square load size so they can
-be batched: an image that already is ``image_size`` x ``image_size`` is kept as it is; any other
-has its shorter side resized to ``image_size`` (bilinear, antialiased) and is centre-cropped to a
-square. The random-resized-crop (or pad-and-crop) of a training recipe then runs on these stored
-images, on the training device; at the paper's 224 px this stores the central square at 224 px,
-as an evaluation transform would.
+Each file is kept as it is. ``open_image`` decodes one file at its own size (PIL, converted to
+RGB): the per-sample path (:mod:`trainers.data.loader`) crops it in loader workers, so that
+RandomResizedCrop sees the whole original photo (Table 10). ``read`` brings a batch to one
+square load size instead: an image already ``image_size`` x ``image_size`` is kept as it is;
+any other has its shorter side resized to ``image_size`` (bilinear, antialiased) and is
+centre-cropped to a square (the batched path of CIFAR-sized data, and the benchmarks).
 
 Two ways to hold a split:
 
-* in memory (the default when the decoded split fits in ``IN_MEMORY_LIMIT_BYTES``): every image
-  is decoded once, up front, by a thread pool, into one uint8 tensor, and the result is a plain
-  :class:`~trainers.data.base.ImageSet` whose ``read`` is one ``index_select``. A corrupt image
-  is found here, before training, and named. CIFAR-10 as JPEGs (50,000 images of 32 px) takes
-  a few seconds on two cores; CUB, Aircraft, Cars and Tiny-ImageNet fit as well.
-* lazily (:class:`ImageFiles`, for ImageNet-sized splits): only the file list is read up front;
-  ``read`` decodes the asked-for files in a thread pool on every call, and a corrupt image is
-  named when a batch containing it is read. Parquet shards are the faster way to stream a big
-  split from a shared volume.
+* in memory (the default for the small-image data sets when the decoded split fits in
+  ``IN_MEMORY_LIMIT_BYTES``): every image is decoded once, up front, by a thread pool, into one
+  uint8 tensor, and the result is a plain :class:`~trainers.data.base.ImageSet` whose ``read`` is
+  one ``index_select``. A corrupt image is found here, before training, and named. CIFAR-10 as
+  JPEGs (50,000 images of 32 px) takes a few seconds on two cores; Tiny-ImageNet fits as well.
+* lazily (:class:`ImageFiles`: the photo data sets, whose originals vary in size, and any split
+  too big to hold): only the file list is read up front; images are decoded when asked for, and
+  a corrupt image is named when it is read.
 """
 
 from __future__ import annotations
@@ -128,6 +127,15 @@ def to_square(image: Image.Image, size: int) -> Image.Image:
     )
 
 
+def open_original(data: bytes, name: object) -> Image.Image:
+    """Encoded image bytes as a PIL RGB image at their own size; errors name ``name``."""
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            return opened.convert("RGB")  # convert decodes: the file can be closed afterwards
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot decode image {name}: {error}") from error
+
+
 def decode_image(path: Path, size: int) -> np.ndarray:
     """One image file as uint8 (3, size, size); a file PIL cannot decode raises, naming it."""
     try:
@@ -225,9 +233,18 @@ class ImageFiles:
         return len(self.files)
 
     def read(self, indices: IndexLike) -> Tensor:
-        """Decode the images at ``indices``, in that order."""
+        """Decode the images at ``indices``, in that order, as squares of ``image_size``."""
         index = as_index(indices, len(self)).tolist()
         return decode_files([self.files[i] for i in index], self.image_size, self.workers)
+
+    def encoded(self, index: int) -> bytes:
+        """The file of image ``index``, byte for byte."""
+        return self.files[int(as_index([index], len(self))[0])].read_bytes()
+
+    def open_image(self, index: int) -> Image.Image:
+        """Image ``index`` decoded at its own size (the original photo), RGB."""
+        path = self.files[int(as_index([index], len(self))[0])]
+        return open_original(path.read_bytes(), path)
 
     def __repr__(self) -> str:
         return f"ImageFiles({len(self)} images, {len(self.classes)} classes, {self.image_size}px)"

@@ -376,8 +376,10 @@ def prepare(
     """Convert ``src`` (a published ``layout``) into ``out`` in format ``fmt``; returns ``out``.
 
     ``fmt`` is ``imagefolder`` (files copied as they are; CIFAR written as PNG) or ``parquet``
-    (images decoded and brought to ``image_size``, default the data set's: 32, 64 or 224 px,
-    then written with ``encoding``: default ``raw`` up to 64 px, ``jpeg`` above). A split that
+    (shards of format ``FORMAT_VERSION``). ``image_size`` defaults to the data set's (32, 64 or
+    224 px); ``encoding`` to ``raw`` up to 64 px (pixels brought to that square size) and
+    ``original`` above: each file stored byte for byte at its own size, ``image_size`` recorded
+    as the training size, so crops come from the whole original photo (Table 10). A split that
     already exists in ``out`` is an error unless ``overwrite``. Every listed file is checked to
     exist before anything is written.
     """
@@ -389,7 +391,9 @@ def prepare(
         raise ValueError(f"unknown encoding {encoding!r}; allowed: {', '.join(ENCODINGS)}")
     src, out = Path(src).expanduser(), Path(out).expanduser()
     size = image_size or (DATASETS[layout].image_size if layout in DATASETS else 224)
-    encoding = encoding or ("raw" if size <= 64 else "jpeg")
+    encoding = encoding or ("raw" if size <= 64 else "original")
+    if layout in CIFAR_LAYOUTS and encoding == "original":
+        raise ValueError(f"{layout} comes as pickled pixels, not files: use raw, png or jpeg")
 
     if layout in CIFAR_LAYOUTS:
         if image_size not in (None, 32):

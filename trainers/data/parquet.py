@@ -1,14 +1,21 @@
 """Parquet shards: a split as ``<split>-00000.parquet``, ``<split>-00001.parquet``, ...
 
 Each shard has two columns, ``image`` (binary) and ``label`` (int64), and the schema metadata
-says how to read them: ``classes`` (a JSON list of the class names), ``image_size``,
-``channels`` and ``encoding``:
+says how to read them: ``format_version`` (:data:`FORMAT_VERSION`), ``classes`` (a JSON list of
+the class names), ``image_size``, ``channels`` and ``encoding``:
 
 * ``raw``: the uint8 CHW pixels of one image, 3 * image_size**2 bytes. A shard is decoded with
   one ``np.frombuffer`` over the whole column (no per-image Python), so reading is about as fast
   as the disk. The default for small images (CIFAR, Tiny-ImageNet).
-* ``png`` / ``jpeg``: one encoded image per row, already at the load size; decoded per image,
-  only for the rows a batch asks for. JPEG keeps 224 px data sets (and ImageNet) small.
+* ``original``: each row is an image file byte for byte (the JPEG as published), at its own
+  size; ``image_size`` is the data set's training size. What ``dmsweep data prepare`` writes for
+  the photo data sets (ImageNet, CUB-200, Aircraft, Cars), so that RandomResizedCrop sees the
+  whole original photo and evaluation resizes the original (Table 10).
+* ``png`` / ``jpeg``: an in-memory source encoded at its one size, one image per row.
+
+Encoded rows are decoded per image, only for the rows asked for. Shards of an earlier format
+(format 1 stored the photo data sets as centre squares at the training size, and had no
+``format_version``) are refused with a message saying to prepare them again.
 
 Reading is lazy: opening a split reads each shard's footer and its (small) label column, which
 also checks every label up front; ``read(indices)`` opens only the shards holding those indices
@@ -35,16 +42,26 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from trainers.data.base import SPLITS, ImageSource, IndexLike, as_index
-from trainers.data.imagefolder import parallel_fill
+from trainers.data.base import SPLITS, ImageSource, IndexLike, as_index, to_pil
+from trainers.data.imagefolder import open_original, parallel_fill, to_square
 
-ENCODINGS = ("raw", "png", "jpeg")
+ENCODINGS = ("raw", "png", "jpeg", "original")
+# 2: originals kept as they are ("original" encoding); 1 (no version in the metadata): the photo
+# data sets stored as centre squares at the training size.
+FORMAT_VERSION = 2
 SHARD_NAME = re.compile(r"^(?P<split>[a-z]+)-(?P<number>\d{5})\.parquet$")
 # Default shard size: 128 MiB of decoded pixels (43,690 CIFAR images, 891 at 224 px).
 SHARD_BYTES = 128 << 20
 # Default cache: as many decoded shards as fit in 1 GiB, never fewer than two.
 CACHE_BYTES = 1 << 30
 # Arrow's binary type has int32 offsets: one raw shard must stay below 2 GiB.
+# Encoded shards are written in row groups of this many images, so that one image can be read
+# without the rest of its shard: the per-sample path reads images in random order, in several
+# worker processes, each with its own cache. Reading one image reads its group (16 ImageNet
+# photos, ~2 MB); smaller groups would make each shard's footer, read per group, the larger cost.
+ROWS_PER_GROUP = 16
+# Row groups each reader keeps for the per-sample path (256 groups of 16 ~110 kB photos: ~450 MB).
+CACHE_GROUPS = 256
 _MAX_COLUMN_BYTES = (1 << 31) - 1
 
 
@@ -71,6 +88,30 @@ def _encode(image: np.ndarray, encoding: str, quality: int) -> bytes:
     else:
         pil.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def _original_column(source: ImageSource, index: Tensor, workers: int | None) -> pa.Array:
+    """The files of ``source`` (which must have ``encoded(i)``), each checked to be an image."""
+    encoded_of = getattr(source, "encoded", None)
+    if encoded_of is None:
+        raise ValueError(
+            f"encoding 'original' stores image files as they are: {source!r} has no files "
+            "(an ImageFolder or 'original' Parquet shards do); use raw, png or jpeg"
+        )
+    rows = index.tolist()
+    encoded: list[bytes] = [b""] * len(rows)
+
+    def fill(i: int) -> None:
+        data = encoded_of(rows[i])
+        try:  # the header only: a file that is no image fails here, not in the middle of a run
+            with Image.open(io.BytesIO(data)):
+                pass
+        except (OSError, SyntaxError, ValueError) as error:
+            raise ValueError(f"image {rows[i]} of {source!r} is not an image: {error}") from error
+        encoded[i] = data
+
+    parallel_fill(len(rows), fill, workers, chunk=64)
+    return pa.array(encoded, type=pa.binary())
 
 
 def _image_column(images: Tensor, encoding: str, quality: int, workers: int | None) -> pa.Array:
@@ -136,6 +177,7 @@ def write_parquet_shards(
     for stale in find_shards(out, split):
         stale.unlink()
     metadata = {
+        "format_version": str(FORMAT_VERSION),
         "classes": json.dumps(classes),
         "image_size": str(size),
         "channels": "3",
@@ -146,17 +188,21 @@ def write_parquet_shards(
     paths = []
     for number, start in enumerate(range(0, len(source), images_per_shard)):
         index = torch.arange(start, min(start + images_per_shard, len(source)))
-        images = source.read(index)
-        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size):
-            raise ValueError(
-                f"source.read gave {images.dtype} images of shape {tuple(images.shape)}; "
-                f"expected uint8 (N, 3, {size}, {size})"
-            )
-        column = _image_column(images, encoding, jpeg_quality, workers)
+        if encoding == "original":
+            column = _original_column(source, index, workers)
+        else:
+            images = source.read(index)
+            if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (3, size, size):
+                raise ValueError(
+                    f"source.read gave {images.dtype} images of shape {tuple(images.shape)}; "
+                    f"expected uint8 (N, 3, {size}, {size})"
+                )
+            column = _image_column(images, encoding, jpeg_quality, workers)
         table = pa.Table.from_arrays([column, pa.array(labels[index].numpy())], schema=schema)
         path = shard_path(out, split, number)
         partial = path.with_name(path.name + ".partial")
-        pq.write_table(table, partial, compression=compression)
+        groups = None if encoding == "raw" else ROWS_PER_GROUP  # raw is read whole
+        pq.write_table(table, partial, compression=compression, row_group_size=groups)
         os.replace(partial, path)
         paths.append(path)
     return paths
@@ -180,6 +226,14 @@ def _metadata(path: Path) -> dict[str, Any]:
             f"{path} is not a dmsweep image shard: metadata lacks {missing}, columns {wrong}; "
             "expected columns image (binary), label (int64) and metadata classes, image_size, "
             "channels, encoding (see write_parquet_shards)"
+        )
+    version = raw.get("format_version", "1")
+    if version != str(FORMAT_VERSION):
+        raise ValueError(
+            f"{path} is a shard of format {version}; this dmsweep reads format {FORMAT_VERSION}, "
+            "which keeps the original images (format 1 stored photos as centre squares at the "
+            "training size): prepare the data set again with `dmsweep data prepare ... "
+            "--format parquet --overwrite`"
         )
     meta = {
         "classes": json.loads(raw["classes"]),
@@ -252,6 +306,7 @@ class ParquetShards:
         self.cache_shards = cache_shards or max(2, CACHE_BYTES // (per_image * max(counts)))
         self.shard_loads: list[int] = []
         self._cache: OrderedDict[int, Any] = OrderedDict()
+        self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def _labels(self, path: Path) -> np.ndarray:
@@ -283,7 +338,7 @@ class ParquetShards:
     def __getstate__(self) -> dict[str, Any]:
         # Sent to another process (a Ray worker): paths and labels travel, the cache does not.
         state = self.__dict__.copy()
-        state["_cache"], state["_lock"] = OrderedDict(), None
+        state["_cache"], state["_groups"], state["_lock"] = OrderedDict(), OrderedDict(), None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -336,23 +391,80 @@ class ParquetShards:
                 self._cache.popitem(last=False)
         return loaded
 
+    def _locate(self, index: int) -> tuple[int, int]:
+        """(shard number, row in it) of image ``index``."""
+        position = int(as_index([index], len(self))[0])
+        number = int(np.searchsorted(self.starts, position, side="right") - 1)
+        return number, position - int(self.starts[number])
+
+    def _group(self, number: int, row: int) -> tuple[Any, int]:
+        """The row group of shard ``number`` holding ``row`` (cached), and the row within it."""
+        path = self.shards[number]
+        try:
+            file = pq.ParquetFile(path)
+            sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+            group = int(np.searchsorted(np.cumsum(sizes), row, side="right"))
+            first = int(sum(sizes[:group]))
+            key = (number, group)
+            with self._lock:
+                if key in self._groups:
+                    self._groups.move_to_end(key)
+                    return self._groups[key], row - first
+            column = file.read_row_group(group, columns=["image"]).column("image")
+        except (OSError, pa.ArrowException) as error:
+            raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
+        column = column.combine_chunks()
+        buffers = column.buffers()
+        offsets = np.frombuffer(buffers[1], dtype=np.int32)[column.offset :][: len(column) + 1]
+        data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] else np.empty(0, np.uint8)
+        with self._lock:
+            self._groups[key] = (offsets, data)
+            while len(self._groups) > CACHE_GROUPS:
+                self._groups.popitem(last=False)
+        return (offsets, data), row - first
+
+    def _row_image(self, number: int, rows: Any, row: int, shard_row: int) -> Image.Image:
+        """Row ``row`` of ``rows`` (a shard's or a row group's column), decoded.
+
+        ``shard_row`` is its row in shard ``number``: what an error names.
+        """
+        offsets, data = rows
+        return open_original(
+            data[offsets[row] : offsets[row + 1]].tobytes(),
+            f"in row {shard_row} of Parquet shard {self.shards[number]}",
+        )
+
+    def encoded(self, index: int) -> bytes:
+        """The stored bytes of image ``index`` (the original file for encoding 'original')."""
+        number, row = self._locate(index)
+        if self.encoding == "raw":
+            return bytes(self._shard(number)[row].numpy().tobytes())
+        (offsets, data), row = self._group(number, row)
+        return data[offsets[row] : offsets[row + 1]].tobytes()
+
+    def open_image(self, index: int) -> Image.Image:
+        """Image ``index`` as stored: the original photo for encoding 'original', RGB.
+
+        Encoded images are read a row group at a time, not a shard (see ``ROWS_PER_GROUP``).
+        """
+        number, row = self._locate(index)
+        if self.encoding == "raw":
+            return to_pil(self._shard(number)[row])
+        group, in_group = self._group(number, row)
+        return self._row_image(number, group, in_group, row)
+
     def _decode_rows(self, number: int, shard: Any, rows: np.ndarray) -> Tensor:
-        offsets, data = shard
         size = self.image_size
         images = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
         out = images.numpy()
 
         def fill(i: int) -> None:
-            row = int(rows[i])
-            try:
-                with Image.open(io.BytesIO(data[offsets[row] : offsets[row + 1]])) as pil:
-                    pixels = np.asarray(pil.convert("RGB"))
-            except (OSError, SyntaxError, ValueError) as error:
-                raise ValueError(
-                    f"Parquet shard {self.shards[number]}: cannot decode image in row {row}: "
-                    f"{error}"
-                ) from error
+            image = self._row_image(number, shard, int(rows[i]), int(rows[i]))
+            if self.encoding == "original":  # photos of any size: the batched path's squares
+                image = to_square(image, size)
+            pixels = np.asarray(image)
             if pixels.shape != (size, size, 3):
+                row = int(rows[i])
                 raise ValueError(
                     f"Parquet shard {self.shards[number]}: image in row {row} is "
                     f"{pixels.shape[1]}x{pixels.shape[0]}, the metadata says {size}x{size}"

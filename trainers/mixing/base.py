@@ -4,7 +4,14 @@ The convention, for every policy: sample ``n`` of the mixed batch is made from `
 (the "a" side, weight ``lam[n]``) and ``inputs[perm[n]]`` (the "b" side) for one random
 permutation ``perm`` of the batch; ``y_a = targets`` and ``y_b = targets[perm]``. ``lam[n]`` is
 exactly the fraction of sample ``n`` that comes from the "a" side (the interpolation weight, or
-the share of pixels after any clipping), drawn per sample, not once per batch.
+the share of pixels after any clipping).
+
+Every policy has two lambda modes (:data:`LAMBDA_MODES`):
+
+* ``batch``: one draw for the whole batch (one lambda, one box, one mask, one scale), as the
+  original papers, OpenMixup (whose configurations produced the paper's numbers, appendix A.3)
+  and timm's default do; ``lam`` is then one value repeated N times.
+* ``sample``: one draw per sample.
 
 Randomness comes only from the ``generator`` passed in, which must live on the batch's device:
 draws then happen where the batch is, with no host round trip, and a seed reproduces a batch.
@@ -13,10 +20,16 @@ draws then happen where the batch is, with no host round trip, and a seed reprod
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import torch
 from torch import Tensor
+
+LambdaMode = Literal["batch", "sample"]
+LAMBDA_MODES: tuple[str, ...] = get_args(LambdaMode)
+# SaliencyMix's detectors: OpenCV's fine-grained static saliency (SaliencyMix's and OpenMixup's)
+# and the spectral residual of Hou & Zhang (2007).
+SaliencyDetector = Literal["fine_grained", "spectral_residual"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +41,9 @@ class MixedBatch:
     y_b: Tensor
     lam: Tensor  # float32, shape (N,), on the batch's device
     perm: Tensor  # int64, shape (N,)
+    # The policy that mixed the batch, where a method switches policies per batch (the loss of
+    # mixup_cutmix with DM(BCE) depends on it); set by trainers.mixing.methods.
+    policy: str | None = None
 
 
 class MixingPolicy(Protocol):
@@ -38,7 +54,14 @@ class MixingPolicy(Protocol):
     """
 
     def __call__(
-        self, inputs: Tensor, targets: Tensor, /, *, alpha: float, generator: torch.Generator
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        /,
+        *,
+        alpha: float,
+        generator: torch.Generator,
+        lambda_mode: LambdaMode = "batch",
     ) -> MixedBatch:
         """Mix ``inputs`` (labels ``targets``) with Beta(alpha, alpha) or the policy's own law."""
         ...
@@ -51,8 +74,13 @@ def check_batch(
     *,
     images: bool,
     alpha: float | None,
+    lambda_mode: str = "batch",
 ) -> None:
     """Raise a ValueError naming what is wrong with a policy's arguments."""
+    if lambda_mode not in LAMBDA_MODES:
+        raise ValueError(
+            f"lambda_mode must be one of {', '.join(LAMBDA_MODES)}; got {lambda_mode!r}"
+        )
     if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
         got: object = inputs.dtype if isinstance(inputs, Tensor) else type(inputs).__name__
         raise ValueError(f"inputs must be a floating-point tensor; got {got}")
@@ -88,6 +116,11 @@ def check_batch(
         raise ValueError(f"alpha must be a number > 0 (Beta(alpha, alpha)); got {alpha!r}")
 
 
+def draw_count(n: int, lambda_mode: str) -> int:
+    """How many draws a batch of ``n`` takes: 1 in ``batch`` mode, ``n`` in ``sample`` mode."""
+    return 1 if lambda_mode == "batch" else n
+
+
 def draw_permutation(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
     """The batch's pairing: sample ``n`` is mixed with sample ``perm[n]``."""
     return torch.randperm(n, generator=generator, device=device)
@@ -111,8 +144,15 @@ def draw_uniform(n: int, generator: torch.Generator, device: torch.device) -> Te
     return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
 
-def mixed_batch(inputs: Tensor, targets: Tensor, lam: Tensor, perm: Tensor) -> MixedBatch:
-    """Assemble the result with the shared conventions (targets of both sides, float32 lambda)."""
+def mixed_batch(
+    inputs: Tensor, targets: Tensor, lam: Tensor, perm: Tensor, policy: str | None = None
+) -> MixedBatch:
+    """Assemble the result with the shared conventions (targets of both sides, float32 lambda).
+
+    ``lam`` holds one value per sample, or one for the whole batch (``batch`` mode), repeated.
+    """
+    n = targets.shape[0]
+    lam = lam.to(torch.float32).expand(n).contiguous()
     return MixedBatch(
-        inputs=inputs, y_a=targets, y_b=targets[perm], lam=lam.to(torch.float32), perm=perm
+        inputs=inputs, y_a=targets, y_b=targets[perm], lam=lam, perm=perm, policy=policy
     )

@@ -1,7 +1,8 @@
 """Rectangular regions for the cut-based policies (CutMix, SaliencyMix, ResizeMix), batched.
 
 A box is four (N,) int64 tensors ``top, bottom, left, right`` (bottom and right exclusive),
-one box per sample, and a mask is built by broadcasting, so no Python loop runs over samples.
+one box per sample, or (1,) tensors for one box for the whole batch; a mask is built by
+broadcasting, so no Python loop runs over samples.
 """
 
 from __future__ import annotations
@@ -21,19 +22,22 @@ def cut_size(lam: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
 def centred_boxes(
     centre_y: Tensor, centre_x: Tensor, cut_h: Tensor, cut_w: Tensor, height: int, width: int
 ) -> Boxes:
-    """Boxes of the given sizes centred on the given pixels, clipped at the image border."""
-    top = centre_y - cut_h // 2
-    left = centre_x - cut_w // 2
+    """Boxes centred on the given pixels, clipped at the image border.
+
+    Rows ``[cy - cut_h // 2, cy + cut_h // 2)`` and likewise for columns, as CutMix's and
+    OpenMixup's CutMix and SaliencyMix place them (one pixel short of ``cut`` when it is odd);
+    lambda is recomputed from the box actually pasted, so the rounding never biases it.
+    """
     return (
-        top.clamp(0, height),
-        (top + cut_h).clamp(0, height),
-        left.clamp(0, width),
-        (left + cut_w).clamp(0, width),
+        (centre_y - cut_h // 2).clamp(0, height),
+        (centre_y + cut_h // 2).clamp(0, height),
+        (centre_x - cut_w // 2).clamp(0, width),
+        (centre_x + cut_w // 2).clamp(0, width),
     )
 
 
 def box_mask(boxes: Boxes, height: int, width: int) -> Tensor:
-    """Boolean mask of shape (N, 1, H, W), True inside each sample's box."""
+    """Boolean mask of shape (N, 1, H, W) (or (1, 1, H, W)), True inside each box."""
     top, bottom, left, right = boxes
     rows = torch.arange(height, device=top.device)
     cols = torch.arange(width, device=top.device)

@@ -1,9 +1,10 @@
 """FMix (Harris et al., 2020): a binary mask from thresholded low-frequency Fourier noise.
 
-Per sample: complex Gaussian noise in the frequency domain, attenuated by ``1 / f ** decay_power``
-(FMix's default 3, which leaves large smooth blobs), back to the image domain; the ``round(lam *
-H * W)`` highest pixels of that map come from the "a" image and the rest from the partner, with
-``lam ~ Beta(alpha, alpha)``. ``lam`` is then the mask's exact mean.
+Per batch (or per sample, ``lambda_mode``): complex Gaussian noise in the frequency domain,
+attenuated by ``1 / f ** decay_power`` (FMix's default 3, which leaves large smooth blobs), back
+to the image domain; the ``round(lam * H * W)`` highest pixels of that map come from the "a"
+image and the rest from the partner, with ``lam ~ Beta(alpha, alpha)``. ``lam`` is then the
+mask's exact mean.
 """
 
 from __future__ import annotations
@@ -11,7 +12,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trainers.mixing.base import MixedBatch, check_batch, draw_permutation, mixed_batch, sample_beta
+from trainers.mixing.base import (
+    LambdaMode,
+    MixedBatch,
+    check_batch,
+    draw_count,
+    draw_permutation,
+    mixed_batch,
+    sample_beta,
+)
 
 DECAY_POWER = 3.0
 
@@ -55,17 +64,22 @@ def fmix(
     *,
     alpha: float,
     generator: torch.Generator,
+    lambda_mode: LambdaMode = "batch",
     decay_power: float = DECAY_POWER,
 ) -> MixedBatch:
-    """Mix each image with its partner through its own Fourier-noise mask of mean ``lam``."""
-    check_batch(inputs, targets, generator, images=True, alpha=alpha)
+    """Mix each image with its partner through a Fourier-noise mask of mean ``lam``.
+
+    One mask for the batch, or one per sample (``lambda_mode``).
+    """
+    check_batch(inputs, targets, generator, images=True, alpha=alpha, lambda_mode=lambda_mode)
     n, _, height, width = inputs.shape
     device = inputs.device
-    lam = sample_beta(alpha, n, generator, device)
+    draws = draw_count(n, lambda_mode)
+    lam = sample_beta(alpha, draws, generator, device)
     noise = low_frequency_noise(
-        n, height, width, decay_power=decay_power, generator=generator, device=device
+        draws, height, width, decay_power=decay_power, generator=generator, device=device
     )
     perm = draw_permutation(n, generator, device)
     mask, lam = top_fraction_mask(noise.flatten(1), lam)
-    mixed = torch.where(mask.view(n, 1, height, width), inputs, inputs[perm])
+    mixed = torch.where(mask.view(draws, 1, height, width), inputs, inputs[perm])
     return mixed_batch(mixed, targets, lam, perm)

@@ -6,18 +6,20 @@
 every other method is an input-level policy of :data:`POLICIES`.
 
 Per-batch choices (which policy, which stage) come from a CPU generator, so deciding them never
-waits for the device; the mixing itself draws from the batch's device generator.
+waits for the device; the mixing itself draws from the batch's device generator. The mixed
+batch records which policy made it (``MixedBatch.policy``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 
 from trainers.mixing import POLICIES, MixedBatch
-from trainers.mixing.base import mixed_batch
+from trainers.mixing.base import LambdaMode, SaliencyDetector, mixed_batch
 from trainers.vocabulary import METHODS, takes_alpha
 
 
@@ -53,10 +55,14 @@ class MethodMixer:
         mixup_alpha: float | None = None,
         cutmix_alpha: float | None = None,
         switch_prob: float = 0.5,
+        lambda_mode: LambdaMode = "batch",
+        saliency_detector: SaliencyDetector = "fine_grained",
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
         self.method, self.alpha = method, alpha
+        self.lambda_mode = lambda_mode
+        self.saliency_detector = saliency_detector
         # mixup_cutmix: the recipe's alphas, or the trial's alpha where the recipe has none.
         self.switch_alphas = (
             mixup_alpha if mixup_alpha is not None else alpha,
@@ -76,7 +82,7 @@ class MethodMixer:
         if self.method == "vanilla":
             itself = torch.arange(len(targets), device=targets.device)
             lam = torch.ones(len(targets), device=targets.device)
-            return model(inputs), mixed_batch(inputs, targets, lam, itself)
+            return model(inputs), mixed_batch(inputs, targets, lam, itself, policy="vanilla")
         if self.method == "manifoldmix":
             # The stage is drawn once per batch; the backbone mixes the features entering it.
             stage = int(torch.randint(_mix_stages(model), (), generator=choices))
@@ -89,18 +95,25 @@ class MethodMixer:
                         targets,
                         alpha=_policy_alpha("manifoldmix", self.alpha),
                         generator=generator,
+                        lambda_mode=self.lambda_mode,
                     )
                 )
                 return mixed[0].inputs
 
             logits = model(inputs, mix=mix, mix_stage=stage)
-            return logits, mixed[0]
+            return logits, dataclasses.replace(mixed[0], policy="manifoldmix")
         policy, alpha = self.method, self.alpha
         if self.method == "mixup_cutmix":
             use_cutmix = torch.rand((), generator=choices).item() < self.switch_prob
             policy = "cutmix" if use_cutmix else "mixup"
             alpha = self.switch_alphas[use_cutmix]
+        options = {"detector": self.saliency_detector} if policy == "saliencymix" else {}
         batch = POLICIES[policy](
-            inputs, targets, alpha=_policy_alpha(policy, alpha), generator=generator
+            inputs,
+            targets,
+            alpha=_policy_alpha(policy, alpha),
+            generator=generator,
+            lambda_mode=self.lambda_mode,
+            **options,
         )
-        return model(batch.inputs), batch
+        return model(batch.inputs), dataclasses.replace(batch, policy=policy)
