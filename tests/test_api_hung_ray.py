@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from service.server.app import PROBE_TIMEOUT_S
 from service.server.ray_jobs import TIMEOUT_S
 from tests.support.api_server import AUTH, YAML, Served
 from tests.support.specs import tiny_spec_yaml
@@ -111,10 +112,8 @@ def test_every_endpoint_answers_within_a_bound_while_ray_never_answers(hung):
 
         ready, took = timed(lambda: client.get("/readyz"))
         assert ready.status_code == 200, ready.text
-        assert ready.json() == {
-            "status": "ready",
-            "database": "ok",
-            "ray": "unreachable",
-            "mlflow": "reachable",
-        }
+        report = ready.json()
+        # Unreachable while the client fails fast after a hung call; else the probe's bound.
+        assert report.pop("ray") in ("unreachable", f"no answer in {PROBE_TIMEOUT_S:g} s")
+        assert report == {"status": "ready", "database": "ok", "mlflow": "reachable"}
         assert took < BOUND_S, took

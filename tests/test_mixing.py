@@ -90,10 +90,13 @@ def test_manifoldmix_mixes_features_of_any_shape(shape):
     torch.testing.assert_close(batch.inputs, lam * features + (1 - lam) * features[batch.perm])
 
 
+@pytest.mark.parametrize("lambda_mode", LAMBDA_MODES)
 @pytest.mark.parametrize("name", sorted(POLICIES))
-def test_same_seed_same_batch_other_seed_other_batch(name):
+def test_same_seed_same_batch_other_seed_other_batch(name, lambda_mode):
     inputs = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    first, again, other = mix(name, inputs, seed=5), mix(name, inputs, seed=5), mix(name, inputs, 6)
+    first, again, other = (
+        mix(name, inputs, seed=seed, lambda_mode=lambda_mode) for seed in (5, 5, 6)
+    )
     for field in ("inputs", "lam", "perm"):
         torch.testing.assert_close(getattr(first, field), getattr(again, field))
     assert not torch.equal(first.lam, other.lam)

@@ -225,6 +225,13 @@ def test_a_cell_drawing_lambda_per_sample_is_not_comparable_with_the_paper() -> 
     }
 
 
+def test_saliencymix_on_the_spectral_residual_is_not_comparable() -> None:
+    raw = make(method=["saliencymix", "cutmix"], mixing={"saliency_detector": "spectral_residual"})
+    spec = spec_from_dict(raw)
+    verdicts = {cell.method: comparable(spec, cell) for cell in expand(spec)}
+    assert verdicts == {"saliencymix": False, "cutmix": True}
+
+
 def test_settings_with_a_cited_source_keep_cells_comparable() -> None:
     def verdicts(**changes: Any) -> dict[str, bool]:
         spec = spec_from_dict(make(**changes))
@@ -268,6 +275,10 @@ def test_mixup_cutmix_with_dm_bce_gets_both_families_settings() -> None:
     # A.3: cutting-based xi 0.8, t 1 (the CutMix batches); interpolation-based xi 1, t 0.5.
     assert (config.loss.xi, config.loss.t) == (0.8, 1.0)
     assert (config.loss.interpolation_xi, config.loss.interpolation_t) == (1.0, 0.5)
+    # A spec that sets xi or t sets them for every batch: the split is A.3's defaults only.
+    (_, _, config) = trials(spec_from_dict({**raw, "hyperparameters": {"xi": 0.9}}))[0]
+    assert (config.loss.xi, config.loss.t) == (0.9, 1.0)
+    assert config.loss.interpolation_xi is None and config.loss.interpolation_t is None
     raw = make(method=["mixup"], loss=["dm_bce"])
     raw["recipe"] = "rsb_a3"
     raw["grid"]["dataset"], raw["grid"]["backbone"] = ["imagenet"], ["resnet50"]
@@ -303,7 +314,8 @@ def test_exclude_removes_cells() -> None:
         ({"seeds": list(range(101))}, "grid.seeds", "at most 100"),
         ({"name": "my sweep"}, "name", "letters, digits"),
         ({"name": "sweep\n"}, "name", "letters, digits"),
-        ({"name": "-rf"}, "name", "must not start with '-'"),
+        ({"name": "-rf"}, "name", "must not start with '-' or '.'"),
+        ({"name": ".."}, "name", "must not start with '-' or '.'"),
         ({"name": "a" * 101}, "name", "101 characters; at most 100"),
         ({"hyperparameters": {"eta": -0.1}}, "hyperparameters.eta", ">= 0"),
         ({"hyperparameters": {"alpha": 0}}, "hyperparameters.alpha", "> 0"),

@@ -363,7 +363,8 @@ def _restore(trial: Trial, state: dict) -> tuple[int, list[float], list[float]]:
             f"{trial.ranks.world_size} would not continue the same run"
         )
     restore_rng(state["rng"][trial.ranks.rank], trial.generators)
-    return state["epoch"], list(state["history"]), list(state["ema_history"])
+    # A checkpoint written before the EMA was evaluated has no EMA history: it starts empty.
+    return state["epoch"], list(state["history"]), list(state.get("ema_history", []))
 
 
 def run(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,10 +26,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _COUNTER = itertools.count()
+_SAVING = threading.Lock()
 
 
 def _figure(width: float, height: float) -> Figure:
-    # The object API with the Agg canvas: no pyplot state, no display, safe in worker threads.
+    # The object API with the Agg canvas: no pyplot state, no display.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -42,8 +44,13 @@ def _svg(figure: Figure) -> str:
     import matplotlib
 
     buffer = io.StringIO()
-    # A salt per figure: the ids of several SVGs in one page must not collide.
-    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"s{next(_COUNTER)}"}):
+    # A salt per figure: the ids of several SVGs in one page must not collide. rc_context
+    # changes matplotlib's global settings, and reports render on the service's worker threads:
+    # one figure at a time (CPU only under the lock).
+    with (
+        _SAVING,
+        matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"s{next(_COUNTER)}"}),
+    ):
         figure.savefig(buffer, format="svg")
     text = buffer.getvalue()
     return text[text.index("<svg") :]

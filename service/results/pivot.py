@@ -258,7 +258,9 @@ def summarise(
     mean = statistics.mean(values) if values else None
     std = statistics.stdev(values) if len(values) >= 2 else None
     sample_mode = any(trial.get("lambda_mode") == SAMPLE_MODE for trial in trials)
-    comparable = not sample_mode and all(t.get("comparable", True) is not False for t in trials)
+    # Whether a trial compares is its record's (service.spec.cells.comparable, which a sample
+    # lambda mode fails); the mode only names the reason.
+    comparable = all(t.get("comparable", True) is not False for t in trials)
     number, table = paper if paper else (None, None)
     delta = mean - number if comparable and mean is not None and number is not None else None
     return Cell(

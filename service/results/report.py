@@ -124,6 +124,20 @@ def write_sweep_report(
     )
 
 
+def sweep_report_markdown(spec: SweepSpec, records: list[TrialRecord]) -> str:
+    """The sweep's paper-style table (Markdown) as ``write_sweep_report`` writes it, in memory.
+
+    Nothing is written: the service renders a sweep's report on request while the sweep's own
+    driver may be writing ``report.md`` and the other files into the same folder.
+    """
+    shown = [r.to_row() for r in records]
+    if spec.search is not None:  # each cell's best setting, failed trials still counted
+        shown = [r.to_row() for r in _best_records(spec, records).values()]
+        shown += [r.to_row() for r in records if r.status == TrialState.FAILED]
+    main = headline(shown)
+    return to_markdown(pivot(shown, metric=main.metric), main)
+
+
 def _best_records(
     spec: SweepSpec, records: list[TrialRecord]
 ) -> dict[tuple[str, int], TrialRecord]:

@@ -18,9 +18,10 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -32,10 +33,14 @@ from service.server.ray_jobs import RayJobs, RayUnavailableError
 from service.server.settings import IpNetwork, ServiceSettings
 from service.server.store import IdempotencyConflictError, SweepStore
 from service.server.sweeps import (
+    LOG_TAIL_BYTES,
+    MAX_LOG_BYTES,
     SpecRejectedError,
+    SpecStorageError,
     StateConflictError,
     SweepNotFoundError,
     SweepService,
+    TooManySweepsError,
 )
 from service.spec.reading import MAX_BYTES, SpecInputError
 
@@ -47,6 +52,9 @@ PROXY_HEADERS = False
 MAX_TRACKED_ADDRESSES = 10_000  # bounds the failed-authentication table (oldest dropped first)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 READINESS_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 3.0  # Ray's and MLflow's reachability, reported by /readyz without failing it
+PAGE_SIZE = 100  # sweeps per page of GET /sweeps unless asked otherwise
+MAX_PAGE_SIZE = 500
 
 
 class TrialCounts(BaseModel):
@@ -228,6 +236,14 @@ def _poll(service: SweepService, stop: threading.Event) -> None:
             log.exception("refreshing the sweeps' states failed; trying again")
 
 
+async def _probe(status: Callable[[], str]) -> str:
+    """``status()`` run off the event loop, or ``no answer`` after ``PROBE_TIMEOUT_S``."""
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(status), PROBE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return f"no answer in {PROBE_TIMEOUT_S:g} s"
+
+
 def create_app(settings: ServiceSettings, *, require_token: bool = True) -> FastAPI:
     """The sweep service's API over the store and Ray cluster named by ``settings``.
 
@@ -301,6 +317,19 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
     async def conflict(request: Request, error: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=409)
 
+    @app.exception_handler(TooManySweepsError)
+    async def too_many(request: Request, error: TooManySweepsError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(error)},
+            status_code=429,
+            headers={"Retry-After": str(error.retry_after_s)},
+        )
+
+    @app.exception_handler(SpecStorageError)
+    async def unwritable(request: Request, error: SpecStorageError) -> JSONResponse:
+        log.error("%s", error)
+        return JSONResponse({"detail": str(error)}, status_code=500)
+
     @app.exception_handler(RayUnavailableError)
     async def ray_down(request: Request, error: RayUnavailableError) -> JSONResponse:
         return JSONResponse({"detail": str(error)}, status_code=503)
@@ -321,22 +350,30 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
         Ray, and trials buffer what MLflow does not take.
         """
         try:
-            report = await asyncio.wait_for(
-                asyncio.to_thread(service.readiness), READINESS_TIMEOUT_S
-            )
+            await asyncio.wait_for(asyncio.to_thread(service.ping_database), READINESS_TIMEOUT_S)
         except asyncio.TimeoutError:
             detail = f"no answer in {READINESS_TIMEOUT_S:g} s"
             return JSONResponse({"status": "unready", "database": detail}, status_code=503)
         except Exception as error:  # the database's driver raises its own errors
             detail = f"unreachable ({type(error).__name__})"
             return JSONResponse({"status": "unready", "database": detail}, status_code=503)
-        return JSONResponse({"status": "ready", **report})
+        # Ray and MLflow at once, each with its own bound: a hung one is reported, never a 503.
+        ray, mlflow = await asyncio.gather(
+            _probe(service.ray_status), _probe(service.mlflow_status)
+        )
+        return JSONResponse({"status": "ready", "database": "ok", "ray": ray, "mlflow": mlflow})
 
     @app.post(
         "/sweeps",
         status_code=201,
         response_model=SweepView,
-        responses={200: {"description": "a retried submit (same Idempotency-Key and body)"}},
+        responses={
+            200: {"description": "a retried submit (same Idempotency-Key and body)"},
+            429: {
+                "description": "the service has DMSWEEP_MAX_ACTIVE_SWEEPS active sweeps already; "
+                "Retry-After says when to try again"
+            },
+        },
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -363,10 +400,54 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
             raise _RefusedError(400, str(error)) from None
         return JSONResponse(view, status_code=201 if created else 200)
 
-    @app.get("/sweeps", response_model=list[SweepView])
-    def list_sweeps() -> list[dict[str, Any]]:
-        """Every sweep, newest first."""
-        return [service.view(row) for row in service.store.all()]
+    @app.get(
+        "/sweeps",
+        response_model=list[SweepView],
+        responses={
+            200: {
+                "description": "one page of sweeps, newest first",
+                "headers": {
+                    "X-Next-Cursor": {
+                        "description": "when more sweeps follow: pass it as ?cursor= for the "
+                        "next page (absent on the last page)",
+                        "schema": {"type": "string"},
+                    },
+                    "Link": {
+                        "description": 'the next page\'s URL, rel="next" (RFC 8288)',
+                        "schema": {"type": "string"},
+                    },
+                },
+            }
+        },
+    )
+    def list_sweeps(
+        response: Response,
+        limit: Annotated[
+            int,
+            Query(ge=1, le=MAX_PAGE_SIZE, description=f"sweeps per page, 1 to {MAX_PAGE_SIZE}"),
+        ] = PAGE_SIZE,
+        cursor: Annotated[
+            str | None,
+            Query(
+                max_length=200,
+                description="the X-Next-Cursor of the previous page (default: the first page)",
+            ),
+        ] = None,
+    ) -> list[dict[str, Any]]:
+        """Sweeps, newest first, one page at a time (``limit``, ``cursor``)."""
+        try:  # one more than asked: whether a next page exists, without a count
+            rows = service.store.page(limit + 1, after=cursor)
+        except KeyError:
+            raise _RefusedError(
+                400, f"cursor {cursor!r} names no sweep; use the X-Next-Cursor of a page"
+            ) from None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            following = rows[-1].sweep_id
+            response.headers["X-Next-Cursor"] = following
+            query = urlencode({"limit": limit, "cursor": following})
+            response.headers["Link"] = f'</sweeps?{query}>; rel="next"'
+        return [service.view(row) for row in rows]
 
     @app.get("/sweeps/{sweep_id}", response_model=SweepView)
     def get_sweep(sweep_id: str) -> dict[str, Any]:
@@ -388,13 +469,55 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
         """The paper-style table (Markdown) of the trials finished so far."""
         return PlainTextResponse(service.report(sweep_id), media_type="text/markdown")
 
-    @app.get("/sweeps/{sweep_id}/logs", response_class=PlainTextResponse)
+    @app.get(
+        "/sweeps/{sweep_id}/logs",
+        response_class=PlainTextResponse,
+        responses={
+            200: {
+                "description": "a part of the log",
+                "headers": {
+                    "X-Log-Offset": {
+                        "description": "the byte of the log the text starts at",
+                        "schema": {"type": "integer"},
+                    },
+                    "X-Log-Size": {
+                        "description": "the log's whole size in bytes",
+                        "schema": {"type": "integer"},
+                    },
+                },
+            }
+        },
+    )
     def logs(
         sweep_id: str,
-        trial: Annotated[str | None, Query(max_length=200)] = None,
+        trial: Annotated[
+            str | None,
+            Query(
+                max_length=200,
+                description="a trial id, a whole trial name, or a prefix of exactly one",
+            ),
+        ] = None,
+        offset: Annotated[
+            int | None,
+            Query(ge=0, description="the first byte to send (default: the log's last bytes)"),
+        ] = None,
+        max_bytes: Annotated[
+            int,
+            Query(
+                ge=1,
+                le=MAX_LOG_BYTES,
+                description=f"at most this many bytes, up to {MAX_LOG_BYTES:,}",
+            ),
+        ] = LOG_TAIL_BYTES,
     ) -> PlainTextResponse:
-        """The sweep's Ray job output, or with ``trial`` one trial's log."""
-        return PlainTextResponse(service.logs(sweep_id, trial))
+        """The sweep's Ray job output, or with ``trial`` one trial's log: its last 1 MiB.
+
+        ``offset`` and ``max_bytes`` ask for another part; ``X-Log-Offset`` and ``X-Log-Size``
+        say which part this is, so earlier bytes can be asked for.
+        """
+        part = service.logs(sweep_id, trial, offset, max_bytes)
+        headers = {"X-Log-Offset": str(part.offset), "X-Log-Size": str(part.size)}
+        return PlainTextResponse(part.text, headers=headers)
 
     return app
 

@@ -34,6 +34,18 @@ class RayUnavailableError(RuntimeError):
     """The job server did not answer; the message says where it was asked."""
 
 
+class RayRefusedError(RuntimeError):
+    """The job server answered and refused the job for good (asking again gets the same no)."""
+
+
+# Answers to a submit that say "not now" rather than "never": 404 while the dashboard's job
+# module is still starting, 408 and 429 from the server or a proxy in front of it.
+TRANSIENT_CLIENT_ERRORS = frozenset({404, 408, 429})
+# What each sweep's driver (the job's entrypoint, ``dmsweep run``) holds on its node while it
+# runs: declared to Ray, so that drivers of many sweeps cannot overcommit the head's CPUs.
+DRIVER_CPUS = 1.0
+
+
 @dataclass(frozen=True)
 class JobState:
     """What the job server says of a job."""
@@ -160,6 +172,7 @@ class RayJobs:
             "entrypoint": entrypoint,
             "submission_id": job_id,
             "metadata": metadata,
+            "entrypoint_num_cpus": DRIVER_CPUS,
         }
         if env:
             body["runtime_env"] = {"env_vars": env}
@@ -168,6 +181,13 @@ class RayJobs:
             return
         if "already exists" in response.text:
             return  # another request of this service submitted the same attempt just now
+        if 400 <= response.status_code < 500 and response.status_code not in (
+            TRANSIENT_CLIENT_ERRORS
+        ):
+            raise RayRefusedError(
+                f"the Ray job server at {self.address} refused the job: {response.status_code} "
+                f"{response.text.strip()[-500:]}"
+            )
         raise RayUnavailableError(
             f"submitting the job at {self.address} failed: {response.status_code} "
             f"{response.text.strip()[-500:]}"
@@ -211,7 +231,19 @@ class RayJobs:
         """Ask the job to stop (Ray sends SIGTERM, then SIGKILL)."""
         self._json("stopping the job", "POST", f"/api/jobs/{job_id}/stop")
 
+    def stop_if_there(self, job_id: str) -> bool:
+        """Stop the job if the cluster knows it; False when it does not (404)."""
+        response = self._request("stopping the job", "POST", f"/api/jobs/{job_id}/stop")
+        if response.status_code == 404:
+            return False
+        if response.status_code != 200:
+            raise RayUnavailableError(
+                f"stopping the job at {self.address} failed: {response.status_code} "
+                f"{response.text.strip()[-500:]}"
+            )
+        return True
+
     def logs(self, job_id: str) -> str:
-        """The job's driver output so far."""
+        """The job's driver output so far (all of it: Ray's REST API has no range)."""
         logs = self._json("reading the job's logs", "GET", f"/api/jobs/{job_id}/logs")
         return str(logs.get("logs", "")) if isinstance(logs, dict) else ""

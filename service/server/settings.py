@@ -19,6 +19,8 @@
   front of the service; only their ``X-Forwarded-For`` names the client (default: none).
 - ``DMSWEEP_AUTH_FAILURES`` / ``DMSWEEP_AUTH_WINDOW_S``: wrong tokens a client address may send
   per window before it gets 429 (default 10 per 60 s).
+- ``DMSWEEP_MAX_ACTIVE_SWEEPS``: sweeps that may be queued, submitted or running at once;
+  a submit beyond it gets 429 with ``Retry-After`` (default 10).
 - ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``: Ray's own token, sent to the job server.
 """
 
@@ -89,6 +91,15 @@ def _number(env: Mapping[str, str], name: str, default: float, least: float) -> 
     return value
 
 
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise SettingsError(f"{name} must be a whole number >= 1; got {env[name]!r}")
+    return int(text)
+
+
 def _switch(env: Mapping[str, str], name: str) -> bool:
     text = (env.get(name) or "0").strip().lower()
     if text not in ("0", "1", "true", "false", "yes", "no"):
@@ -122,6 +133,7 @@ class ServiceSettings:
     trusted_proxies: tuple[IpNetwork, ...] = ()
     auth_failures: int = 10
     auth_window_s: float = 60.0
+    max_active_sweeps: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -154,4 +166,5 @@ class ServiceSettings:
             trusted_proxies=_networks(env, "DMSWEEP_TRUSTED_PROXIES"),
             auth_failures=int(_number(env, "DMSWEEP_AUTH_FAILURES", 10, 1)),
             auth_window_s=_number(env, "DMSWEEP_AUTH_WINDOW_S", 60.0, 1),
+            max_active_sweeps=_count(env, "DMSWEEP_MAX_ACTIVE_SWEEPS", 10),
         )

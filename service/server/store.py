@@ -19,7 +19,10 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     create_engine,
+    func,
+    or_,
     select,
     text,
 )
@@ -43,6 +46,8 @@ class SweepState(TextEnum):
     CANCELLED = "cancelled"
 
 
+# In a row's ``summary``: the Ray job id a cancel could not yet stop (Ray was away).
+STOP_PENDING = "stop_pending"
 ACTIVE = frozenset({SweepState.QUEUED, SweepState.SUBMITTED, SweepState.RUNNING})
 FINAL = frozenset({SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED})
 
@@ -168,6 +173,58 @@ class SweepStore:
             query = query.where(SweepRow.state.in_(sorted(str(state) for state in states)))
         with self._sessions() as session:
             return list(session.scalars(query))
+
+    def count(self, states: frozenset[str]) -> int:
+        """How many sweeps are in ``states``."""
+        query = select(func.count()).select_from(SweepRow)
+        query = query.where(SweepRow.state.in_(sorted(str(state) for state in states)))
+        with self._sessions() as session:
+            return int(session.scalar(query) or 0)
+
+    def page(self, limit: int, after: str | None = None) -> list[SweepRow]:
+        """At most ``limit`` sweeps, newest first, from the one after sweep ``after``.
+
+        A cursor of the last id seen (not an offset): sweeps submitted meanwhile do not shift
+        the next page. A ``KeyError`` when ``after`` names no sweep.
+        """
+        order = (SweepRow.created_at.desc(), SweepRow.sweep_id.desc())
+        query = select(SweepRow).order_by(*order).limit(limit)
+        with self._sessions() as session:
+            if after is not None:
+                last = session.get(SweepRow, after)
+                if last is None:
+                    raise KeyError(after)
+                query = query.where(
+                    or_(
+                        SweepRow.created_at < last.created_at,
+                        and_(
+                            SweepRow.created_at == last.created_at,
+                            SweepRow.sweep_id < last.sweep_id,
+                        ),
+                    )
+                )
+            return list(session.scalars(query))
+
+    def stops_pending(self) -> list[SweepRow]:
+        """Cancelled sweeps whose job may have reached Ray and was not confirmed stopped."""
+        pending = SweepRow.summary[STOP_PENDING].as_string().is_not(None)
+        query = select(SweepRow).where(SweepRow.state == str(SweepState.CANCELLED), pending)
+        with self._sessions() as session:
+            return list(session.scalars(query))
+
+    def mark_stop(self, sweep_id: str, job_id: str) -> None:
+        """Remember that ``job_id`` must be stopped (``STOP_PENDING``) until ``clear_stop``."""
+        with self._sessions.begin() as session:
+            row = session.get(SweepRow, sweep_id)
+            if row is not None:  # a new dict: SQLAlchemy does not see changes inside one
+                row.summary = {**(row.summary or {}), STOP_PENDING: job_id}
+
+    def clear_stop(self, sweep_id: str, job_id: str) -> None:
+        """Forget the pending stop of ``job_id`` (stopped, or never on Ray)."""
+        with self._sessions.begin() as session:
+            row = session.get(SweepRow, sweep_id)
+            if row is not None and (row.summary or {}).get(STOP_PENDING) == job_id:
+                row.summary = {k: v for k, v in row.summary.items() if k != STOP_PENDING}
 
     def ping(self) -> None:
         """One round trip to the database (readiness); raises when it cannot be reached."""

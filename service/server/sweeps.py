@@ -10,6 +10,9 @@ in memory between requests: a restarted service picks its sweeps up from the sto
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,9 +24,11 @@ from pydantic import ValidationError
 
 from service.results.folder import STATE_FILE, SweepFolder, new_sweep_id
 from service.results.records import TrialState
-from service.results.report import write_sweep_report
+from service.results.report import sweep_report_markdown
 from service.server.ray_jobs import (
+    DRIVER_CPUS,
     RayJobs,
+    RayRefusedError,
     RayUnavailableError,
     job_env,
     resume_entrypoint,
@@ -33,6 +38,8 @@ from service.server.ray_jobs import (
 from service.server.settings import ServiceSettings
 from service.server.store import (
     ACTIVE,
+    FINAL,
+    STOP_PENDING,
     IdempotencyConflictError,
     SweepRow,
     SweepState,
@@ -53,6 +60,13 @@ from trainers.vocabulary import DEFAULT_SEARCH_METRIC
 
 SPECS_DIR = ".specs"  # under the storage root: the resolved spec each job reads
 MAX_KEY_LENGTH = 255
+# What a submit beyond the active-sweep limit is told to wait: sweeps take minutes to hours,
+# so sooner is pointless, and a client retrying sooner only meets the same limit.
+RETRY_AFTER_S = 60
+# A log sent whole by default is bounded: the last 1 MiB; more on request, up to 16 MiB at once.
+LOG_TAIL_BYTES = 1 << 20
+MAX_LOG_BYTES = 16 << 20
+log = logging.getLogger("dmsweep.api")
 
 
 class SpecRejectedError(ValueError):
@@ -69,6 +83,50 @@ class SweepNotFoundError(LookupError):
 
 class StateConflictError(RuntimeError):
     """The sweep's state does not allow what was asked."""
+
+
+class TooManySweepsError(RuntimeError):
+    """The service runs as many sweeps as it may (``max_active_sweeps``); try again later."""
+
+    def __init__(self, active: int, limit: int) -> None:
+        super().__init__(
+            f"this service already has {active} active sweeps (queued, submitted or running); "
+            f"at most {limit} (DMSWEEP_MAX_ACTIVE_SWEEPS). Try again in {RETRY_AFTER_S} s, "
+            "or cancel one"
+        )
+        self.retry_after_s = RETRY_AFTER_S
+
+
+class SpecStorageError(RuntimeError):
+    """The spec file could not be written; nothing was created."""
+
+
+@dataclass(frozen=True)
+class LogSlice:
+    """Bytes ``offset`` to ``offset + len(text bytes)`` of a log of ``size`` bytes."""
+
+    text: str
+    offset: int
+    size: int
+
+
+def log_slice(data: bytes, offset: int | None, max_bytes: int) -> LogSlice:
+    """``max_bytes`` of ``data`` from ``offset``, or without one its last ``max_bytes``."""
+    start = max(0, len(data) - max_bytes) if offset is None else min(offset, len(data))
+    # A cut may split a UTF-8 character: shown as a replacement character, never an error.
+    return LogSlice(data[start : start + max_bytes].decode(errors="replace"), start, len(data))
+
+
+def _file_slice(path: Path, offset: int | None, max_bytes: int) -> LogSlice:
+    """As ``log_slice``, reading only the bytes sent (a trial's log may be large)."""
+    if not path.is_file():
+        return LogSlice("", 0, 0)
+    with path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        start = max(0, size - max_bytes) if offset is None else min(offset, size)
+        handle.seek(start)
+        data = handle.read(max_bytes)
+    return LogSlice(data.decode(errors="replace"), start, size)
 
 
 @dataclass(frozen=True)
@@ -119,22 +177,18 @@ class SweepService:
         """Create (and migrate) a SQLite tracking store before any sweep's job opens it."""
         prepare_store(self.tracking_uri)
 
-    def readiness(self, timeout_s: float = 2.0) -> dict[str, Any]:
-        """The database (raises when it cannot be reached), Ray's and MLflow's reachability.
-
-        Ray or MLflow being away does not make the service unready: sweeps wait queued for
-        Ray, and trials buffer what MLflow does not take.
-        """
+    def ping_database(self) -> None:
+        """Raise when the database cannot be reached (readiness)."""
         self.store.ping()
-        ray = self.jobs.reachable()
+
+    def ray_status(self) -> str:
+        """``reachable`` or ``unreachable``: Ray's Jobs API, for readiness (never fails it)."""
+        return "reachable" if self.jobs.reachable() else "unreachable"
+
+    def mlflow_status(self, timeout_s: float = 2.0) -> str:
+        """``reachable``, ``unreachable`` or ``not checked`` (a local store): for readiness."""
         tracking = reachable(self.tracking_uri, timeout_s)
-        return {
-            "database": "ok",
-            "ray": "reachable" if ray else "unreachable",
-            "mlflow": "not checked"
-            if tracking is None
-            else ("reachable" if tracking else "unreachable"),
-        }
+        return "not checked" if tracking is None else ("reachable" if tracking else "unreachable")
 
     # --- submit ---------------------------------------------------------------------------
 
@@ -168,7 +222,9 @@ class SweepService:
         except RayUnavailableError:
             nodes = None  # the sweep waits queued; its job checks again when it starts
         if nodes is not None:
-            fits = resource_problems(spec.resources, nodes + autoscaling_nodes())
+            fits = resource_problems(
+                spec.resources, nodes + autoscaling_nodes(), driver_cpus=DRIVER_CPUS
+            )
             if fits:
                 raise SpecRejectedError(fits)
         return spec, resolved
@@ -183,7 +239,45 @@ class SweepService:
                     raise IdempotencyConflictError(key, earlier.sweep_id)
                 return self.view(earlier), False
         spec, resolved = self.validate(body, content_type)
+        # The spec is written in full under a temporary name first and renamed into place
+        # before the row is stored: a queued sweep never points at a missing or half-written
+        # spec, whenever the service dies.
+        written = self._write_spec_draft(resolved)
+        try:
+            submitted = self._store_new(spec, body, key, written)
+        finally:
+            if written.exists():  # refused, or not renamed into place
+                written.unlink()
+        if not submitted.created:
+            return self.view(submitted.row), False
+        return self.view(self._start_job(submitted.row)), True
+
+    def _write_spec_draft(self, resolved: dict) -> Path:
+        folder = self.settings.storage_root / SPECS_DIR
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=folder, prefix=".draft-", suffix=".yaml")
+            with os.fdopen(handle, "w") as out:
+                out.write(yaml.safe_dump(resolved, sort_keys=False))
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError as error:
+            raise SpecStorageError(
+                f"could not write the sweep's spec under {folder}: "
+                f"{error.strerror or error}; nothing was created"
+            ) from None
+        return Path(name)
+
+    def _store_new(self, spec: SweepSpec, body: bytes, key: str | None, draft: Path) -> Any:
+        """The row of a new sweep, its spec renamed into place first; under the naming lock.
+
+        The active-sweep limit is counted under the same lock, so two submits at once cannot
+        both take the last place.
+        """
         with self._naming:
+            active = self.store.count(ACTIVE)
+            if active >= self.settings.max_active_sweeps:
+                raise TooManySweepsError(active, self.settings.max_active_sweeps)
             sweep_id = new_sweep_id(spec.name, self.settings.storage_root, taken=self.store.exists)
             row = SweepRow(
                 sweep_id=sweep_id,
@@ -196,13 +290,16 @@ class SweepService:
                 search_metric=spec.search.metric if spec.search else DEFAULT_SEARCH_METRIC,
                 search_mode=spec.search.mode if spec.search else "max",
             )
-            submitted = self.store.add(row)
-        if not submitted.created:
-            return self.view(submitted.row), False
-        spec_file = self._spec_file(sweep_id)
-        spec_file.parent.mkdir(parents=True, exist_ok=True)
-        spec_file.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        return self.view(self._start_job(submitted.row)), True
+            spec_file = self._spec_file(sweep_id)
+            os.replace(draft, spec_file)
+            try:
+                submitted = self.store.add(row)
+            except BaseException:
+                spec_file.unlink(missing_ok=True)
+                raise
+            if not submitted.created:  # a submit with the same key won a race: its sweep
+                spec_file.unlink(missing_ok=True)
+            return submitted
 
     def _spec_file(self, sweep_id: str) -> Path:
         return self.settings.storage_root / SPECS_DIR / f"{sweep_id}.yaml"
@@ -234,6 +331,12 @@ class SweepService:
             self.jobs.submit(job_id, entrypoint, {"dmsweep_sweep": row.sweep_id}, env)
         except RayUnavailableError as error:
             return self._apply(row, state=SweepState.QUEUED, message=str(error))
+        except RayRefusedError as error:
+            # Asking again gets the same answer: the sweep fails with Ray's reason (a resume
+            # asks again once the cause is fixed) instead of being retried every poll.
+            return self._apply(
+                row, state=SweepState.FAILED, message=f"{error}; fix it and resume the sweep"
+            )
         started = self.store.update_if(
             row.sweep_id,
             row.state,
@@ -246,15 +349,32 @@ class SweepService:
         if started is not None:
             return started
         now = self.get(row.sweep_id)
-        if now.state == SweepState.CANCELLED and now.ray_job_id != job_id:
-            # Cancelled while this job was being submitted: the job must not run on.
-            try:
-                self.jobs.stop(job_id)
-            except RayUnavailableError as error:
-                return self.store.update(
-                    row.sweep_id, message=f"cancelled; stopping job {job_id} failed: {error}"
-                )
+        if now.state == SweepState.CANCELLED:
+            # Cancelled while this job was being submitted: the job must not run on. Stopping a
+            # job twice (the cancel may have stopped it too) is harmless.
+            self.store.mark_stop(row.sweep_id, job_id)
+            return self._stop_pending(self.get(row.sweep_id))[0]
         return now
+
+    def _stop_pending(self, row: SweepRow) -> tuple[SweepRow, str | None]:
+        """Stop the job a cancel left to stop (``STOP_PENDING``); the sweep, and Ray's error.
+
+        The mark stays until Ray says the job has ended (or never knew it), so that no later
+        job of the sweep runs beside it; the poller asks again each pass.
+        """
+        job_id = (row.summary or {}).get(STOP_PENDING)
+        if not job_id:
+            return row, None
+        try:
+            if self.jobs.stop_if_there(job_id):  # a job Ray does not know never reached it
+                job = self.jobs.state(job_id)
+                if job is not None and job.sweep_state not in FINAL:
+                    return row, None  # stopping (SIGTERM, then SIGKILL): asked again later
+        except RayUnavailableError as error:
+            log.warning("sweep %s: its job %s is stopped later: %s", row.sweep_id, job_id, error)
+            return row, str(error)
+        self.store.clear_stop(row.sweep_id, job_id)
+        return self.get(row.sweep_id), None
 
     # --- follow -----------------------------------------------------------------------------
 
@@ -271,6 +391,13 @@ class SweepService:
         if row.state not in ACTIVE:
             return row
         if row.state == "queued" or row.ray_job_id is None:
+            earlier = (row.summary or {}).get(STOP_PENDING)
+            if earlier and self._stop_pending(row)[0].summary.get(STOP_PENDING):
+                # Resumed after a cancel whose job Ray has not confirmed ended: two drivers
+                # must never run one sweep's folder at once.
+                return self._apply(
+                    row, message=f"waits for its earlier job {earlier} to stop, then starts"
+                )
             return self._start_job(row)
         try:
             job = self.jobs.state(row.ray_job_id)
@@ -298,18 +425,34 @@ class SweepService:
         return job_message
 
     def refresh_active(self) -> None:
-        """Refresh every sweep that is not finished (the poller)."""
+        """Refresh every sweep that is not finished, and stop jobs of cancels (the poller).
+
+        Each sweep on its own: one that cannot be read (a damaged folder, a strange answer
+        from Ray) is logged and the pass goes on with the others.
+        """
+        for row in self.store.stops_pending():
+            try:
+                self._stop_pending(row)
+            except Exception:
+                log.exception("sweep %s: stopping its cancelled job failed", row.sweep_id)
         for row in self.store.all(ACTIVE):
-            self.refresh(row.sweep_id)
+            try:
+                self.refresh(row.sweep_id)
+            except Exception:
+                log.exception("sweep %s: reading its state failed; trying again", row.sweep_id)
 
     def progress(self, row: SweepRow) -> Progress:
         """Trials done / running / failed, the best result so far, the MLflow run."""
         folder = self._folder(row.sweep_id)
         try:
             state = folder.read_state()
+            trials = folder.progress(row.search_metric, row.search_mode)
         except ValueError:
             return Progress(0, 0, 0, row.total_trials, None, None, None)
-        trials = folder.progress(row.search_metric, row.search_mode)
+        except (KeyError, TypeError, OSError) as error:
+            # A damaged folder shows no progress; it must not take the list of sweeps down.
+            log.warning("sweep %s: its folder cannot be read: %r", row.sweep_id, error)
+            return Progress(0, 0, 0, row.total_trials, None, None, None)
         best = None
         if trials.best is not None:
             best = {"trial": trials.best[0], row.search_metric: trials.best[1]}
@@ -351,7 +494,11 @@ class SweepService:
     # --- act ------------------------------------------------------------------------------
 
     def cancel(self, sweep_id: str) -> SweepRow:
-        """Stop the sweep's Ray job; ``StateConflictError`` once the sweep has ended."""
+        """Stop the sweep's Ray job; ``StateConflictError`` once the sweep has ended.
+
+        The sweep is cancelled at once, also while Ray does not answer: its job is then
+        stopped by the poller as soon as Ray answers (``STOP_PENDING``).
+        """
         for _ in range(5):  # again when the poller moved the sweep on meanwhile
             row = self.refresh(sweep_id)
             if row.state not in ACTIVE:
@@ -359,17 +506,35 @@ class SweepService:
                     f"sweep {sweep_id} is {row.state}; only a queued, submitted or "
                     "running sweep can be cancelled"
                 )
-            if row.ray_job_id is not None and row.state != "queued":
-                self.jobs.stop(row.ray_job_id)
+            if row.state == SweepState.QUEUED or row.ray_job_id is None:
+                # Its next job may have reached Ray although the service never learnt so (the
+                # submit's answer was lost, or the service died right after it). Its id is
+                # known in advance, so it is stopped too; the sweep takes that attempt, so a
+                # resume starts the one after it, never the stopped job.
+                attempt = row.attempt + 1
+                job_id = submission_id(row.sweep_id, attempt)
+            else:
+                attempt, job_id = row.attempt, row.ray_job_id
             cancelled = self.store.update_if(
                 sweep_id,
                 row.state,
                 row.attempt,
                 state=SweepState.CANCELLED,
                 message="cancelled by a user",
+                attempt=attempt,
+                ray_job_id=job_id,
+                summary={**(row.summary or {}), STOP_PENDING: job_id},
             )
-            if cancelled is not None:
-                return cancelled
+            if cancelled is None:
+                continue
+            stopped, ray_error = self._stop_pending(cancelled)
+            if ray_error is not None:
+                return self.store.update(
+                    sweep_id,
+                    message=f"cancelled by a user; Ray did not answer, so its job {job_id} "
+                    "is stopped once Ray answers",
+                )
+            return stopped
         raise StateConflictError(f"sweep {sweep_id} kept changing; try again")
 
     def resume(self, sweep_id: str) -> SweepRow:
@@ -379,7 +544,20 @@ class SweepService:
             raise StateConflictError(
                 f"sweep {sweep_id} is {row.state}; only a failed or cancelled sweep can be resumed"
             )
-        if row.ray_job_id is not None:
+        earlier = (row.summary or {}).get(STOP_PENDING)
+        if earlier and self._stop_pending(row)[0].summary.get(STOP_PENDING):
+            # A cancel's job that Ray has not confirmed ended (Ray was away, or it is still
+            # stopping): the sweep waits queued and the poller starts it once that job ended,
+            # so two drivers never run one sweep's folder at once.
+            queued = self._apply(
+                row,
+                state=SweepState.QUEUED,
+                message=f"waits for its earlier job {earlier} to stop, then starts",
+            )
+            if queued.state != SweepState.QUEUED:
+                raise StateConflictError(f"sweep {sweep_id} changed meanwhile; try again")
+            return queued
+        if row.ray_job_id is not None and not earlier:
             job = self.jobs.state(row.ray_job_id)
             if job is not None and job.sweep_state in (
                 SweepState.SUBMITTED,
@@ -400,18 +578,31 @@ class SweepService:
         records = folder.records() if folder.path.is_dir() else []
         if not records:
             raise StateConflictError(f"sweep {sweep_id} has no finished trial yet")
-        return write_sweep_report(folder, folder.read_spec(), records)["markdown"].read_text()
+        # Rendered in memory: the sweep's driver writes report.md itself, maybe right now.
+        return sweep_report_markdown(folder.read_spec(), records)
 
-    def logs(self, sweep_id: str, trial: str | None = None) -> str:
-        """The Ray job's output, or with ``trial`` (an id or a name prefix) that trial's log."""
+    def logs(
+        self,
+        sweep_id: str,
+        trial: str | None = None,
+        offset: int | None = None,
+        max_bytes: int = LOG_TAIL_BYTES,
+    ) -> LogSlice:
+        """The Ray job's output, or with ``trial`` (an id or a name prefix) that trial's log.
+
+        At most ``max_bytes`` of it: from byte ``offset``, or without one the last bytes.
+        """
         row = self.get(sweep_id)
         if trial is None:
             if row.ray_job_id is None:
-                return row.message or "the sweep has not been submitted to Ray yet\n"
-            return self.jobs.logs(row.ray_job_id)
+                text = row.message or "the sweep has not been submitted to Ray yet\n"
+                return log_slice(text.encode(), offset, max_bytes)
+            return log_slice(self.jobs.logs(row.ray_job_id).encode(), offset, max_bytes)
         folder = self._folder(sweep_id)
-        try:
-            log = folder.log_file(folder.find_trial(trial))
+        try:  # the one lookup, with the prefix rule, that `dmsweep logs ID TRIAL` uses too
+            found = folder.find_trial(trial)
         except LookupError as error:
-            raise SweepNotFoundError(str(error)) from None
-        return log.read_text() if log.is_file() else ""
+            raise SweepNotFoundError(
+                f"{error}; give a trial id, a whole trial name, or a prefix of exactly one"
+            ) from None
+        return _file_slice(folder.log_file(found), offset, max_bytes)

@@ -36,8 +36,15 @@ def autoscaling_nodes(env: Mapping[str, str] | None = None) -> list[Node]:
     return [node] * count
 
 
-def resource_problems(resources: Resources, nodes: list[Node]) -> list[Problem]:
-    """A problem for each way a trial of ``resources`` cannot fit ``nodes``."""
+def resource_problems(
+    resources: Resources, nodes: list[Node], driver_cpus: float = 0.0
+) -> list[Problem]:
+    """A problem for each way a trial of ``resources`` cannot fit ``nodes``.
+
+    ``driver_cpus``: what the sweep's driver itself holds while it runs (the service declares
+    its job's entrypoint CPUs to Ray; a local ``dmsweep run`` holds none), so a sweep whose
+    driver and one trial cannot be placed together is refused rather than left waiting.
+    """
     problems: list[Problem] = []
     per_trial_gpus = resources.workers_per_trial * resources.gpus_per_worker
     total_gpus = sum(n.get("GPU", 0) for n in nodes)
@@ -56,6 +63,18 @@ def resource_problems(resources: Resources, nodes: list[Node]) -> list[Problem]:
                 ("resources", "gpus_per_worker"),
                 f"{resources.gpus_per_worker:g} GPUs per worker, but no node of the cluster "
                 "has that many",
+            )
+        )
+    total_cpus = sum(n.get("CPU", 0) for n in nodes)
+    trial_cpus = resources.workers_per_trial * resources.cpus_per_worker
+    if driver_cpus and driver_cpus + trial_cpus > total_cpus:
+        problems.append(
+            Problem(
+                ("resources",),
+                f"the sweep's driver takes {driver_cpus:g} CPU and a trial {trial_cpus:g} "
+                f"({resources.workers_per_trial} workers x {resources.cpus_per_worker:g}), "
+                f"the cluster has {total_cpus:g}; lower resources.cpus_per_worker or "
+                "workers_per_trial",
             )
         )
     most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)

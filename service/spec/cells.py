@@ -71,6 +71,8 @@ class Cell:
     departures: tuple[str, ...] = field(default=(), compare=False)
     # A control cell (``control_cells``): the base loss at a DM cell's alpha, not the grid's cell.
     control: bool = False
+    # The hyperparameters the spec sets for this cell; the others are the paper's defaults.
+    given: frozenset[str] = field(default=frozenset(), compare=False)
 
     @property
     def cell_id(self) -> str:
@@ -112,9 +114,11 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
         if settings.recipe_overrides and settings.source is None:
             departures["recipe_overrides"] = True
     values = defaults.resolve_hyperparameters(bare.dataset, bare.backbone, bare.method, bare.loss)
+    given = set(spec.hyperparameters.given())
     values.update(spec.hyperparameters.given())
     for settings in matching:
         values.update(settings.given())
+        given |= set(settings.given())
     cell = Cell(bare.dataset, bare.backbone, bare.method, bare.loss, {}, recipe_overrides, epochs)
     kept = {k: v for k, v in values.items() if applies(spec, k, cell)}
     return Cell(
@@ -127,6 +131,7 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
         epochs,
         MixingSettings.model_validate(mixing),
         tuple(name for name, departs in departures.items() if departs),
+        given=frozenset(given & set(kept)),
     )
 
 
@@ -135,9 +140,10 @@ def _interpolation_settings(cell: Cell) -> dict[str, float]:
 
     A.3 gives interpolation- and cutting-based policies different xi and t; ``mixup_cutmix``
     switches between the two families per batch, so its loss picks per batch as well. The cell's
-    own xi / t (the cutting-based defaults, or the spec's) apply to its CutMix batches.
+    own xi / t apply to its CutMix batches. The split is A.3's defaults only: a spec that sets
+    xi or t for the cell (or searches them) sets them for every batch.
     """
-    if cell.method != "mixup_cutmix" or cell.loss != "dm_bce":
+    if cell.method != "mixup_cutmix" or cell.loss != "dm_bce" or cell.given & {"xi", "t"}:
         return {}
     return {f"interpolation_{k}": v for k, v in defaults.BCE_INTERPOLATION.items()}
 
@@ -227,12 +233,14 @@ def comparable(spec: SweepSpec, cell: Cell) -> bool:
 
     Epochs and recipe overrides count as the paper's when the override that sets them cites its
     source (``CellSettings.source``). Drawing lambda per sample is not how the paper's
-    configurations drew it (one per batch).
+    configurations drew it (one per batch), nor is SaliencyMix's spectral-residual detector
+    SaliencyMix's own.
     """
     data = spec.data.get(cell.dataset)
     return (
         cell.dataset != "synthetic"
         and cell.mixing.lambda_mode == "batch"
+        and (cell.method != "saliencymix" or cell.mixing.saliency_detector == "fine_grained")
         and not cell.departures
         and spec.batch_size is None
         and (data is None or (data.subset is None and data.label_fraction is None))

@@ -373,7 +373,7 @@ class SweepSpec(StrictModel):
     """
 
     name: str = Field(
-        description=f"letters, digits, '.', '_' and '-', not starting with '-'; at most "
+        description=f"letters, digits, '.', '_' and '-', not starting with '-' or '.'; at most "
         f"{MAX_NAME_LENGTH} characters"
     )
     grid: Grid = Field(description="the axes of the cells and the seeds")
@@ -443,10 +443,11 @@ class SweepSpec(StrictModel):
             raise ValueError(
                 f"name may contain only letters, digits, '.', '_' and '-'; got {name!r}"
             )
-        if name.startswith("-"):
+        if name.startswith(("-", ".")):
             # The name becomes part of a command line (the Ray job's entrypoint), where a
-            # leading '-' reads as an option.
-            raise ValueError(f"name must not start with '-'; got {name!r}")
+            # leading '-' reads as an option, and of a folder name, hidden with a leading '.'
+            # ('.' and '..' are not folders of their own at all).
+            raise ValueError(f"name must not start with '-' or '.'; got {name!r}")
         if len(name) > MAX_NAME_LENGTH:
             raise ValueError(f"name has {len(name)} characters; at most {MAX_NAME_LENGTH}")
         return name

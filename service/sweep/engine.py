@@ -57,6 +57,7 @@ from service.tracking.store import (
     prepare_store,
 )
 from service.tracking.sweep_runs import finish_sweep, reopen_sweep, start_sweep
+from service.tracking.uri import redacted
 from trainers.validation import describe
 
 TUNE_RETRIES = 2  # driver restarts per trial (a lost node)
@@ -280,7 +281,9 @@ def create_sweep(
         f"the parent run of sweep {sweep_id}",
     )
     if track is None:
-        parent: dict[str, object] = {"op": "sweep_run", "uri": uri, "experiment": spec.name}
+        # Stored without credentials, like sweep.json; the sender puts this process's back.
+        parent: dict[str, object] = {"op": "sweep_run", "uri": redacted(uri)}
+        parent["experiment"] = spec.name
         parent |= {"sweep_id": sweep_id, "tags": tags, "spec_file": str(folder.spec_file)}
         Outbox(folder.tracking_outbox_dir).add({**parent, "artifact_location": artifacts})
     folder.write_state(

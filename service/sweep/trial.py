@@ -30,6 +30,7 @@ from service.tracking.store import Tracking
 from service.tracking.trial_runs import child_run, flatten, trial_yaml
 from trainers.config import TrainConfig
 from trainers.data.datasets import is_synthetic, resolve_root
+from trainers.mixing.base import LambdaMode
 from trainers.recipes import get_recipe
 from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
 
@@ -53,7 +54,7 @@ class CellRun:
     epochs: int
     hyperparameters: dict[str, float]
     comparable: bool  # the paper's recipe as is: its number compares with ours
-    lambda_mode: str  # one lambda per batch (the paper's configurations) or per sample
+    lambda_mode: LambdaMode  # one lambda per batch (the paper's configurations) or per sample
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,10 @@ def with_params(config: dict[str, Any], params: dict[str, float]) -> TrainConfig
     for name, value in params.items():
         if name in LOSS_HYPERPARAMETER_NAMES:
             config["loss"][name] = value
+            if name in ("xi", "t"):
+                # A searched xi / t is one setting for every batch, Mixup's and CutMix's alike
+                # (service.spec.cells: A.3's split applies only to its own defaults).
+                config["loss"]["interpolation_xi"] = config["loss"]["interpolation_t"] = None
         elif name == "alpha":
             config["mixing"]["alpha"] = value
         else:

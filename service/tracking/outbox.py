@@ -35,7 +35,8 @@ from typing import Any
 
 from mlflow.entities import Metric
 
-from service.tracking.store import Tracking, quick_http, retrying
+from service.tracking.store import LASTING_ERRORS, Tracking, quick_http, retrying
+from service.tracking.uri import with_credentials
 
 FLUSH_EVERY_S = 30.0
 # on a child run made after its trial ran untracked: it holds the final metrics only
@@ -59,6 +60,12 @@ class Outbox:
         temporary = self.folder / f".{name}.tmp"
         temporary.write_text(json.dumps(write, default=str))
         temporary.replace(self.folder / f"{name}.json")
+
+    def _set_aside(self, path: Path, reason: str) -> None:
+        failed = self.folder / "failed"
+        failed.mkdir(exist_ok=True)
+        (failed / f"{path.stem}.reason.txt").write_text(reason + "\n")
+        path.replace(failed / path.name)
 
     def pending(self) -> list[Path]:
         """The writes waiting, oldest first."""
@@ -84,14 +91,33 @@ class Outbox:
                 with quick_http():
                     done, tracking = _send(write, tracking, record_of, on_sweep_run)
             except Exception as error:
-                log(
-                    f"tracking: {len(self.pending())} MLflow writes wait for MLflow: "
-                    f"{type(error).__name__}: {str(error)[:300]}"
-                )
-                return tracking
+                reason = f"{type(error).__name__}: {str(error)[:300]}"
+                if not _lasting(error):
+                    log(f"tracking: {len(self.pending())} MLflow writes wait for MLflow: {reason}")
+                    return tracking
+                # Sending it again would fail again and hold every later write behind it.
+                self._set_aside(path, reason)
+                log(f"tracking: an MLflow write was refused for good ({reason}); kept in failed/")
+                continue
             if done:
                 path.unlink(missing_ok=True)
         return tracking
+
+
+def _lasting(error: Exception) -> bool:
+    """Whether MLflow (or the write itself) refused for good, as opposed to being away.
+
+    A 4xx answer other than 429 (a deleted run, an invalid value), a write this version cannot
+    read, or a file-system error of the local store.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(error, (KeyError, ValueError, TypeError, *LASTING_ERRORS)):
+        return True
+    if isinstance(error, MlflowException):
+        status = error.get_http_status_code()
+        return 400 <= status < 500 and status != 429
+    return False
 
 
 def _send(
@@ -112,7 +138,7 @@ def _send(
     if op == "sweep_run":
         if tracking is None:
             tracking = start_sweep(
-                uri=write["uri"],
+                uri=with_credentials(write["uri"]),
                 experiment=write["experiment"],
                 sweep_id=write["sweep_id"],
                 spec_file=Path(write["spec_file"]),

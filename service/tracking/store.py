@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -156,23 +157,39 @@ def best_effort(
         return None
 
 
+# quick_http's users at this moment: the variables are the whole process's, and a sweep's
+# driver (callbacks, outbox) and the service (report links) use them from several threads.
+_quick_users = 0
+_quick_saved: dict[str, str | None] = {}
+_quick_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def quick_http() -> Iterator[None]:
     """MLflow HTTP requests made inside fail at once (``QUICK_HTTP``); settings restored after.
 
-    MLflow reads these variables on every request. Used in a training worker, where nothing
-    but the trial's logger talks to MLflow.
+    MLflow reads these variables on every request, from the process's environment: they are
+    set by the first of overlapping users and restored by the last (other threads' requests
+    meanwhile fail fast too, which every caller here wants).
     """
-    saved = {name: os.environ.get(name) for name in QUICK_HTTP}
-    os.environ.update(QUICK_HTTP)
+    global _quick_users
+    with _quick_lock:
+        if _quick_users == 0:
+            _quick_saved.update({name: os.environ.get(name) for name in QUICK_HTTP})
+            os.environ.update(QUICK_HTTP)
+        _quick_users += 1
     try:
         yield
     finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        with _quick_lock:
+            _quick_users -= 1
+            if _quick_users == 0:
+                for name, value in _quick_saved.items():
+                    if value is None:
+                        os.environ.pop(name, None)
+                    else:
+                        os.environ[name] = value
+                _quick_saved.clear()
 
 
 def artifact_error(client: MlflowClient, run_id: str, artifact: str, error: Exception) -> str:

@@ -154,7 +154,7 @@ class SampleLoader:
             pin_memory=pin_memory,
             # Workers start with each epoch and end with it (a fork: ~0.1 s, next to an epoch of
             # photos). Persistent workers would outlive a run that stops on an exception, and a
-            # second loader started beside live ones was measured 10x slower to its first batch.
+            # second loader started beside live ones is about 10x slower to its first batch.
             persistent_workers=False,
             prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
         )

@@ -307,6 +307,8 @@ class ParquetShards:
         self.shard_loads: list[int] = []
         self._cache: OrderedDict[int, Any] = OrderedDict()
         self._groups: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        # Per shard, the row where each row group ends: read from its footer once.
+        self._group_ends: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
     def _labels(self, path: Path) -> np.ndarray:
@@ -401,15 +403,23 @@ class ParquetShards:
         """The row group of shard ``number`` holding ``row`` (cached), and the row within it."""
         path = self.shards[number]
         try:
-            file = pq.ParquetFile(path)
-            sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
-            group = int(np.searchsorted(np.cumsum(sizes), row, side="right"))
-            first = int(sum(sizes[:group]))
+            with self._lock:
+                ends = self._group_ends.get(number)
+            file = None
+            if ends is None:
+                file = pq.ParquetFile(path)
+                sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
+                ends = np.cumsum(sizes)
+                with self._lock:
+                    self._group_ends[number] = ends
+            group = int(np.searchsorted(ends, row, side="right"))
+            first = int(ends[group - 1]) if group else 0
             key = (number, group)
             with self._lock:
                 if key in self._groups:
                     self._groups.move_to_end(key)
                     return self._groups[key], row - first
+            file = file or pq.ParquetFile(path)
             column = file.read_row_group(group, columns=["image"]).column("image")
         except (OSError, pa.ArrowException) as error:
             raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
