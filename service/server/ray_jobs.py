@@ -84,9 +84,10 @@ def resume_entrypoint(sweep_id: str, storage_root: str) -> str:
     return shlex.join([*command, "--storage-path", storage_root, "--address", "auto"])
 
 
-# Every call to the job server is bounded: Ray's own JobSubmissionClient sends its requests
-# without a timeout, so a head that accepts connections and never answers held the service's
-# request threads forever. The documented Jobs REST API is called directly instead.
+# Every call to the job server is bounded: Ray 2.60's JobSubmissionClient sends its requests
+# without a timeout, so a head that accepts connections and never answers would hold the
+# service's request threads for good (tests/test_api_hung_ray.py). The documented Jobs REST API
+# is called directly instead.
 TIMEOUT_S = 5.0
 # After a call that timed out or could not connect, calls fail at once for this long: a request
 # (and the poller) pays for a hung head once, not once per sweep.
