@@ -132,13 +132,17 @@ class RayJobs:
             self._down_until = time.monotonic() + self.backoff_s
             raise RayUnavailableError(f"{what} at {self.address} failed: {reason}") from None
 
+    def _failure(self, what: str, response: httpx.Response) -> str:
+        """What the job server answered to a request it did not take, for the error raised."""
+        return (
+            f"{what} at {self.address} failed: {response.status_code} "
+            f"{response.text.strip()[-500:]}"
+        )
+
     def _json(self, what: str, method: str, path: str, **options: Any) -> Any:
         response = self._request(what, method, path, **options)
         if response.status_code != 200:
-            raise RayUnavailableError(
-                f"{what} at {self.address} failed: {response.status_code} "
-                f"{response.text.strip()[-500:]}"
-            )
+            raise RayUnavailableError(self._failure(what, response))
         try:
             return response.json()
         except ValueError:
@@ -189,10 +193,7 @@ class RayJobs:
                 f"the Ray job server at {self.address} refused the job: {response.status_code} "
                 f"{response.text.strip()[-500:]}"
             )
-        raise RayUnavailableError(
-            f"submitting the job at {self.address} failed: {response.status_code} "
-            f"{response.text.strip()[-500:]}"
-        )
+        raise RayUnavailableError(self._failure("submitting the job", response))
 
     def state(self, job_id: str) -> JobState | None:
         """The job's state, or None when the cluster does not know the job."""
@@ -200,10 +201,7 @@ class RayJobs:
         if response.status_code == 404:
             return None
         if response.status_code != 200:
-            raise RayUnavailableError(
-                f"reading the job's state at {self.address} failed: {response.status_code} "
-                f"{response.text.strip()[-500:]}"
-            )
+            raise RayUnavailableError(self._failure("reading the job's state", response))
         try:
             info = response.json()
             return JobState(SWEEP_STATE[JobStatus(info["status"])], info.get("message"))
@@ -238,10 +236,7 @@ class RayJobs:
         if response.status_code == 404:
             return False
         if response.status_code != 200:
-            raise RayUnavailableError(
-                f"stopping the job at {self.address} failed: {response.status_code} "
-                f"{response.text.strip()[-500:]}"
-            )
+            raise RayUnavailableError(self._failure("stopping the job", response))
         return True
 
     def logs(self, job_id: str) -> str:

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from service.results.folder import STATE_FILE, SweepFolder, new_sweep_id
 from service.results.records import TrialState
 from service.results.report import sweep_report_markdown
+from service.server.log_tail import LogSlice, file_slice, log_slice
 from service.server.ray_jobs import (
     DRIVER_CPUS,
     RayJobs,
@@ -99,34 +100,6 @@ class TooManySweepsError(RuntimeError):
 
 class SpecStorageError(RuntimeError):
     """The spec file could not be written; nothing was created."""
-
-
-@dataclass(frozen=True)
-class LogSlice:
-    """Bytes ``offset`` to ``offset + len(text bytes)`` of a log of ``size`` bytes."""
-
-    text: str
-    offset: int
-    size: int
-
-
-def log_slice(data: bytes, offset: int | None, max_bytes: int) -> LogSlice:
-    """``max_bytes`` of ``data`` from ``offset``, or without one its last ``max_bytes``."""
-    start = max(0, len(data) - max_bytes) if offset is None else min(offset, len(data))
-    # A cut may split a UTF-8 character: shown as a replacement character, never an error.
-    return LogSlice(data[start : start + max_bytes].decode(errors="replace"), start, len(data))
-
-
-def _file_slice(path: Path, offset: int | None, max_bytes: int) -> LogSlice:
-    """As ``log_slice``, reading only the bytes sent (a trial's log may be large)."""
-    if not path.is_file():
-        return LogSlice("", 0, 0)
-    with path.open("rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        start = max(0, size - max_bytes) if offset is None else min(offset, size)
-        handle.seek(start)
-        data = handle.read(max_bytes)
-    return LogSlice(data.decode(errors="replace"), start, size)
 
 
 @dataclass(frozen=True)
@@ -605,4 +578,4 @@ class SweepService:
             raise SweepNotFoundError(
                 f"{error}; give a trial id, a whole trial name, or a prefix of exactly one"
             ) from None
-        return _file_slice(folder.log_file(found), offset, max_bytes)
+        return file_slice(folder.log_file(found), offset, max_bytes)

@@ -30,7 +30,8 @@ from trainers.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from service.spec.model import Range, SweepSpec
+    from service.spec.model import SweepSpec
+    from service.spec.search import Range
 
 AXES = ("dataset", "backbone", "method", "loss")
 CONTROL = "control"

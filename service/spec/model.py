@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import timm
 from pydantic import (
@@ -22,6 +22,7 @@ from pydantic import (
 
 from service.spec.cells import AXES, Cell, applies, expand, grid_cells, train_config
 from service.spec.defaults import DYNAMIC
+from service.spec.search import MAX_LIST, MAX_TRIALS, Search
 from trainers.backbones import DMSWEEP_BACKBONES
 from trainers.config import BackboneSettings, DataSettings, EvalConfig, MixingSettings
 from trainers.data.datasets import DATASETS, ROOT_VARIABLE
@@ -37,17 +38,12 @@ from trainers.recipes import RECIPES, get_recipe
 from trainers.validation import Location, Problem, StrictModel, raise_problems
 from trainers.vocabulary import (
     BOUNDS,
-    DEFAULT_SEARCH_METRIC,
     HYPERPARAMETERS,
     LOSSES,
     METHODS,
-    SearchableName,
 )
 
 MAX_SEEDS = 100
-MAX_TRIALS = 10_000
-# Values per grid axis, per match list and per search parameter; a real grid has a handful.
-MAX_LIST = 100
 # Override and exclude rules; Table 2's spec has three.
 MAX_RULES = 1_000
 # Shown when a cell fails TrainConfig validation; more would drown the first ones.
@@ -233,112 +229,6 @@ class CellOverride(StrictModel):
 
     match: Match = Field(description="which cells")
     set: CellSettings = Field(description="alpha / eta / xi / t, recipe_overrides, epochs")
-
-
-class Range(StrictModel):
-    """A continuous search range [low, high], sampled on a log scale if ``log``."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _check(self) -> Range:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            raise ValueError("low and high must be finite numbers (no NaN or infinity)")
-        if not self.low < self.high:
-            raise ValueError(f"need low < high; got low={self.low}, high={self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0; got {self.low}")
-        return self
-
-
-class Scheduler(StrictModel):
-    """Early stopping of trials: Ray Tune's ASHA."""
-
-    type: Literal["asha"] = Field(description="asha (the only scheduler so far)")
-    grace_period: int = Field(
-        1, ge=1, le=MAX_EPOCHS, description="epochs every trial runs at least"
-    )
-    max_t: int | None = Field(
-        None, ge=1, le=MAX_EPOCHS, description="epochs at most; default: the spec's epochs"
-    )
-    reduction_factor: float = Field(4, gt=1, description="ASHA's eta (Ray Tune's default 4)")
-
-
-class Search(StrictModel):
-    """Optuna search per cell: one study per cell, named ``<sweep id>:<cell id>``."""
-
-    parameters: dict[SearchableName, Annotated[list[float], Field(max_length=MAX_LIST)] | Range] = (
-        Field(
-            min_length=1,
-            description="each a list of values (categorical) or {low, high, log} (a range); lr and "
-            "weight_decay replace the recipe's",
-        )
-    )
-    sampler: Literal["grid", "tpe"] = Field(
-        "tpe", description="grid (every parameter categorical) or tpe"
-    )
-    num_samples: int | None = Field(
-        None,
-        ge=1,
-        le=MAX_TRIALS,
-        description="settings per cell and seed; default with grid: the grid's size",
-    )
-    metric: str = Field(DEFAULT_SEARCH_METRIC, description="what the search optimises")
-    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
-    scheduler: Scheduler | None = Field(None, description="null: every trial runs to the end")
-    storage: str | None = Field(
-        None, description="Optuna RDB URL; default: a sqlite file under the sweep's storage_path"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> Search:
-        problems: list[Problem] = []
-        for name, space in self.parameters.items():
-            if isinstance(space, Range):
-                for end in ("low", "high"):
-                    problem = BOUNDS[name].problem(name, getattr(space, end))
-                    if problem:
-                        problems.append(Problem(("parameters", name, end), problem))
-            elif not space:
-                problems.append(Problem(("parameters", name), "give at least one value"))
-            else:
-                for index, value in enumerate(space):
-                    problem = BOUNDS[name].problem(name, value)
-                    if problem:
-                        problems.append(Problem(("parameters", name, index), problem))
-                if len(set(space)) != len(space):
-                    problems.append(Problem(("parameters", name), "values must be unique"))
-        if self.sampler == "grid":
-            ranges = [n for n, s in self.parameters.items() if isinstance(s, Range)]
-            if ranges:
-                problems.append(
-                    Problem(
-                        ("sampler",),
-                        f"the grid sampler needs lists of values; {', '.join(ranges)} "
-                        "is a range: use sampler tpe, or list the values",
-                    )
-                )
-            else:
-                size = self.grid_size()
-                if self.num_samples is None:
-                    self.num_samples = size
-                elif self.num_samples > size:
-                    problems.append(
-                        Problem(
-                            ("num_samples",),
-                            f"the grid has {size} settings; num_samples must be <= {size}",
-                        )
-                    )
-        elif self.num_samples is None:
-            problems.append(Problem(("num_samples",), "required with sampler tpe (an int >= 1)"))
-        raise_problems(problems, "Search")
-        return self
-
-    def grid_size(self) -> int:
-        """The number of settings of the categorical grid (ranges count as one)."""
-        return math.prod(len(s) if isinstance(s, list) else 1 for s in self.parameters.values())
 
 
 class Resources(StrictModel):

@@ -31,7 +31,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from service.spec.model import Range
+from service.spec.search import Range
 
 logger = logging.getLogger(__name__)
 
