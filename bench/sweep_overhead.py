@@ -1,16 +1,15 @@
 """What a sweep trial costs beyond its training steps, through the engine and without it.
 
     python bench/sweep_overhead.py [--quick] [--trials 3] [--cell-seconds 35] [--cell-images N]
-        [--cell-cpus 2] [--no-slow-interval] [--no-cells]
+        [--cell-cpus 2] [--no-cells]
 
 1. Per-trial overhead of trivial cells (synthetic 16 px, 32 train / 16 test images, smallnet,
    1 epoch, 1 CPU per trial, one trial at a time): seconds per trial through the engine
-   (``service.sweep.engine.run_sweep``: a Tune function driver wrapping a 1-worker ``TorchTrainer``,
-   MLflow tracking on SQLite, trial records and logs, the report at the end) against a plain
-   Ray Tune function trial calling ``trainers.loop.run`` on the same ``TrainConfig`` and
-   reporting with ``ray.tune.report`` (checkpoint included, no MLflow). The engine is measured
-   with ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` at ours (0.2 s) and at Ray's default (2 s; not
-   with ``--quick``).
+   (``service.sweep.engine.run_sweep``: a one-worker trial trains in its Tune function's own
+   process; MLflow tracking on SQLite, trial records and logs, checkpoints kept in the trial's
+   folder, the report at the end) against a plain Ray Tune function trial calling
+   ``trainers.loop.run`` on the same ``TrainConfig`` and reporting with ``ray.tune.report``
+   (checkpoint included, no MLflow).
    A trial's time is from Tune's ``on_trial_start`` to its ``on_trial_complete`` in the sweep's
    driver; "sweep / trial" is the whole ``run_sweep`` (or ``Tuner.fit``) call divided by the
    number of trials, and "outside trials" what that call spends outside the trials (the sweep's
@@ -19,7 +18,7 @@
    short calibration so that the training steps take ``--cell-seconds``): the fraction of each
    trial's wall time (Tune's start to end) spent in training steps, the sum of the loop's
    ``epoch_time_s`` read from the trial's log (evaluation, checkpoints and data generation are
-   outside it). Two trials, one after the other, through the engine at 0.2 s.
+   outside it). Two trials, one after the other, through the engine.
 
 Each configuration runs in a child process of this script (``--_child``) that starts its own
 local Ray with ``ray.init()`` (the health-check interval is read when Ray starts) and shuts it
@@ -53,7 +52,6 @@ from tests.support.processes import end_session
 
 RESULT = "SWEEP_OVERHEAD_RESULT "
 OURS_INTERVAL = 0.2  # service.sweep.ray_setup.HEALTH_CHECK_INTERVAL_S
-RAY_INTERVAL = 2.0  # Ray Train's default
 CELL_EPOCHS = 3
 CELL_BATCH = 64  # the smoke recipe's
 LOG_STAMP = "%Y-%m-%d %H:%M:%S"
@@ -326,11 +324,10 @@ def overhead_table(console, args: argparse.Namespace, notes: list[str]) -> None:
     from rich.table import Table
 
     spec = trivial_spec(args.trials)
-    engine = "engine: Tune driver + TorchTrainer"
-    runs = [("plain Tune function trial", "tune", OURS_INTERVAL, "-", "no")]
-    runs.append((engine, "engine", OURS_INTERVAL, "0.2 s", "sqlite"))
-    if not args.no_slow_interval:
-        runs.append((engine, "engine", RAY_INTERVAL, "2 s", "sqlite"))
+    runs = [
+        ("plain Tune function trial", "tune", OURS_INTERVAL, "-", "no"),
+        ("engine: one-worker trial in its Tune process", "engine", OURS_INTERVAL, "-", "sqlite"),
+    ]
     rows = []
     for label, kind, interval, shown, mlflow in runs:
         result = run_child(kind, spec, interval, args.timeout, notes)
@@ -447,9 +444,6 @@ def main() -> None:
     )
     parser.add_argument("--cell-images", type=int, default=None, help="skip the calibration")
     parser.add_argument("--cell-cpus", type=float, default=2, help="CPUs of a cell's worker")
-    parser.add_argument(
-        "--no-slow-interval", action="store_true", help="skip the engine at Ray's 2 s default"
-    )
     parser.add_argument("--no-cells", action="store_true", help="skip part 2")
     parser.add_argument("--timeout", type=float, default=400, help="seconds per child")
     parser.add_argument("--_child", choices=("engine", "tune"), help=argparse.SUPPRESS)
@@ -460,7 +454,6 @@ def main() -> None:
         child_main(args)
         return
     args.trials = args.trials or (2 if args.quick else 3)
-    args.no_slow_interval = args.no_slow_interval or args.quick
     args.cell_seconds = args.cell_seconds or (15 if args.quick else 35)
 
     import ray

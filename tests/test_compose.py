@@ -662,6 +662,8 @@ def test_the_api_and_ray_environment():
         env = env_of(name)
         assert env["RAY_AUTH_MODE"] == "token", name
         assert env["RAY_AUTH_TOKEN"] == example_env()["RAY_AUTH_TOKEN"], name
+        # sweep drivers queued for memory are not failed by Ray after its default 15 min
+        assert int(env["RAY_JOB_START_TIMEOUT_SECONDS"]) >= 86400, name
     # the api's addresses are services of this file, on the ports they listen on
     assert urlsplit(api["DMSWEEP_RAY_ADDRESS"]).port == int(
         option(command("ray-head"), "--dashboard-port")

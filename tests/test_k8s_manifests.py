@@ -379,6 +379,9 @@ def test_ray_clusters_head_and_gpu_workers(name):
         assert resources == {"trial_slot": 8}, f"{where}: head resources {resources}"
         assert params.get("dashboard-host") == "0.0.0.0"
         head_spec = head["template"]["spec"]
+        if where.startswith("RayCluster"):  # the service's cluster: its jobs may wait to start
+            env = {e["name"]: e.get("value") for e in head_spec["containers"][0].get("env", [])}
+            assert int(env["RAY_JOB_START_TIMEOUT_SECONDS"]) >= 86400, where
         for container in containers(head_spec):
             limits = (container.get("resources") or {}).get("limits") or {}
             assert "nvidia.com/gpu" not in limits, f"{where}: a GPU on the head"

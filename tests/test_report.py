@@ -347,3 +347,24 @@ def test_run_links_survive_an_absent_server() -> None:
     }
     found = links.trial_run_links(away)
     assert found.urls == {} and "could not be read" in found.note
+
+
+def test_the_live_progress_ranks_trials_as_the_report_headlines_them():
+    """``dmsweep run``'s live line and the service's "best so far" name the report's best trial:
+    the final top-1 for runs of 10 epochs or fewer, the paper's metric for longer ones, and a
+    search's own metric and direction when it has one."""
+    from service.results.metrics import ranking
+    from service.spec.reading import spec_from_dict
+    from tests.support.specs import tiny_spec
+
+    assert ranking(spec_from_dict(tiny_spec(epochs=2))) == ("val_top1", "max")
+    assert ranking(spec_from_dict(tiny_spec(epochs=11))) == ("top1_median_last10", "max")
+    # Without `epochs`, the recipe's: the smoke recipe is short.
+    short = tiny_spec()
+    del short["epochs"]
+    assert ranking(spec_from_dict(short)) == ("val_top1", "max")
+    searched = tiny_spec(
+        search={"parameters": {"lr": [0.1, 0.2]}, "sampler": "grid", "metric": "fgsm_error"}
+    )
+    searched["search"]["mode"] = "min"
+    assert ranking(spec_from_dict(searched)) == ("fgsm_error", "min")

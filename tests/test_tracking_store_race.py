@@ -74,3 +74,42 @@ def test_four_drivers_open_a_fresh_default_store_at_once(tmp_path):
     # Write-ahead logging: readers and the many writers of running sweeps do not block each other.
     with sqlite3.connect(database) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+CREATOR = """
+import pathlib, sys
+from service.tracking.store import default_tracking_uri, prepare_store
+prepare_store(default_tracking_uri(pathlib.Path(sys.argv[1])))
+"""
+
+
+def test_a_creator_killed_midway_leaves_a_store_the_next_one_can_make(tmp_path):
+    """SIGKILLed while MLflow creates the store's tables (a service or driver killed then): the
+    next opener makes a whole store. A half-made store failed every later opener with
+    ``index ... already exists``."""
+    root = tmp_path / "runs"
+    creator = subprocess.Popen([sys.executable, "-c", CREATOR, str(root)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.stat().st_size > 0 for p in root.glob("*mlflow.db*") if p.is_file()):
+            assert time.monotonic() < deadline and creator.poll() is None, "no store was begun"
+            time.sleep(0.005)
+        creator.kill()
+        assert creator.wait(timeout=30) == -9
+    finally:
+        if creator.poll() is None:
+            creator.kill()
+    assert not (root / "mlflow.db").exists()  # nothing half-made under the store's name
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC))
+    (tmp_path / "go").touch()
+    after = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(root), "after"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert after.returncode == 0, after.stdout + after.stderr
+    client = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("race").experiment_id])
+    assert run.info.run_name == "race-after"

@@ -372,7 +372,8 @@ def run(
 ) -> dict[str, float]:
     """Train one trial; return the metrics of the last epoch (with the run's summaries).
 
-    The one training loop: ``dmsweep train`` runs it in-process, a sweep in each Ray Train worker.
+    The one training loop: ``dmsweep train`` runs it in-process, a sweep in each trial's process
+    (or each Ray Train worker of a several-worker trial).
     It knows neither Ray nor MLflow.
 
     Args:

@@ -24,6 +24,7 @@ from service.cli.options import (
 from service.cli.progress import SweepProgress
 from service.cli.train import train_in_process
 from service.results.folder import SweepFolder, find_sweep
+from service.results.metrics import ranking
 from service.results.records import TrialState
 from service.results.report import write_sweep_report
 from service.spec.cells import expand, summary, total_trials
@@ -34,7 +35,6 @@ from service.spec.reference import field_reference, json_schema
 from service.tracking.store import default_tracking_uri
 from service.tracking.uri import remember
 from trainers.data import LAYOUTS, prepare
-from trainers.vocabulary import PAPER_METRIC
 
 if TYPE_CHECKING:  # the engine imports Ray: loaded by the commands that run a sweep
     from service.sweep.engine import SweepOutcome
@@ -52,11 +52,8 @@ def _load(spec_file: Path) -> tuple[SweepSpec, str]:
 
 
 def _progress(spec: SweepSpec, folder: SweepFolder) -> SweepProgress:
-    """The live line: the search's metric and direction, else the paper's metric."""
-    total = total_trials(spec)
-    if spec.search is None:
-        return SweepProgress(console, folder, total, PAPER_METRIC)
-    return SweepProgress(console, folder, total, spec.search.metric, spec.search.mode)
+    """The live line, whose best trial is the one the report will headline (``ranking``)."""
+    return SweepProgress(console, folder, total_trials(spec), *ranking(spec))
 
 
 def _execute(folder: SweepFolder, address: str | None, resume: bool) -> None:

@@ -1,6 +1,6 @@
 """``dmsweep train``: one trial in this process, with a progress bar, no Ray.
 
-The same loop the sweep engine runs in Ray Train workers, with ``report`` printing progress and,
+The same loop the sweep engine runs in its trials' processes, with ``report`` printing progress and,
 when asked, keeping each checkpoint and the per-epoch metrics in a folder.
 """
 

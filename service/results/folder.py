@@ -6,7 +6,7 @@ Every run of a spec is a new sweep, ``<storage_path>/<name>-<UTC timestamp>/``::
     sweep.json           SweepInfo: id, status, tracking (MLflow experiment, parent run), counts
     trials/<id>.json     one record per finished trial: identity, status, metrics or error
     logs/<id>.log        one log per trial: epochs, and the traceback of a failure
-    train/<id>/          Ray Train's runs: checkpoints of each trial
+    train/<id>/          each trial's checkpoints (its own, or its Ray Train run's)
     errors/<id>.json     a failure a retry would repeat, left by a worker for its trial's driver
     optuna.db            the Optuna studies (with a search section, SQLite by default)
     results.parquet, report.md, report.html, gains.png    written at the end of the sweep
@@ -73,7 +73,7 @@ _LAYOUT = {
     "state_file": STATE_FILE,  # SweepInfo
     "trials_dir": "trials",  # one TrialRecord per finished trial
     "logs_dir": "logs",  # one log per trial
-    "train_dir": "train",  # Ray Train's storage path: one run (with checkpoints) per trial
+    "train_dir": "train",  # one folder of checkpoints per trial
     "errors_dir": "errors",  # Failures a retry would repeat, left by workers
     "best_settings_file": "best_settings.yaml",  # with a search: each cell's best setting
     "tracking_outbox_dir": "tracking_outbox",  # MLflow writes to send when MLflow is back

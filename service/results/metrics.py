@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from service.results.pivot import FINAL_METRIC
+from service.spec.cells import expand
+from service.spec.model import SweepSpec
+from trainers.recipes import get_recipe
 from trainers.vocabulary import PAPER_METRIC
 
 METRICS: dict[str, str] = {
@@ -75,6 +78,21 @@ def headline(rows: Iterable[Mapping[str, Any]]) -> Headline:
         PAPER_METRIC,
         "the paper's metric: the median top-1 of the last 10 epochs (Sec. 4)",
     )
+
+
+def ranking(spec: SweepSpec) -> tuple[str, str]:
+    """The metric and direction ("max", "min") a sweep's best result so far is chosen by.
+
+    The search's own, else the metric the report headlines for the spec's trials (``headline``),
+    so that the live progress and the report name the same best trial.
+    """
+    if spec.search is not None:
+        return spec.search.metric, spec.search.mode
+    epochs = [
+        {"epochs": cell.epochs or get_recipe(spec.recipe, cell.recipe_overrides).epochs}
+        for cell in expand(spec)
+    ]
+    return headline(epochs).metric, "max"
 
 
 def present(rows: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -42,8 +42,12 @@ class RayRefusedError(RuntimeError):
 # module is still starting, 408 and 429 from the server or a proxy in front of it.
 TRANSIENT_CLIENT_ERRORS = frozenset({404, 408, 429})
 # What each sweep's driver (the job's entrypoint, ``dmsweep run``) holds on its node while it
-# runs: declared to Ray, so that drivers of many sweeps cannot overcommit the head's CPUs.
-DRIVER_CPUS = 1.0
+# runs, declared to Ray so that the drivers of many sweeps cannot overcommit a node: Ray starts
+# a job only where this much of its ``memory`` resource is free, and queues it (PENDING) until
+# then. Memory, not a CPU: a driver mostly waits on its trials, and a CPU it held would be one
+# its own trials could not have (with every CPU held by drivers, no trial could start at all).
+# A smoke sweep's driver peaked at 1.0 GiB of resident memory (torch, Ray, MLflow imported).
+DRIVER_MEMORY_BYTES = 3 * 2**29  # 1.5 GiB
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,7 @@ class RayJobs:
             "entrypoint": entrypoint,
             "submission_id": job_id,
             "metadata": metadata,
-            "entrypoint_num_cpus": DRIVER_CPUS,
+            "entrypoint_memory": DRIVER_MEMORY_BYTES,
         }
         if env:
             body["runtime_env"] = {"env_vars": env}

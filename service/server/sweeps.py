@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ import yaml
 from pydantic import ValidationError
 
 from service.results.folder import STATE_FILE, SweepFolder, new_sweep_id
+from service.results.metrics import ranking
 from service.results.records import TrialState
 from service.results.report import sweep_report_markdown
 from service.server.log_tail import LogSlice, file_slice, log_slice
 from service.server.ray_jobs import (
-    DRIVER_CPUS,
+    DRIVER_MEMORY_BYTES,
     RayJobs,
     RayRefusedError,
     RayUnavailableError,
@@ -57,13 +59,15 @@ from service.spec.reading import parse_spec
 from service.tracking.store import Tracking, default_tracking_uri, prepare_store, reachable
 from service.tracking.sweep_runs import run_url
 from trainers.validation import Problem, describe, problems_of
-from trainers.vocabulary import DEFAULT_SEARCH_METRIC
 
 SPECS_DIR = ".specs"  # under the storage root: the resolved spec each job reads
 MAX_KEY_LENGTH = 255
 # What a submit beyond the active-sweep limit is told to wait: sweeps take minutes to hours,
 # so sooner is pointless, and a client retrying sooner only meets the same limit.
 RETRY_AFTER_S = 60
+# Tests only (the chaos test): the service SIGKILLs itself once it has stored this many new
+# rows, between storing a row and submitting its job: the moment a crash is worst.
+CRASH_AFTER_ROWS_ENV = "DMSWEEP_TEST_CRASH_AFTER_ROWS"
 # A log sent whole by default is bounded: the last 1 MiB; more on request, up to 16 MiB at once.
 LOG_TAIL_BYTES = 1 << 20
 MAX_LOG_BYTES = 16 << 20
@@ -140,6 +144,8 @@ class SweepService:
         # a call to Ray: each is applied with ``SweepStore.update_if``, only if no other request
         # changed the sweep while Ray was being asked.
         self._naming = threading.Lock()
+        self._crash_after_rows = int(os.environ.get(CRASH_AFTER_ROWS_ENV) or 0)
+        self._rows_stored = 0
 
     @property
     def tracking_uri(self) -> str:
@@ -196,7 +202,7 @@ class SweepService:
             nodes = None  # the sweep waits queued; its job checks again when it starts
         if nodes is not None:
             fits = resource_problems(
-                spec.resources, nodes + autoscaling_nodes(), driver_cpus=DRIVER_CPUS
+                spec.resources, nodes + autoscaling_nodes(), driver_memory=DRIVER_MEMORY_BYTES
             )
             if fits:
                 raise SpecRejectedError(fits)
@@ -223,7 +229,19 @@ class SweepService:
                 written.unlink()
         if not submitted.created:
             return self.view(submitted.row), False
+        self._crash_here_when_asked()
         return self.view(self._start_job(submitted.row)), True
+
+    def _crash_here_when_asked(self) -> None:
+        """The chaos test's hook (``CRASH_AFTER_ROWS_ENV``); nothing when it is not set."""
+        if not self._crash_after_rows:
+            return
+        with self._naming:
+            self._rows_stored += 1
+            crash = self._rows_stored == self._crash_after_rows
+        if crash:
+            log.warning("%s reached: the service kills itself", CRASH_AFTER_ROWS_ENV)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _write_spec_draft(self, resolved: dict) -> Path:
         folder = self.settings.storage_root / SPECS_DIR
@@ -252,6 +270,7 @@ class SweepService:
             if active >= self.settings.max_active_sweeps:
                 raise TooManySweepsError(active, self.settings.max_active_sweeps)
             sweep_id = new_sweep_id(spec.name, self.settings.storage_root, taken=self.store.exists)
+            metric, mode = ranking(spec)
             row = SweepRow(
                 sweep_id=sweep_id,
                 name=spec.name,
@@ -260,8 +279,8 @@ class SweepService:
                 idempotency_key=key,
                 state=SweepState.QUEUED,
                 total_trials=total_trials(spec),
-                search_metric=spec.search.metric if spec.search else DEFAULT_SEARCH_METRIC,
-                search_mode=spec.search.mode if spec.search else "max",
+                search_metric=metric,
+                search_mode=mode,
             )
             spec_file = self._spec_file(sweep_id)
             os.replace(draft, spec_file)

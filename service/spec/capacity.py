@@ -37,13 +37,14 @@ def autoscaling_nodes(env: Mapping[str, str] | None = None) -> list[Node]:
 
 
 def resource_problems(
-    resources: Resources, nodes: list[Node], driver_cpus: float = 0.0
+    resources: Resources, nodes: list[Node], driver_memory: float = 0.0
 ) -> list[Problem]:
     """A problem for each way a trial of ``resources`` cannot fit ``nodes``.
 
-    ``driver_cpus``: what the sweep's driver itself holds while it runs (the service declares
-    its job's entrypoint CPUs to Ray; a local ``dmsweep run`` holds none), so a sweep whose
-    driver and one trial cannot be placed together is refused rather than left waiting.
+    ``driver_memory``: the bytes of Ray's ``memory`` resource the sweep's driver declares (the
+    service's jobs do; a local ``dmsweep run`` declares none); a sweep whose driver no node could
+    start is refused rather than left pending. A node that does not say its memory (a declared
+    autoscaling shape) is taken to have enough.
     """
     problems: list[Problem] = []
     per_trial_gpus = resources.workers_per_trial * resources.gpus_per_worker
@@ -65,16 +66,14 @@ def resource_problems(
                 "has that many",
             )
         )
-    total_cpus = sum(n.get("CPU", 0) for n in nodes)
-    trial_cpus = resources.workers_per_trial * resources.cpus_per_worker
-    if driver_cpus and driver_cpus + trial_cpus > total_cpus:
+    if driver_memory and not any(n.get("memory", driver_memory) >= driver_memory for n in nodes):
+        largest = max(n.get("memory", 0) for n in nodes) if nodes else 0
         problems.append(
             Problem(
                 ("resources",),
-                f"the sweep's driver takes {driver_cpus:g} CPU and a trial {trial_cpus:g} "
-                f"({resources.workers_per_trial} workers x {resources.cpus_per_worker:g}), "
-                f"the cluster has {total_cpus:g}; lower resources.cpus_per_worker or "
-                "workers_per_trial",
+                f"the sweep's driver declares {driver_memory / 2**30:.1f} GiB of Ray's memory "
+                f"resource, and the node with the most has {largest / 2**30:.1f} GiB; start a "
+                "node with more (ray start --memory)",
             )
         )
     most_cpus = max((n.get("CPU", 0) for n in nodes), default=0)

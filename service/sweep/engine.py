@@ -1,19 +1,23 @@
-"""Run a sweep spec on Ray: Ray Tune schedules the trials, each trial a Ray Train V2 run.
+"""Run a sweep spec on Ray: Ray Tune schedules the trials, each trained in place or by Ray Train.
 
-The V2 pattern: each Tune trial is a function (``service.sweep.trial.run_trial``, the trial's
-*driver*) that builds a ``TorchTrainer`` over ``service.sweep.worker.train_loop_per_worker`` and
-reports to Tune through ``TuneReportCallback``. Around it:
+Each Tune trial is a function (``service.sweep.trial.run_trial``, the trial's *driver*): a trial of
+one worker trains in that process, a trial of several workers is a Ray Train V2 run. Around it:
 
 * **Trials.** Without ``search``, Tune's grid over (cell, seed): one trial each. With
   ``search``, ``CellStudies`` (one Optuna study per cell) suggests ``num_samples`` settings per
   cell and seed, and ASHA (one per cell: ``service.sweep.scheduler``) stops weak trials early.
-* **Resources.** Each worker asks for the spec's CPUs and GPUs. A trial's driver asks for no CPU
-  and one ``trial_slot``, a custom resource the local Ray is started with (one slot per trial
-  that fits): drivers then never take a worker's CPU, and two 1-CPU trials share 2 cores. On a
-  cluster without slots, the driver asks for 0.01 CPU.
-* **Faults.** Ray Train's ``FailureConfig`` restarts a failed worker group from its last
-  checkpoint; Tune's retries a trial whose driver was lost, and the Train run, named after the
-  trial, resumes from its own checkpoints. Failures that would repeat (NaN, bad data) are not
+* **Resources.** A one-worker trial asks Tune for the worker's CPUs and GPUs and trains in its
+  own process (no Ray Train run to start: ``bench/sweep_overhead.py`` measures what that saves),
+  so it runs on a node with those CPUs, never on a 0-CPU head. A several-worker trial's driver
+  builds a ``TorchTrainer`` whose workers ask for the spec's CPUs and GPUs; the driver itself asks
+  for no CPU and one ``trial_slot``, a custom resource the local Ray is started with (one slot
+  per trial that fits), so drivers never take a worker's CPU; on a cluster without slots, the
+  driver asks for 0.01 CPU.
+* **Faults.** Tune's ``FailureConfig`` retries a trial whose process or node was lost; a
+  one-worker trial goes on from the newest checkpoint in its folder
+  (``service.sweep.worker.TrialCheckpoints``). Ray Train's ``FailureConfig`` restarts a
+  several-worker trial's worker group from its last checkpoint, and its Train run, named after
+  the trial, resumes after a lost driver. Failures that would repeat (NaN, bad data) are not
   retried (see ``service.sweep.worker``): the trial is recorded as failed and the sweep goes on.
 * **Resume.** ``resume_sweep`` continues a sweep whose driver died or was interrupted with
   ``Tuner.restore``: finished trials are not run again, interrupted ones resume.
@@ -60,7 +64,9 @@ from service.tracking.sweep_runs import finish_sweep, reopen_sweep, start_sweep
 from service.tracking.uri import redacted
 from trainers.validation import describe
 
-TUNE_RETRIES = 2  # driver restarts per trial (a lost node)
+# Restarts of a trial's Tune function: a lost process or node (a one-worker trial goes on from
+# its newest kept checkpoint), a lost driver (a several-worker trial's Train run resumes).
+TUNE_RETRIES = 2
 
 
 class SpecError(ValueError):
@@ -129,7 +135,17 @@ def _check_cluster(spec: SweepSpec) -> None:
         raise SpecError(describe(problems))
 
 
-def _driver_resources() -> tune.PlacementGroupFactory:
+def _trial_resources(context: SweepContext) -> tune.PlacementGroupFactory:
+    """What a trial's Tune function holds.
+
+    The worker itself for a trial trained in place; a trial slot (or 0.01 CPU) for the driver of
+    a several-worker trial.
+    """
+    if context.workers == 1:
+        gpus = context.gpus_per_worker
+        return tune.PlacementGroupFactory(
+            [{"CPU": context.cpus_per_worker, **({"GPU": gpus} if gpus else {})}]
+        )
     if ray.cluster_resources().get(SLOT, 0) >= 1:
         return tune.PlacementGroupFactory([{"CPU": 0, SLOT: 1}])
     return tune.PlacementGroupFactory([{"CPU": 0.01}])
@@ -190,7 +206,7 @@ def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: S
 
 def _trainable(context: SweepContext):
     return tune.with_resources(
-        tune.with_parameters(run_trial, context=context), _driver_resources()
+        tune.with_parameters(run_trial, context=context), _trial_resources(context)
     )
 
 
@@ -261,7 +277,9 @@ def create_sweep(
         raise SpecError(f"sweep {sweep_id} already exists in {root}") from None
     folder.spec_file.write_text(spec_text)
     uri = tracking_uri or spec.tracking_uri or default_tracking_uri(root)
-    prepare_store(uri)  # a fresh SQLite store, migrated once whoever opens it first
+    # A fresh SQLite store, made once whoever opens it first; a store that cannot be opened
+    # now is an outage like any other (the parent run below waits in the outbox).
+    best_effort(lambda: prepare_store(uri), "preparing the tracking store", attempts=1)
     artifacts = None
     if uri.startswith("sqlite:") and not (tracking_uri or spec.tracking_uri):
         artifacts = default_artifact_location(root, spec.name)

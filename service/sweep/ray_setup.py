@@ -1,6 +1,7 @@
 """The options a sweep starts or joins Ray with (``ray.init``).
 
-A local Ray gets one ``trial_slot`` per trial that may run at once, a dashboard on a free port,
+A local Ray gets one ``trial_slot`` per trial that may run at once (taken by the drivers of
+several-worker trials), a dashboard on a free port,
 and no log forwarding (each trial has its own log). The workers are told where their own
 cluster's State API is: ``service.sweep.ray_workarounds.state_api_env`` says why.
 """
@@ -19,7 +20,7 @@ from service.tracking.uri import TRACKING_URI_ENV
 # for a poll: 0.2 s saved ~1.5-1.9 s per 1-epoch trial here, more with more epochs
 # (bench/sweep_overhead.py).
 HEALTH_CHECK_INTERVAL_S = "0.2"
-SLOT = "trial_slot"  # a custom resource: one per trial that may run at once (engine.py)
+SLOT = "trial_slot"  # one per several-worker trial that may run at once (engine.py)
 
 
 def free_local_port() -> int:

@@ -1,10 +1,13 @@
 """One trial of a sweep, on the cluster: its driver (a Tune function trainable) and its context.
 
-``run_trial`` is what Ray Tune runs for each trial: it builds a Ray Train V2 ``TorchTrainer``
-over ``service.sweep.worker.train_loop_per_worker`` with the trial's resources, checkpoints and
-``FailureConfig``, reports to Tune through ``TuneReportCallback`` and writes the trial's record
-to the sweep folder. ``build_context`` resolves, once in the sweep's driver, everything the
-trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``).
+``run_trial`` is what Ray Tune runs for each trial. A trial of one worker trains right there,
+in the Tune trial's process, which holds the worker's CPUs and GPUs
+(``service.sweep.worker.train_in_trial``): no Ray Train run, controller or worker group to start
+for it. A trial of several workers builds a Ray Train V2 ``TorchTrainer`` over
+``service.sweep.worker.train_loop_per_worker`` with the trial's resources, checkpoints and
+``FailureConfig``, reporting to Tune through ``TuneReportCallback``. Either way it writes the
+trial's record to the sweep folder. ``build_context`` resolves, once in the sweep's driver,
+everything the trials need (``SweepContext``, sent to the cluster with ``tune.with_parameters``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState, numbers
 from service.spec.cells import AXES, comparable, expand, train_config
 from service.spec.model import SweepSpec
-from service.sweep.worker import append_log, train_loop_per_worker
+from service.sweep.worker import (
+    CHECKPOINTS_KEPT,
+    TrialCheckpoints,
+    append_log,
+    train_in_trial,
+    train_loop_per_worker,
+)
 from service.tracking.store import Tracking
 from service.tracking.trial_runs import child_run, flatten, trial_yaml
 from trainers.config import TrainConfig
@@ -34,8 +43,7 @@ from trainers.mixing.base import LambdaMode
 from trainers.recipes import get_recipe
 from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
 
-TRAIN_RETRIES = 2  # worker group restarts per trial (from the last checkpoint)
-CHECKPOINTS_KEPT = 2
+TRAIN_RETRIES = 2  # worker group restarts of a several-worker trial (from its last checkpoint)
 
 
 class TrialFailedError(RuntimeError):
@@ -147,7 +155,7 @@ def trial_record(
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """One Tune trial: a TorchTrainer over the trial's workers; writes the trial's record."""
+    """One Tune trial, trained here or by a TorchTrainer over its workers; writes its record."""
     trial_id = tune.get_context().get_trial_id()
     folder = SweepFolder(Path(context.folder))
     cell_id, seed = config["cell"], int(config["seed"])
@@ -159,6 +167,17 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     if earlier is not None and earlier.status == TrialState.SUCCEEDED:
         # Finished before its sweep's driver died, after Tune's last snapshot: not run again.
         tune.report(dict(earlier.metrics))
+        return
+    finished = TrialCheckpoints(folder.train_dir / trial_id).finished()
+    if context.workers == 1 and finished is not None:
+        # Killed after its last epoch was kept, before its record: its MLflow run was closed.
+        append_log(log_path, "finished already: its last checkpoint is kept")
+        folder.write_record(
+            trial_record(
+                context, trial_id, cell_id, seed, params, TrialState.SUCCEEDED, metrics=finished
+            )
+        )
+        tune.report(finished)
         return
 
     def fail(message: str, trace: str) -> None:  # a failure that a retry would repeat
@@ -204,16 +223,48 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             log=lambda line: append_log(log_path, line),
             outbox=folder.tracking_outbox_dir,  # MLflow down: the run is made later
         )
+    loop_config = {
+        "trial": trial.model_dump(mode="json"),
+        "trial_id": trial_id,
+        "sweep_dir": context.folder,
+        "tracking": context.tracking,
+        "run_id": run_id,
+    }
+    try:
+        if context.workers == 1:
+            metrics = _numbers(train_in_trial(loop_config))
+        else:
+            metrics = _train_on_workers(loop_config, context, folder, trial_id)
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        trace = traceback.format_exc()
+        # No record here: Tune may retry the trial, or be stopping it on purpose (ASHA), and
+        # only the sweep's driver knows which (SweepCallback writes the record).
+        append_log(log_path, f"ended by {message}\n{trace}")
+        raise
+    failure = folder.read_failure(trial_id)
+    if failure is not None:
+        fail(failure.error, failure.traceback)
+        raise TrialFailedError(failure.error)
+    folder.write_record(
+        trial_record(
+            context, trial_id, cell_id, seed, params, TrialState.SUCCEEDED, metrics=metrics
+        )
+    )
+
+
+def _numbers(metrics: dict[str, Any] | None) -> dict[str, float]:
+    return {k: v for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
+
+
+def _train_on_workers(
+    loop_config: dict[str, Any], context: SweepContext, folder: SweepFolder, trial_id: str
+) -> dict[str, float]:
+    """A several-worker trial as a Ray Train V2 run; its last epoch's metrics."""
     gpus = context.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker=train_loop_per_worker,
-        train_loop_config={
-            "trial": trial.model_dump(mode="json"),
-            "trial_id": trial_id,
-            "sweep_dir": context.folder,
-            "tracking": context.tracking,
-            "run_id": run_id,
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=context.workers,
             use_gpu=gpus > 0,
@@ -232,25 +283,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             failure_config=ray.train.FailureConfig(max_failures=TRAIN_RETRIES),
         ),
     )
-    try:
-        result = trainer.fit()
-    except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        trace = traceback.format_exc()
-        # No record here: Tune may retry the trial, or be stopping it on purpose (ASHA), and
-        # only the sweep's driver knows which (SweepCallback writes the record).
-        append_log(log_path, f"ended by {message}\n{trace}")
-        raise
-    failure = folder.read_failure(trial_id)
-    if failure is not None:
-        fail(failure.error, failure.traceback)
-        raise TrialFailedError(failure.error)
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
-    folder.write_record(
-        trial_record(
-            context, trial_id, cell_id, seed, params, TrialState.SUCCEEDED, metrics=metrics
-        )
-    )
+    return _numbers(trainer.fit().metrics)
 
 
 def _resolve_data_roots(config: TrainConfig) -> TrainConfig:

@@ -1,27 +1,44 @@
-"""What each Ray Train worker of a trial runs: ``train_loop_per_worker(config)``.
+"""What trains a trial: in the Tune trial's own process, or on each Ray Train worker.
 
-The training loop itself (``trainers.loop.run``) knows neither Ray nor MLflow; this wraps it for
-Ray Train V2: it resumes from ``ray.train.get_checkpoint()`` (a restarted worker group, or a
-trial whose driver was restarted), hands each epoch's metrics and checkpoint to
-``ray.train.report``, and on rank 0 writes the trial's log and its MLflow child run.
+The training loop itself (``trainers.loop.run``) knows neither Ray nor MLflow. ``train`` wraps it
+once for both places a trial trains:
 
-Failures the trial will meet again on every retry (a NaN loss, unreadable data, an invalid
-setting) are not raised into Ray Train, whose ``FailureConfig`` would restart the worker group
-for nothing: they are written to the sweep folder's ``errors/<trial id>.json`` and the worker
-returns; the trial's driver turns that file into the trial's failure. Everything else (a killed
-worker, a lost node, a broken collective) is raised, and Ray Train restarts the workers from the
-last checkpoint.
+* **In the trial's process** (``train_in_trial``): a trial of one worker trains inside its Tune
+  trial, which holds the worker's CPUs and GPUs. Its checkpoints are kept in the trial's folder
+  under the sweep's ``train/`` (``TrialCheckpoints``: written whole, then renamed into place), and
+  a restarted trial (Tune's retry after a lost process or node, or ``dmsweep resume`` after the
+  sweep's driver died) goes on from the newest one. An epoch's metrics go to ``tune.report``
+  once its checkpoint is kept, so with a checkpoint every epoch Tune sees each epoch once (with
+  ``checkpoint_every: k``, the epochs after the last checkpoint are reported again on a restart,
+  as Ray Train does: ASHA and Optuna keep the first value of a step).
+* **On Ray Train workers** (``train_loop_per_worker``): a trial of several workers is a Ray Train
+  V2 run. It resumes from ``ray.train.get_checkpoint()`` and hands each epoch's metrics and
+  checkpoint to ``ray.train.report``.
+
+Either way, rank 0 writes the trial's log and its MLflow child run. Failures the trial will meet
+again on every retry (a NaN loss, unreadable data, an invalid setting) are not raised into Ray,
+which would restart the trial for nothing: they are written to the sweep folder's
+``errors/<trial id>.json`` and training returns; the trial's driver turns that file into the
+trial's failure. Everything else (a killed process, a lost node, a broken collective, storage
+that fails: ``CheckpointStorageError``) is raised, and Ray restarts the trial from its last
+checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
+from ray import tune
 
 from service.results.folder import SweepFolder
 from service.results.records import Failure
@@ -33,6 +50,17 @@ from trainers.vocabulary import SUMMARY_METRICS
 
 # Errors that a retry would meet again: raised by the loop for bad numbers, data and settings.
 DETERMINISTIC_ERRORS = (NonFiniteLossError, ValueError, FileNotFoundError)
+CHECKPOINTS_KEPT = 2  # the newest checkpoints of a trial kept on storage
+METRICS_FILE = "metrics.json"  # beside a kept checkpoint: the metrics of its epoch
+HandOver = Callable[[dict[str, float], str | None], None]
+
+
+class CheckpointStorageError(RuntimeError):
+    """A checkpoint could not be kept in the trial's folder (the message names the path).
+
+    Never one of ``DETERMINISTIC_ERRORS``, even when the file system raised
+    ``FileNotFoundError``: storage may be back on the next try.
+    """
 
 
 def append_log(path: Path, line: str) -> None:
@@ -50,16 +78,73 @@ def _epoch_line(metrics: dict[str, float]) -> str:
     return f"epoch {int(metrics['epoch'])}: {values}" + (f"; {summary}" if summary else "")
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train one trial on this worker; ``config`` is built by ``service.sweep.engine``.
+class TrialCheckpoints:
+    """A trial's checkpoints in its own folder (``<sweep>/train/<trial id>/``), newest kept.
+
+    Each is copied under a hidden name and renamed into place, so a folder named
+    ``checkpoint_<epoch>`` is always whole, whenever the process dies.
+    """
+
+    PATTERN = re.compile(r"checkpoint_(\d{6})")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @staticmethod
+    def metrics(checkpoint: Path) -> dict[str, float]:
+        """The metrics of the epoch a kept checkpoint ends."""
+        return json.loads((checkpoint / METRICS_FILE).read_text())
+
+    def finished(self) -> dict[str, float] | None:
+        """The last epoch's metrics when the newest checkpoint ends the trial, else None."""
+        newest = self.newest()
+        if newest is None:
+            return None
+        metrics = self.metrics(newest)
+        return metrics if "top1_best" in metrics else None
+
+    def newest(self) -> Path | None:
+        """The newest whole checkpoint, or None."""
+        if not self.folder.is_dir():
+            return None
+        kept = sorted(p for p in self.folder.iterdir() if self.PATTERN.fullmatch(p.name))
+        return kept[-1] if kept else None
+
+    def keep(self, checkpoint_dir: str, metrics: dict[str, float]) -> None:
+        """Keep the loop's checkpoint with its epoch's metrics; drop all but the newest few."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"checkpoint_{int(metrics['epoch']):06d}"
+        partial = self.folder / f".{final.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(checkpoint_dir, partial)
+        (partial / METRICS_FILE).write_text(json.dumps(metrics))
+        if final.exists():  # only if two processes train the trial (a node cut off, not dead)
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        kept = sorted(p for p in self.folder.iterdir() if self.PATTERN.fullmatch(p.name))
+        for old in kept[:-CHECKPOINTS_KEPT]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def train(
+    config: dict[str, Any],
+    *,
+    main: bool,
+    resume_from: str | None,
+    hand_over: HandOver,
+) -> dict[str, float] | None:
+    """Train one trial here; the last epoch's metrics (None: a failure a retry would repeat).
+
+    ``config`` is built by ``service.sweep.trial``.
 
     Keys: ``trial`` (the TrainConfig as JSON), ``trial_id``, ``sweep_dir``, ``tracking`` (a
-    ``Tracking`` as a dict, or None) and ``run_id`` (the trial's child run).
+    ``Tracking`` as a dict, or None) and ``run_id`` (the trial's child run). ``main``: rank 0,
+    which logs; ``resume_from``: a checkpoint folder to go on from; ``hand_over(metrics,
+    checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns).
     """
     trial = TrainConfig.model_validate(config["trial"])
     folder = SweepFolder(Path(config["sweep_dir"]))
     trial_id = config["trial_id"]
-    main = ray.train.get_context().get_world_rank() == 0
     log_path = folder.log_file(trial_id)
 
     def log(line: str) -> None:
@@ -86,20 +171,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             logger.close()
         if last_epoch:
             log("finished")
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        hand_over(metrics, checkpoint_dir)
 
-    checkpoint = ray.train.get_checkpoint()
-    # Where this worker runs: a user (or a test) finds the process that trains the trial.
+    # Where this trial trains: a user (or a test) finds the process that trains it.
     where = f"worker on node {ray.get_runtime_context().get_node_id()}, pid {os.getpid()}"
     try:
-        if checkpoint is None:
+        if resume_from is None:
             log(f"start: {where}")
-            run(trial, report)
         else:
-            with checkpoint.as_directory() as resume_from:
-                log(f"resume from {checkpoint.path}: {where}")
-                run(trial, report, resume_from=resume_from)
+            log(f"resume from {resume_from}: {where}")
+        return run(trial, report, resume_from=resume_from)
     except DETERMINISTIC_ERRORS as error:
         message = f"{type(error).__name__}: {error}"
         log(f"failed: {message}\n{traceback.format_exc()}")
@@ -107,4 +188,48 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             folder.write_failure(trial_id, Failure(message, traceback.format_exc()))
         if logger is not None:
             logger.close(error=message)
+        return None
+
+
+def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
+    """A one-worker trial, trained in its Tune trial's process; as ``train`` returns.
+
+    Each epoch's checkpoint is kept before its metrics go to ``tune.report``. A trial whose
+    newest checkpoint already ends it is not run here (``service.sweep.trial.run_trial`` records
+    it first).
+    """
+    folder = SweepFolder(Path(config["sweep_dir"]))
+    checkpoints = TrialCheckpoints(folder.train_dir / config["trial_id"])
+    try:
+        checkpoints.folder.mkdir(parents=True, exist_ok=True)  # storage checked before training
+    except OSError as error:
+        raise CheckpointStorageError(f"the trial's checkpoint folder: {error}") from error
+
+    def hand_over(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        if checkpoint_dir is not None:
+            try:
+                checkpoints.keep(checkpoint_dir, metrics)
+            except OSError as error:
+                raise CheckpointStorageError(f"keeping a checkpoint: {error}") from error
+        tune.report(metrics)
+
+    newest = checkpoints.newest()
+    return train(
+        config, main=True, resume_from=str(newest) if newest else None, hand_over=hand_over
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """One worker of a several-worker trial (a Ray Train V2 run)."""
+
+    def hand_over(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    main = ray.train.get_context().get_world_rank() == 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        train(config, main=main, resume_from=None, hand_over=hand_over)
         return
+    with checkpoint.as_directory() as resume_from:
+        train(config, main=main, resume_from=resume_from, hand_over=hand_over)

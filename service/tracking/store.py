@@ -64,9 +64,13 @@ def prepare_store(uri: str) -> None:
     any lock: two sweep drivers opening a fresh store at once both ran the migrations, and one
     failed (``sqlite3.OperationalError: duplicate column name: step``). Here the first opener
     does it under an exclusive lock on ``<file>.lock``, and the others wait and find it done.
-    The file is also switched to write-ahead logging, which lets readers (the UI, the service)
-    and writers proceed together; MLflow's own sessions wait up to 20 s for a writer's lock
-    (``busy_timeout``). Other stores (a tracking server, PostgreSQL) are left as they are.
+    A new store is built under a temporary name and renamed into place once whole
+    (``_create_store``): a process killed while MLflow created its tables left a store whose
+    tables existed without their migration record, which every later opener failed to migrate
+    (``index ... already exists``). The file is also switched to write-ahead logging, which lets
+    readers (the UI, the service) and writers proceed together; MLflow's own sessions wait up to
+    20 s for a writer's lock (``busy_timeout``). Other stores (a tracking server, PostgreSQL) are
+    left as they are, and so is an existing file (MLflow migrates it in place after an upgrade).
     """
     path = sqlite_file(uri)
     if path is None or uri in _PREPARED:
@@ -76,15 +80,38 @@ def prepare_store(uri: str) -> None:
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            connection = sqlite3.connect(path, timeout=60)
-            try:
-                connection.execute("PRAGMA journal_mode=WAL")  # kept by the file from now on
-            finally:
-                connection.close()
+            if path.exists():
+                connection = sqlite3.connect(path, timeout=60)
+                try:
+                    connection.execute("PRAGMA journal_mode=WAL")  # a store made without it
+                finally:
+                    connection.close()
+            else:
+                _create_store(path)
             retrying(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1))
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     _PREPARED.add(uri)
+
+
+def _create_store(path: Path) -> None:
+    """MLflow's tables in a new SQLite file, in WAL mode, renamed to ``path`` once whole."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    building = path.with_name(f".{path.name}.building")
+    for leftover in path.parent.glob(f"{building.name}*"):  # of a creator killed midway
+        leftover.unlink()
+    # The Default experiment's artifact folder (unused: each spec's experiment names its own).
+    store = SqlAlchemyStore(f"sqlite:///{building}", str(path.parent / "mlruns"))
+    store.engine.dispose()  # every connection closed: nothing of it is left in a journal
+    connection = sqlite3.connect(building, timeout=60)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")  # kept by the file from now on
+    finally:
+        connection.close()  # the last connection: SQLite checkpoints and removes the WAL
+    with open(building, "rb") as built:
+        os.fsync(built.fileno())
+    os.replace(building, path)
 
 
 def reachable(uri: str, timeout_s: float = 2.0) -> bool | None:

@@ -1,10 +1,10 @@
 """A sweep on a 2-node ``ray.cluster_utils.Cluster`` whose second node is removed mid-sweep.
 
 Usage: ``python fault_cluster.py SPEC.yaml STORAGE``; prints the outcome as JSON on its last
-line. Each node has one CPU and one trial slot, so with two trials each node holds one trial's
-driver and one trial's worker. Once every trial with a process on the second node has a
-registered checkpoint (its log shows epoch 2: epoch 1's report was taken), the node is removed
-as in a crash. Run by test_faults.py in a subprocess (tests/support/cluster.py says why).
+line. Each node has one CPU, so with two trials of one worker each node trains one trial in its
+Tune trial's process. Once every trial with a process on the second node has a kept checkpoint
+(its log shows epoch 2: epoch 1's checkpoint was kept before its report), the node is removed as
+in a crash. Run by test_faults.py in a subprocess (tests/support/cluster.py says why).
 """
 
 from __future__ import annotations

@@ -566,6 +566,7 @@ def ray_head(
     resources: Mapping[str, float] | None = None,
     auth_token: str | None = None,
     env: Mapping[str, str] | None = None,
+    memory_bytes: int | None = None,
     timeout_s: float = 120,
 ) -> Iterator[RayNode]:
     """A Ray head node (GCS, dashboard with the Jobs API) on free ports of 127.0.0.1.
@@ -590,6 +591,7 @@ def ray_head(
             "true",
             "--ray-client-server-port",
             str(free_port()),
+            *(["--memory", str(memory_bytes)] if memory_bytes else []),
         ],
         num_cpus=num_cpus,
         resources=resources,

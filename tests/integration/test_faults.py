@@ -3,6 +3,11 @@
 Nothing is mocked: a worker process is SIGKILLed, a node of a ``ray.cluster_utils.Cluster`` is
 removed as in a crash, and storage is broken on disk, with a regular file where a folder must
 be (``Not a directory`` / ``File exists`` hold for root too, unlike permissions).
+
+Each way a trial recovers is exercised once: a trial of one worker trains in its Tune trial's
+process, and Tune retries it from the newest checkpoint in its folder (the lost node; storage
+that fails; ``test_sweep_resume.py`` for a killed sweep driver); a trial of two workers is a Ray
+Train run, whose worker group Ray Train restarts from its last checkpoint (the killed worker).
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ def steps(client: MlflowClient, run_id: str, metric: str) -> dict[int, list[floa
 
 
 def _run_killing_the_worker_after_epoch_2(tmp_path: Path):
-    """A one-trial sweep whose training worker is SIGKILLed: (outcome, trial id, killed pid)."""
+    """A one-trial sweep of two workers whose rank 0 is SIGKILLed: (outcome, trial id, pid)."""
 
     def trained_two_epochs(folder: Path):
         # "epoch 2:" is logged once epoch 1's report, with its checkpoint, was taken (the loop
@@ -122,7 +127,8 @@ def _run_killing_the_worker_after_epoch_2(tmp_path: Path):
         tmp_path, trained_two_epochs, lambda _, found: os.kill(found[1], signal.SIGKILL)
     )
     watcher.start()
-    outcome = run_spec(fault_spec("kill-worker", ["mce"]), tmp_path)
+    spec = fault_spec("kill-worker", ["mce"], resources={"workers_per_trial": 2})
+    outcome = run_spec(spec, tmp_path)
     trial_id, killed = watcher.result()
     return outcome, trial_id, killed
 
@@ -189,7 +195,8 @@ def _check_mlflow_has_each_epoch_once(outcome, trial_id: str, record: dict, agai
 
 @pytest.mark.usefixtures("local_ray")
 def test_a_killed_worker_resumes_from_its_checkpoint_and_is_recorded_once(tmp_path):
-    """The training worker of a one-trial sweep is SIGKILLed after its second epoch."""
+    """A training worker of a one-trial, two-worker sweep is SIGKILLed after its second epoch:
+    Ray Train restarts the worker group from the last checkpoint."""
     outcome, trial_id, killed = _run_killing_the_worker_after_epoch_2(tmp_path)
     record = _check_the_trial_succeeded(outcome, trial_id)
     again = _check_the_worker_resumed_from_its_checkpoint(outcome, trial_id, killed)
@@ -222,7 +229,7 @@ def _check_both_trials_succeeded(outcome: dict, folder: Path) -> dict[str, dict]
 
 
 def _check_what_the_node_held_came_back_on_the_head(folder: Path, head: str, removed: str):
-    """The lost worker and the lost driver each resumed on the head, from their checkpoints."""
+    """The trial trained on the lost node resumed on the head, from its checkpoint."""
     logs = trial_logs(folder)
     lost_driver = [t for t, log in logs.items() if f"driver on node {removed}" in log]
     lost_worker = [t for t, log in logs.items() if f"worker on node {removed}" in log]
@@ -259,9 +266,9 @@ def _check_mlflow_runs_finished(folder: Path, records: dict[str, dict]) -> None:
 
 
 def test_a_lost_node_reschedules_its_trials_and_each_finishes_once(tmp_path):
-    """Two 1-CPU nodes with a trial slot each: each holds one trial's driver and one trial's
-    worker. The second node is removed as in a crash (``fault_cluster.py``): a lost worker is
-    restarted by Ray Train, a lost driver by Tune, both on the head, from their checkpoints."""
+    """Two 1-CPU nodes, each training one trial of one worker in its Tune trial's process. The
+    second node is removed as in a crash (``fault_cluster.py``): Tune retries its trial on the
+    head, from the newest checkpoint in the trial's folder."""
     outcome = _run_losing_the_second_node(tmp_path)
     folder = Path(outcome["folder"])
     records = _check_both_trials_succeeded(outcome, folder)
