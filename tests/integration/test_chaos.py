@@ -46,9 +46,9 @@ SWEEPS = 20
 CRASH_AT_ROW = 6
 EPOCHS = 2
 RAY_CUT_S = 10
-# Longer than a write waits for SQLite's lock (MLflow's busy timeout, 20 s): writes made during
-# it fail and are tried again, or wait in their sweeps' outboxes, while training goes on.
-MLFLOW_LOCK_S = 45
+# Longer than a write waits for SQLite's lock (MLflow's busy timeout, 20 s): writes begun early in
+# it fail and are tried again, or wait in their sweeps' outboxes; later ones are held.
+MLFLOW_LOCK_S = 25
 HELD_S = 10  # this long a pause inside the outage, where seconds are the rule: a held write
 # The head holds 6 sweep drivers at once (each declares 1.5 GiB of Ray's memory resource, see
 # service/server/ray_jobs.py): the other sweeps wait PENDING on Ray, as on a busy cluster.
@@ -177,14 +177,21 @@ def _phase_submit_through_a_crash_and_a_partition(service, proxy) -> dict[str, s
     return ids
 
 
-def _phase_mlflow_down_while_sweeps_start(service, storage: Path) -> tuple[float, float]:
-    """The MLflow store refuses every write for ``MLFLOW_LOCK_S`` from the moment a sweep runs
-    while others wait to start; the outage's start and end (epoch seconds)."""
-    wait_for(
-        lambda: {"running"} <= {s["state"] for s in service.sweeps()},
-        120,
-        "a sweep running after the partition",
-    )
+def _phase_mlflow_down_while_sweeps_start(storage: Path) -> tuple[float, float]:
+    """The MLflow store refuses every write for ``MLFLOW_LOCK_S`` from the moment a driver is
+    creating its sweep (its spec is in its folder, Tune has not started); the outage's start
+    and end (epoch seconds)."""
+
+    def creating() -> bool:
+        return any(
+            (folder / "spec.yaml").is_file() and not (folder / ".validate_storage_marker").exists()
+            for folder in storage.glob("chaos-*")
+        )
+
+    deadline = time.monotonic() + 240
+    while not creating():
+        assert time.monotonic() < deadline, "no driver began creating its sweep"
+        time.sleep(0.02)
     started = time.time()
     hold_the_write_lock(storage / "mlflow.db", MLFLOW_LOCK_S)
     return started, time.time()
@@ -307,7 +314,7 @@ def test_twenty_sweeps_survive_a_crash_a_partition_and_an_mlflow_outage(tmp_path
             service.start(DMSWEEP_TEST_CRASH_AFTER_ROWS=str(CRASH_AT_ROW))
             try:
                 ids = _phase_submit_through_a_crash_and_a_partition(service, proxy)
-                outage = _phase_mlflow_down_while_sweeps_start(service, storage)
+                outage = _phase_mlflow_down_while_sweeps_start(storage)
                 _phase_all_end_and_the_resumable_are_resumed(service, ids)
                 _check_the_outage_held_some_sweep(service, storage, outage, ids)
                 final = {s["id"]: s for s in service.sweeps()}
