@@ -44,15 +44,15 @@ from tests.support.tcp_proxy import tcp_proxy
 
 SWEEPS = 20
 CRASH_AT_ROW = 6
-EPOCHS = 2
-RAY_CUT_S = 10
+EPOCHS = 1
+RAY_CUT_S = 5
 # Longer than a write waits for SQLite's lock (MLflow's busy timeout, 20 s): writes begun early in
 # it fail and are tried again, or wait in their sweeps' outboxes; later ones are held.
 MLFLOW_LOCK_S = 25
 HELD_S = 10  # this long a pause inside the outage, where seconds are the rule: a held write
-# The head holds 6 sweep drivers at once (each declares 1.5 GiB of Ray's memory resource, see
+# The head holds 8 sweep drivers at once (each declares 1.5 GiB of Ray's memory resource, see
 # service/server/ray_jobs.py): the other sweeps wait PENDING on Ray, as on a busy cluster.
-HEAD_MEMORY = 9 * 2**30
+HEAD_MEMORY = 12 * 2**30
 TERMINAL = ("succeeded", "failed", "cancelled")
 RESUMABLE = ("failed", "cancelled")
 # The training loss differs from seed to seed where the tiny test set's top-1 may not.
