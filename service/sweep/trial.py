@@ -168,8 +168,10 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         # Finished before its sweep's driver died, after Tune's last snapshot: not run again.
         tune.report(dict(earlier.metrics))
         return
-    finished = TrialCheckpoints(folder.train_dir / trial_id).finished()
-    if context.workers == 1 and finished is not None:
+    # A one-worker trial keeps its own checkpoints (a Ray Train run's are Ray Train's to read).
+    in_place = context.workers == 1
+    finished = TrialCheckpoints(folder.train_dir / trial_id).finished() if in_place else None
+    if finished is not None:
         # Killed after its last epoch was kept, before its record: its MLflow run was closed.
         append_log(log_path, "finished already: its last checkpoint is kept")
         folder.write_record(
@@ -231,7 +233,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         "run_id": run_id,
     }
     try:
-        if context.workers == 1:
+        if in_place:
             metrics = _numbers(train_in_trial(loop_config))
         else:
             metrics = _train_on_workers(loop_config, context, folder, trial_id)
