@@ -20,7 +20,7 @@ import yaml
 from service.results.folder import SweepFolder
 from service.results.records import SweepInfo, SweepStatus, TrialRecord
 from service.server.ray_jobs import DRIVER_MEMORY_BYTES
-from service.spec.capacity import Node, resource_problems
+from service.spec.capacity import HEAD_RESOURCE, NodeShape, live_nodes, resource_problems
 from service.spec.model import Resources
 from tests.support.api_server import AUTH, YAML, Served
 from tests.support.fake_ray import FakeJobServer, fake_job_server
@@ -125,6 +125,8 @@ def test_active_sweeps_are_limited_and_drivers_declare_their_memory(served, fake
     bodies = fake.submitted("limit-")
     assert len({b["submission_id"] for b in bodies}) == MAX_ACTIVE
     assert all(b["entrypoint_memory"] == DRIVER_MEMORY_BYTES for b in bodies)
+    # ... on the head: a sliver of the resource only the head has
+    assert all(b["entrypoint_resources"] == {HEAD_RESOURCE: 0.001} for b in bodies)
     assert not any(b.get("entrypoint_num_cpus") for b in bodies)
 
     # A finished (here: cancelled) sweep gives its place back.
@@ -135,16 +137,18 @@ def test_active_sweeps_are_limited_and_drivers_declare_their_memory(served, fake
         assert client.post(f"/sweeps/{sweep_id}/cancel").json()["state"] == "cancelled"
 
 
-def test_the_capacity_check_counts_the_drivers_memory():
+def test_the_capacity_check_counts_the_drivers_memory_on_the_head():
     gib = 2**30
-    small: list[Node] = [{"CPU": 8.0, "memory": 1.0 * gib}, {"CPU": 0.0, "memory": 1.2 * gib}]
-    large: list[Node] = [{"CPU": 0.0, "memory": 2.0 * gib}, {"CPU": 1.0, "memory": 0.5 * gib}]
+    head = {HEAD_RESOURCE: 1.0, "CPU": 0.0}
+    small = live_nodes([{"CPU": 8.0, "memory": 4.0 * gib}, {**head, "memory": 1.2 * gib}])
+    large = live_nodes([{**head, "memory": 2.0 * gib}, {"CPU": 1.0, "memory": 0.5 * gib}])
     assert resource_problems(Resources(), small) == []  # dmsweep run: the driver is local
+    # A worker with room does not help: the driver runs on the head.
     (problem,) = resource_problems(Resources(), small, driver_memory=DRIVER_MEMORY_BYTES)
-    assert "declares 1.5 GiB" in problem.message and "the most has 1.2 GiB" in problem.message
+    assert "declares 1.5 GiB" in problem.message and "the head has 1.2 GiB" in problem.message
     assert resource_problems(Resources(), large, driver_memory=DRIVER_MEMORY_BYTES) == []
-    # An autoscaling shape that does not say its memory is taken to have enough.
-    declared: list[Node] = [{"CPU": 8.0}]
+    # A shape that does not say its memory is taken to have enough.
+    declared = [NodeShape("worker group cpu", {"CPU": 8.0}, count=2)]
     assert resource_problems(Resources(), declared, driver_memory=DRIVER_MEMORY_BYTES) == []
 
 

@@ -6,8 +6,10 @@ import csv
 from pathlib import Path
 from typing import Any
 
-PAPER_RESULTS = Path(__file__).resolve().parents[2] / "search_spaces" / "paper_results"
-"""The folder of the paper's numbers (CSV files, one per table)."""
+from service.results.package_data import search_spaces_folder
+
+PAPER_RESULTS = search_spaces_folder("paper_results")
+"""The folder of the paper's numbers (CSV files, one per table): package data of the install."""
 
 
 def _number(text: str) -> float | int | str | None:
@@ -24,7 +26,7 @@ def _number(text: str) -> float | int | str | None:
 def load_paper_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """The paper's reported numbers: every row of each table's CSV in ``folder``, numbers parsed.
 
-    ``folder`` defaults to ``search_spaces/paper_results/`` of the repository (Tables 1-5 and
+    ``folder`` defaults to ``search_spaces/paper_results/`` as installed (Tables 1-5 and
     8; see its README.md). Each row has ``table, dataset, backbone, method, loss, recipe`` (the
     dmsweep recipe the table's numbers were trained with) and the paper's metrics (``top1``:
     median top-1 of the last 10 epochs, mean of three trials; ``fgsm_error`` for Table 8).

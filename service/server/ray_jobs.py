@@ -18,6 +18,7 @@ import httpx
 from ray.job_submission import JobStatus
 
 from service.server.store import SweepState
+from service.spec.capacity import HEAD_RESOURCE
 from service.tracking.uri import TRACKING_URI_ENV
 
 # Ray job states to the service's sweep states.
@@ -48,6 +49,11 @@ TRANSIENT_CLIENT_ERRORS = frozenset({404, 408, 429})
 # its own trials could not have (with every CPU held by drivers, no trial could start at all).
 # A smoke sweep's driver peaked at 1.0 GiB of resident memory (torch, Ray, MLflow imported).
 DRIVER_MEMORY_BYTES = 3 * 2**29  # 1.5 GiB
+# ... and on the head: Ray 2.60 pins a job's driver to the head only while the job asks for no
+# resource, and a driver on a worker would hold a GPU node up (no autoscaler could give it
+# back) without the head's settings (its RayCluster's name, a service account). A sliver of
+# the resource Ray gives the head alone keeps it there.
+DRIVER_RESOURCES = {HEAD_RESOURCE: 0.001}
 
 
 @dataclass(frozen=True)
@@ -138,9 +144,17 @@ class RayJobs:
 
     def _failure(self, what: str, response: httpx.Response) -> str:
         """What the job server answered to a request it did not take, for the error raised."""
+        hint = ""
+        if response.status_code in (401, 403):
+            # The sweeps wait queued until the service is restarted with the right token.
+            hint = (
+                "; Ray's token auth is on: give the service the token the head was started with "
+                "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token of the user running "
+                "dmsweep serve) and restart it"
+            )
         return (
             f"{what} at {self.address} failed: {response.status_code} "
-            f"{response.text.strip()[-500:]}"
+            f"{response.text.strip()[-500:]}{hint}"
         )
 
     def _json(self, what: str, method: str, path: str, **options: Any) -> Any:
@@ -182,6 +196,7 @@ class RayJobs:
             "submission_id": job_id,
             "metadata": metadata,
             "entrypoint_memory": DRIVER_MEMORY_BYTES,
+            "entrypoint_resources": DRIVER_RESOURCES,
         }
         if env:
             body["runtime_env"] = {"env_vars": env}

@@ -21,7 +21,8 @@
   per window before it gets 429 (default 10 per 60 s).
 - ``DMSWEEP_MAX_ACTIVE_SWEEPS``: sweeps that may be queued, submitted or running at once;
   a submit beyond it gets 429 with ``Retry-After`` (default 10).
-- ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``: Ray's own token, sent to the job server.
+- ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``: Ray's own token,
+  sent to the job server unless ``RAY_AUTH_MODE=disabled`` (``_ray_token``).
 """
 
 from __future__ import annotations
@@ -108,11 +109,36 @@ def _switch(env: Mapping[str, str], name: str) -> bool:
 
 
 def _ray_token(env: Mapping[str, str]) -> str | None:
-    """Ray's token as Ray's own clients find it: the variables, then ``~/.ray/auth_token``."""
+    """Ray's token where Ray looks: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ``~/.ray/auth_token``.
+
+    Read unless ``RAY_AUTH_MODE=disabled``: Ray 2.60's ``ray start --head`` turns token auth on
+    by itself when one of those holds a token (``ray get-auth-token --generate`` writes the
+    file), and ``ray.init()`` makes the file and turns it on too, so a service that waited for
+    ``RAY_AUTH_MODE=token`` left every sweep queued with "Missing authentication token". A head
+    without auth ignores the token. ``RAY_AUTH_MODE=token`` without any token is refused here,
+    naming where to put one.
+    """
+    mode = (env.get("RAY_AUTH_MODE") or "").strip().lower()
+    if mode not in ("", "token", "disabled"):
+        raise SettingsError(
+            f"RAY_AUTH_MODE must be token or disabled; got {env['RAY_AUTH_MODE']!r}"
+        )
+    if mode == "disabled":
+        return None
     token = read_token(env, "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
-    default = Path.home() / ".ray" / "auth_token"
-    if token is None and env.get("RAY_AUTH_MODE") == "token" and default.is_file():
-        token = default.read_text().strip() or None
+    # Ray's own default; HOME as this environment has it (Path.home() when it has none).
+    default = Path(env.get("HOME") or Path.home()) / ".ray" / "auth_token"
+    if token is None and default.is_file():
+        try:
+            token = default.read_text().strip() or None
+        except OSError as error:
+            raise SettingsError(f"Ray's token file {default}: {error.strerror or error}") from None
+    if token is None and mode == "token":
+        raise SettingsError(
+            "RAY_AUTH_MODE=token, but there is no Ray token: set RAY_AUTH_TOKEN, or "
+            f"RAY_AUTH_TOKEN_PATH to a file holding it, or put it in {default} (the token the "
+            "Ray head was started with)"
+        )
     return token
 
 

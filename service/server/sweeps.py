@@ -49,10 +49,11 @@ from service.server.store import (
     SweepStore,
     body_digest,
 )
-from service.spec.capacity import autoscaling_nodes, resource_problems
+from service.spec.capacity import cluster_shapes, live_nodes, resource_problems
 from service.spec.cells import total_trials
 from service.spec.data_check import data_problems
 from service.spec.downloads import download_problems
+from service.spec.kuberay import KubeRayUnavailableError, autoscaling_groups
 from service.spec.model import SweepSpec
 from service.spec.path_policy import path_problems, resolve_paths
 from service.spec.reading import parse_spec
@@ -200,10 +201,14 @@ class SweepService:
             nodes = self.jobs.nodes()
         except RayUnavailableError:
             nodes = None  # the sweep waits queued; its job checks again when it starts
+        try:
+            groups = autoscaling_groups()
+        except KubeRayUnavailableError as error:
+            log.warning("capacity check skipped, the sweep's job checks again: %s", error)
+            nodes = None
         if nodes is not None:
-            fits = resource_problems(
-                spec.resources, nodes + autoscaling_nodes(), driver_memory=DRIVER_MEMORY_BYTES
-            )
+            shapes = cluster_shapes(live_nodes(nodes), groups)
+            fits = resource_problems(spec.resources, shapes, driver_memory=DRIVER_MEMORY_BYTES)
             if fits:
                 raise SpecRejectedError(fits)
         return spec, resolved

@@ -90,7 +90,9 @@ def path_problems(
         problems.append(
             Problem(
                 ("search", "storage"),
-                "the service keeps each sweep's Optuna studies in the sweep's folder; leave "
+                # The model lets only a SQLite file through: no credentials to hide here.
+                "the service chooses where Optuna studies go (the database its operator names "
+                "with DMSWEEP_OPTUNA_STORAGE on the Ray head, else the sweep's folder); leave "
                 f"search.storage out (got {spec.search.storage!r})",
             )
         )

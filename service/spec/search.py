@@ -6,9 +6,10 @@ Also the caps every list and the trial count of a spec share (``service.spec.mod
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from trainers.limits import MAX_EPOCHS
 from trainers.validation import Problem, StrictModel, raise_problems
@@ -17,6 +18,8 @@ from trainers.vocabulary import BOUNDS, DEFAULT_SEARCH_METRIC, SearchableName
 MAX_TRIALS = 10_000
 # Values per grid axis, per match list and per search parameter; a real grid has a handful.
 MAX_LIST = 100
+# search.storage: a SQLite file (relative or absolute path), nothing that could carry a password.
+SQLITE_FILE = re.compile(r"sqlite:///[^?#@]+")
 
 
 class Range(StrictModel):
@@ -73,8 +76,25 @@ class Search(StrictModel):
     mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
     scheduler: Scheduler | None = Field(None, description="null: every trial runs to the end")
     storage: str | None = Field(
-        None, description="Optuna RDB URL; default: a sqlite file under the sweep's storage_path"
+        None,
+        description="a SQLite file for the studies, sqlite:///PATH (local runs only); default: "
+        "the database DMSWEEP_OPTUNA_STORAGE names in the driver's environment, else "
+        "optuna.db in the sweep's folder",
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, url: str | None) -> str | None:
+        # A spec is shown, stored and sent around: no database credentials in it.
+        if url is not None and not SQLITE_FILE.fullmatch(url):
+            shown = re.sub(r"//[^/@]*@", "//***@", url.split("?", 1)[0])
+            raise ValueError(
+                "a spec may name only a SQLite file here, sqlite:///PATH (a spec holds no "
+                f"database credentials); got {shown!r}. For PostgreSQL, set "
+                "DMSWEEP_OPTUNA_STORAGE (or DMSWEEP_OPTUNA_STORAGE_FILE) to its URL in the "
+                "environment of the sweep's driver (the Ray head, for the sweep service)"
+            )
+        return url
 
     @model_validator(mode="after")
     def _check(self) -> Search:

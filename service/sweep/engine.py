@@ -27,9 +27,10 @@ one worker trains in that process, a trial of several workers is a Ray Train V2 
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,15 +42,22 @@ from ray import tune
 from service.results.folder import SweepFolder, find_sweep, new_sweep_id
 from service.results.records import SweepInfo, SweepStatus, TrialState, state_counts
 from service.results.report import BestSetting, best_settings, write_sweep_report
-from service.spec.capacity import autoscaling_nodes, resource_problems
+from service.spec.capacity import cluster_shapes, live_nodes, resource_problems
 from service.spec.cells import expand, search_space, study_name, total_trials
 from service.spec.data_check import data_problems
+from service.spec.kuberay import KubeRayUnavailableError, autoscaling_groups
 from service.spec.model import SweepSpec
 from service.sweep.callbacks import SweepCallback, backfill_write, send_pending
 from service.sweep.ray_setup import SLOT, ray_init_options
 from service.sweep.ray_workarounds import PlacementGroupReaper
 from service.sweep.scheduler import StudyASHA
-from service.sweep.searcher import CellStudies, StudyPlan
+from service.sweep.searcher import (
+    CellStudies,
+    OptunaStorageError,
+    StudyPlan,
+    StudyStorage,
+    url_from_env,
+)
 from service.sweep.trial import SweepContext, build_context, run_trial
 from service.tracking.outbox import Outbox
 from service.tracking.provenance import git_commit
@@ -67,6 +75,8 @@ from trainers.validation import describe
 # Restarts of a trial's Tune function: a lost process or node (a one-worker trial goes on from
 # its newest kept checkpoint), a lost driver (a several-worker trial's Train run resumes).
 TUNE_RETRIES = 2
+
+logger = logging.getLogger(__name__)
 
 
 class SpecError(ValueError):
@@ -123,14 +133,25 @@ def preflight(spec: SweepSpec, address: str | None = None) -> None:
     problems = data_problems(spec)
     if problems:
         raise SpecError(describe(problems))
+    if spec.search is not None and spec.search.storage is None:
+        try:
+            url_from_env(os.environ)  # DMSWEEP_OPTUNA_STORAGE, if set, must be usable
+        except OptunaStorageError as error:
+            raise SpecError(str(error)) from None
     connect(spec, address)
     _check_cluster(spec)
 
 
 def _check_cluster(spec: SweepSpec) -> None:
     """Refuse, before any trial starts, a trial the cluster could never place."""
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    problems = resource_problems(spec.resources, nodes + autoscaling_nodes())
+    live = live_nodes([n["Resources"] for n in ray.nodes() if n.get("Alive")])
+    try:
+        groups = autoscaling_groups()
+    except KubeRayUnavailableError as error:
+        # Trials then wait for what the autoscaler adds, as they would without the check.
+        logger.warning("capacity check skipped: %s", error)
+        return
+    problems = resource_problems(spec.resources, cluster_shapes(live, groups))
     if problems:
         raise SpecError(describe(problems))
 
@@ -172,6 +193,25 @@ def _study_plans(spec: SweepSpec, sweep_id: str, context: SweepContext) -> list[
     return plans
 
 
+def study_storage(
+    spec: SweepSpec, folder: SweepFolder, env: Mapping[str, str] | None = None
+) -> StudyStorage:
+    """Where a tuning sweep's Optuna studies go.
+
+    The spec's ``search.storage`` (a SQLite file: a local run; the service refuses it), else the
+    database of ``DMSWEEP_OPTUNA_STORAGE`` (or ``_FILE``) in this driver's environment (the
+    cluster's PostgreSQL), else ``optuna.db`` in the sweep's folder. A misconfigured variable
+    is a ``SpecError`` naming it: nothing of the sweep is created.
+    """
+    if spec.search is not None and spec.search.storage is not None:
+        return StudyStorage.file(spec.search.storage)
+    try:
+        configured = StudyStorage.from_env(env)
+    except OptunaStorageError as error:
+        raise SpecError(str(error)) from None
+    return configured or StudyStorage.file(folder.optuna_url)
+
+
 def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: SweepContext):
     search = spec.search
     limit = spec.resources.max_concurrent_trials
@@ -181,9 +221,13 @@ def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: S
             "seed": tune.grid_search(list(spec.grid.seeds)),
         }
     plans = _study_plans(spec, sweep_id, context)
-    storage = search.storage or folder.optuna_url
     searcher = CellStudies(
-        plans, storage_url=storage, sampler=search.sampler, metric=search.metric, mode=search.mode
+        plans,
+        storage_url=study_storage(spec, folder),
+        sampler=search.sampler,
+        metric=search.metric,
+        mode=search.mode,
+        owner=str(folder.path),
     )
     scheduler = None
     if search.scheduler is not None:

@@ -41,8 +41,8 @@ from tests.support.processes import end_session
 BIN = Path(sys.executable).parent  # the virtual environment's scripts (mlflow, ray)
 T = TypeVar("T")
 SYSTEM_PACKAGES = "run `make system-packages`"
-# SQLAlchemy 2.1 reads a bare postgresql:// as psycopg (3); the project installs psycopg2.
-SCHEME = "postgresql+psycopg2"
+# psycopg 3, the one PostgreSQL driver the project installs, named in every SQLAlchemy URL.
+SCHEME = "postgresql+psycopg"
 
 
 # --- HTTP, processes ------------------------------------------------------------------------
@@ -221,10 +221,10 @@ class Postgres:
     service: Service = field(repr=False)
 
     def url(self, database: str) -> str:
-        """``postgresql+psycopg2://<role>:<password>@127.0.0.1:<port>/<database>``.
+        """``postgresql+psycopg://<role>:<password>@127.0.0.1:<port>/<database>``.
 
         A SQLAlchemy URL naming its driver (MLflow's ``--backend-store-uri``, the service's
-        store): SQLAlchemy 2.1 takes a bare ``postgresql://`` for psycopg 3, not installed here.
+        store): a bare ``postgresql://`` is psycopg2 in SQLAlchemy 2.0.
         """
         return self.urls[database]
 
@@ -242,7 +242,8 @@ def postgres_server(
     connection pool would hold off a smart one); the postmaster ends its backends, which run in
     sessions of their own.
     """
-    import psycopg2
+    import psycopg
+    from psycopg import sql
 
     binaries = postgres_bin()
     user = "postgres" if os.geteuid() == 0 else None
@@ -314,11 +315,11 @@ def postgres_server(
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                admin = psycopg2.connect(
+                admin = psycopg.connect(
                     host=str(base), port=port, user="postgres", dbname="postgres"
                 )
                 break
-            except psycopg2.OperationalError as error:
+            except psycopg.OperationalError as error:
                 service.check_alive()
                 if time.monotonic() > deadline:
                     message = f"PostgreSQL did not start: {error}\n{service.log_tail()}"
@@ -330,13 +331,19 @@ def postgres_server(
             with admin.cursor() as cursor:
                 for name in databases:
                     password = secrets.token_hex(12)
-                    cursor.execute(f'CREATE ROLE "{name}" LOGIN PASSWORD %s', (password,))
-                    cursor.execute(f'CREATE DATABASE "{name}" OWNER "{name}"')
+                    # utility statements take no server-side parameters: a literal, quoted
+                    role = sql.Identifier(name)
+                    cursor.execute(
+                        sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                            role, sql.Literal(password)
+                        )
+                    )
+                    cursor.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(role, role))
                     urls[name] = f"{SCHEME}://{name}:{password}@127.0.0.1:{port}/{name}"
         finally:
             admin.close()
         for url in urls.values():  # over TCP with the password, as the clients will connect
-            psycopg2.connect(url.replace(SCHEME, "postgresql", 1)).close()
+            psycopg.connect(url.replace(SCHEME, "postgresql", 1)).close()
         yield Postgres("127.0.0.1", port, base, data, urls, service)
     finally:
         if service is not None:

@@ -141,8 +141,8 @@ def running_stack() -> Iterator[Stack]:
         ) as head,
         ray_worker(folder, head, num_cpus=1, env=ray_env) as worker,
     ):
-        # compose writes postgresql://: the bare scheme must work (SQLAlchemy picks psycopg 3)
-        database_url = postgres.url("dmsweep").replace("postgresql+psycopg2://", "postgresql://")
+        # as compose writes it
+        database_url = postgres.url("dmsweep")
         api_env = {
             **ray_auth_env(ray_token),
             "DMSWEEP_DATABASE_URL": database_url,

@@ -5,16 +5,23 @@ on) and ``dmsweep serve`` (token from a file, store on PostgreSQL) are started a
 file starts them (tests/integration/stack.py). The smoke grid is submitted over HTTP with the
 token, runs as a Ray job, and its runs are found through MLflow's REST API. Then the service is
 restarted while a sweep runs on Ray: it reports the sweep's true state and can cancel it, and
-the sweep can be resumed to its end.
+the sweep can be resumed to its end. First, the Ray nodes' healthchecks of docker-compose.yml
+are run as written against the stack's head and worker, with Ray's token auth on.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import yaml
 from ray.job_submission import JobStatus
 
@@ -28,6 +35,54 @@ SMOKE_CELLS = {
 }
 
 
+def _flag(argv: list[str], name: str) -> str:
+    """The value of ``--name=VALUE`` or ``--name VALUE`` in a command line."""
+    for index, arg in enumerate(argv):
+        if arg == name:
+            return argv[index + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    raise AssertionError(f"{name} missing from {argv}")
+
+
+def test_the_compose_healthchecks_of_the_ray_nodes_pass_with_token_auth(stack):
+    """Each Ray node's ``healthcheck.test`` of docker-compose.yml, run as written.
+
+    In a container the check asks 127.0.0.1 on the port the service's own command gives the
+    dashboard (head) or the dashboard agent (worker); the stack's nodes listen on free ports
+    instead, so each URL's port is mapped to the stack's: the one its ``ray start`` was given
+    for the same flag. Nothing else is changed (the tests use no compose variable), and the
+    check runs without any token in its environment, as curl does in the container.
+    """
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    nodes = {"ray-head": stack.head, "ray-worker": stack.worker, "ray-worker-gpu": stack.worker}
+    flags = {"ray-head": "--dashboard-port", "ray-worker": "--dashboard-agent-listen-port"}
+    flags["ray-worker-gpu"] = flags["ray-worker"]
+    # token auth is on: the dashboard's API refuses a request without the token
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{stack.head.dashboard_url}/api/version", timeout=10)
+    assert refused.value.code == 401
+    for name, node in nodes.items():
+        kind, *argv = services[name]["healthcheck"]["test"]
+        assert kind == "CMD" and argv[0] == "curl", (name, argv)
+        container_port = int(_flag([str(a) for a in services[name]["command"]], flags[name]))
+        stack_port = int(_flag(list(node.service.process.args), flags[name]))
+        urls = [arg for arg in argv if arg.startswith("http://")]
+        assert [urlsplit(url).port for url in urls] == [container_port], (name, argv)
+        mapped = [
+            re.sub(rf"^(http://127\.0\.0\.1):{container_port}/", rf"\g<1>:{stack_port}/", arg)
+            for arg in argv
+        ]
+        result = subprocess.run(
+            mapped,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert result.returncode == 0, (name, mapped, result.stdout, result.stderr)
+
+
 def test_the_smoke_grid_submitted_over_http_succeeds(served_smoke):
     stack, view = served_smoke
     assert view["state"] == "succeeded", view
@@ -37,6 +92,16 @@ def test_the_smoke_grid_submitted_over_http_succeeds(served_smoke):
     job = stack.ray_jobs().get_job_info(view["ray_job_id"])
     assert job.status == JobStatus.SUCCEEDED
     assert "service.cli run" in job.entrypoint and view["id"] in job.entrypoint
+    # The driver ran on the head, not on the worker that had the memory too.
+    nodes = httpx.get(
+        f"{stack.head.dashboard_url}/api/v0/nodes",
+        params={"detail": "true"},
+        headers={"Authorization": f"Bearer {stack.ray_token}"},
+        timeout=30,
+    ).json()["data"]["result"]["result"]
+    assert len(nodes) == 2
+    (head,) = [n["node_id"] for n in nodes if n["is_head_node"]]
+    assert job.driver_node_id == head
     with stack.client() as client:
         listed = client.get("/sweeps").json()
     assert view["id"] in [s["id"] for s in listed]
