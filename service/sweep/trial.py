@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import traceback
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -28,6 +27,7 @@ from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState, numbers
 from service.spec.cells import AXES, comparable, expand, train_config
 from service.spec.model import SweepSpec
+from service.storage.paths import as_path
 from service.sweep.worker import (
     CHECKPOINTS_KEPT,
     TrialCheckpoints,
@@ -157,7 +157,7 @@ def trial_record(
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """One Tune trial, trained here or by a TorchTrainer over its workers; writes its record."""
     trial_id = tune.get_context().get_trial_id()
-    folder = SweepFolder(Path(context.folder))
+    folder = SweepFolder(as_path(context.folder))
     cell_id, seed = config["cell"], int(config["seed"])
     params = dict(config.get("params") or {})
     log_path = folder.log_file(trial_id)
