@@ -17,6 +17,7 @@ state, its trials' checkpoints and its records all reach the same bucket with on
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -51,8 +52,12 @@ def split_uri(uri: str) -> tuple[str, str, str]:
     return scheme, bucket, key
 
 
+# The variables that choose a bucket's server: a file system is kept per bucket and setting.
+_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
 @functools.lru_cache(maxsize=16)
-def _filesystem(scheme: str, bucket: str) -> Any:
+def _filesystem(scheme: str, bucket: str, settings: tuple[str | None, ...]) -> Any:
     # One per bucket and process: opening one reads the credentials and configuration.
     filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}")
     return filesystem
@@ -61,4 +66,5 @@ def _filesystem(scheme: str, bucket: str) -> Any:
 def bucket_filesystem(uri: str) -> tuple[Any, str]:
     """The file system of a bucket URI and the URI's path in it (``bucket/key``)."""
     scheme, bucket, key = split_uri(uri)
-    return _filesystem(scheme, bucket), f"{bucket}/{key}" if key else bucket
+    settings = tuple(os.environ.get(name) for name in _SETTINGS)
+    return _filesystem(scheme, bucket, settings), f"{bucket}/{key}" if key else bucket
