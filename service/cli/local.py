@@ -32,7 +32,7 @@ from service.spec.data_check import data_problems
 from service.spec.model import SweepSpec
 from service.spec.reading import load_spec
 from service.spec.reference import field_reference, json_schema
-from service.storage.paths import as_path
+from service.storage.paths import AnyPath, as_path
 from service.tracking.store import default_tracking_uri
 from service.tracking.uri import remember
 from trainers.data import LAYOUTS, prepare
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # the engine imports Ray: loaded by the commands that run a s
     from service.sweep.engine import SweepOutcome
 
 
-def _load(spec_file: Path) -> tuple[SweepSpec, str]:
+def _load(spec_file: AnyPath) -> tuple[SweepSpec, str]:
     try:
         text = spec_file.read_text()
     except OSError as error:
@@ -98,7 +98,7 @@ def _print_outcome(outcome: SweepOutcome) -> None:
 
 
 def _start(
-    spec_file: Path,
+    spec_file: AnyPath,
     address: str | None,
     storage_path: str | None,
     tuning: bool,
@@ -133,13 +133,15 @@ def _start_command(tuning: bool, summary: str) -> Callable[..., None]:
     """The ``run`` or ``tune`` command: one signature, ``tune`` needing a search section."""
 
     def command(
-        spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
+        spec_file: Annotated[
+            str, typer.Argument(help="A sweep spec (YAML): a file, or s3://BUCKET/KEY.")
+        ],
         address: Address = None,
         storage_path: StoragePath = None,
         sweep_id: SweepIdOption = None,
         tracking_uri: TrackingUri = None,
     ) -> None:
-        _start(spec_file, address, storage_path, tuning, sweep_id, tracking_uri)
+        _start(as_path(spec_file), address, storage_path, tuning, sweep_id, tracking_uri)
 
     command.__doc__ = summary
     return command

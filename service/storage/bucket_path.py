@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from trainers.data.buckets import bucket_filesystem, split_uri
+from trainers.data.buckets import bucket_filesystem, fs_path, split_uri
 
 
 class BucketPath:
@@ -88,7 +88,7 @@ class BucketPath:
     @property
     def fs_path(self) -> str:
         """``bucket/key``: the path in ``filesystem``."""
-        return bucket_filesystem(self._uri)[1]
+        return fs_path(self._uri)
 
     def _info(self) -> Any:
         return self.filesystem.get_file_info(self.fs_path)

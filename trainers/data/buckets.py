@@ -63,8 +63,17 @@ def _filesystem(scheme: str, bucket: str, settings: tuple[str | None, ...]) -> A
     return filesystem
 
 
+def fs_path(uri: str) -> str:
+    """The path of a bucket URI in its file system: ``bucket/key`` (nothing is opened)."""
+    _, bucket, key = split_uri(uri)
+    return f"{bucket}/{key}" if key else bucket
+
+
 def bucket_filesystem(uri: str) -> tuple[Any, str]:
-    """The file system of a bucket URI and the URI's path in it (``bucket/key``)."""
-    scheme, bucket, key = split_uri(uri)
+    """The file system of a bucket URI and the URI's path in it (``bucket/key``).
+
+    Without ``AWS_REGION``, pyarrow asks the store for the bucket's region when it is opened.
+    """
+    scheme, bucket, _ = split_uri(uri)
     settings = tuple(os.environ.get(name) for name in _SETTINGS)
-    return _filesystem(scheme, bucket, settings), f"{bucket}/{key}" if key else bucket
+    return _filesystem(scheme, bucket, settings), fs_path(uri)
