@@ -38,7 +38,7 @@ from service.sweep.worker import (
 from service.tracking.store import Tracking
 from service.tracking.trial_runs import child_run, flatten, trial_yaml
 from trainers.config import TrainConfig
-from trainers.data.datasets import is_synthetic, resolve_root
+from trainers.data.datasets import data_location, is_synthetic
 from trainers.mixing.base import LambdaMode
 from trainers.recipes import get_recipe
 from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
@@ -293,7 +293,8 @@ def _resolve_data_roots(config: TrainConfig) -> TrainConfig:
     data = config.data
     if is_synthetic(data.name, data.source):
         return config
-    root = str(resolve_root(data.name, data.root).resolve())
+    location = data_location(data.name, data.root)
+    root = location if isinstance(location, str) else str(location.resolve())  # a bucket: as is
     return config.model_copy(update={"data": data.model_copy(update={"root": root})})
 
 

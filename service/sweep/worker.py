@@ -154,8 +154,8 @@ class TrialCheckpoints:
         whole = self._whole()
         newest_kept = whole[-CHECKPOINTS_KEPT:]
         for old in self._named():
-            # Older than every kept one: superseded, or cut off by a kill while uploading.
-            if old not in newest_kept and old.name < newest_kept[0].name:
+            # Older than the one just kept: superseded, or cut off by a kill while uploading.
+            if old not in newest_kept and old.name < final.name:
                 assert isinstance(old, BucketPath)
                 old.rmtree()
 
