@@ -2,9 +2,9 @@
 
 Real servers, each a process of its own: moto's S3 server, an MLflow server whose artifacts go to
 the bucket (``--artifacts-destination s3://...``), and ``dmsweep run`` / ``dmsweep resume`` with
-``--storage-path s3://...``. The driver is SIGKILLed mid-sweep and the sweep resumed from the
-bucket alone (no local folder holds any of it). What landed is read back with boto3 and MLflow's
-REST API, not through dmsweep.
+``--storage-path s3://...``, whose trials read their data as Parquet shards from the bucket. The
+driver is SIGKILLed mid-sweep and the sweep resumed from the bucket alone (no local folder holds
+any of it). What landed is read back with boto3 and MLflow's REST API, not through dmsweep.
 """
 
 from __future__ import annotations
@@ -14,18 +14,21 @@ import re
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from services import mlflow_server, s3_server
-from sweep_helpers import DMSWEEP, synthetic_data, tiny_spec, write_spec
+from sweep_helpers import DMSWEEP, tiny_spec, write_spec
 
 from service.results.folder import find_sweep
 from tests.support.processes import end_session, start_session
+from trainers.data import write_parquet_shards
+from trainers.data.synthetic import synthetic
 
 BUCKET = "dmsweep"
 ROOT = f"s3://{BUCKET}/runs"
-EPOCHS = 3
-# Epochs of ~1.5 s on 2 cores: time to see the second trial between its checkpoints.
-DATA = synthetic_data(train_images=1024)
+EPOCHS = 4  # killed in epoch 3 or 4: two epochs' time to see it between checkpoints
+DATA_ROOT = f"s3://{BUCKET}/data/cifar10"
+TRAIN_IMAGES = 1024  # epochs of ~1.5 s on 2 cores
 
 
 def wait_for(condition, timeout_s: float, what: str, process=None):
@@ -64,12 +67,22 @@ class Bucket:
 
 
 def mid_training(bucket: Bucket, prefix: str) -> str | None:
-    """A trial training its last epoch: epoch 1's checkpoint is kept (before epoch 2's line)."""
+    """A trial past its epoch 2 and not finished: epoch 1's checkpoint is kept (before epoch
+    2's line), and two epochs are left to kill it in."""
     done = bucket.files(prefix + "trials/", ".json")
     for trial, log in bucket.files(prefix + "logs/", ".log").items():
         if trial not in done and "epoch 2:" in log and "finished" not in log:
             return trial
     return None
+
+
+def upload_parquet_data(s3, folder: Path) -> None:
+    """A tiny CIFAR-10 look-alike as Parquet shards in the bucket (two train shards)."""
+    for split, count in (("train", TRAIN_IMAGES), ("test", 128)):
+        images = synthetic(count, split=split, num_classes=10, image_size=32, seed=0)
+        write_parquet_shards(images, folder, split=split, images_per_shard=512)
+    for shard in sorted(folder.iterdir()):
+        s3.client().upload_file(str(shard), BUCKET, f"data/cifar10/{shard.name}")
 
 
 def mlflow_get(url: str, endpoint: str, **query) -> bytes:
@@ -90,13 +103,15 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
         # dmsweep's processes get the standard AWS variables only (MLflow proxies artifacts).
         env = {k: v for k, v in s3.env.items() if k.startswith("AWS_")}
         bucket = Bucket(s3)
+        upload_parquet_data(s3, tmp_path / "cifar10")
         spec = tiny_spec(
             "s3resume",
             epochs=EPOCHS,
-            data=DATA,
-            grid={"method": ["mixup"], "loss": ["mce", "dm_ce"]},
+            grid={"dataset": ["cifar10"], "method": ["mixup"], "loss": ["mce", "dm_ce"]},
             resources={"max_concurrent_trials": 1},
         )
+        # The trials read their data straight from the bucket.
+        spec["data"] = {"cifar10": {"source": "parquet", "root": DATA_ROOT}}
         spec_file = write_spec(tmp_path, spec)
         run = [*DMSWEEP, "run", str(spec_file), "--storage-path", ROOT]
         first = start_session([*run, "--tracking-uri", mlflow.url], tmp_path / "run.log", env=env)
