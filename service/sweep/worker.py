@@ -180,6 +180,7 @@ def train(
     main: bool,
     resume_from: str | None,
     hand_over: HandOver,
+    kept: str | None = None,
 ) -> dict[str, float] | None:
     """Train one trial here; the last epoch's metrics (None: a failure a retry would repeat).
 
@@ -188,7 +189,8 @@ def train(
     Keys: ``trial`` (the TrainConfig as JSON), ``trial_id``, ``sweep_dir``, ``tracking`` (a
     ``Tracking`` as a dict, or None) and ``run_id`` (the trial's child run). ``main``: rank 0,
     which logs; ``resume_from``: a checkpoint folder to go on from; ``hand_over(metrics,
-    checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns).
+    checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns);
+    ``kept``: where ``resume_from`` was kept, for the log (a bucket's checkpoint is downloaded).
     """
     trial = TrainConfig.model_validate(config["trial"])
     folder = SweepFolder(as_path(config["sweep_dir"]))
@@ -227,7 +229,7 @@ def train(
         if resume_from is None:
             log(f"start: {where}")
         else:
-            log(f"resume from {resume_from}: {where}")
+            log(f"resume from {kept or resume_from}: {where}")
         return run(trial, report, resume_from=resume_from)
     except DETERMINISTIC_ERRORS as error:
         message = f"{type(error).__name__}: {error}"
@@ -250,6 +252,7 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
     checkpoints = TrialCheckpoints(folder.train_dir / config["trial_id"])
     try:
         checkpoints.folder.mkdir(parents=True, exist_ok=True)  # storage checked before training
+        checkpoints.folder.exists()  # a bucket: reachable with these credentials (mkdir is none)
     except OSError as error:
         raise CheckpointStorageError(f"the trial's checkpoint folder: {error}") from error
 
@@ -261,11 +264,16 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
                 raise CheckpointStorageError(f"keeping a checkpoint: {error}") from error
         tune.report(metrics)
 
-    newest = checkpoints.newest()
+    try:
+        newest = checkpoints.newest()
+    except OSError as error:
+        raise CheckpointStorageError(f"the trial's checkpoints: {error}") from error
     if newest is None:
         return train(config, main=True, resume_from=None, hand_over=hand_over)
     with checkpoints.local(newest) as resume_from:
-        return train(config, main=True, resume_from=resume_from, hand_over=hand_over)
+        return train(
+            config, main=True, resume_from=resume_from, hand_over=hand_over, kept=str(newest)
+        )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

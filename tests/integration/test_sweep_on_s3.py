@@ -130,7 +130,9 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
         # The Tune state and the interrupted trial's checkpoint are in the bucket, nowhere else.
         keys = s3.keys(BUCKET, prefix)
         assert any(re.search(r"/experiment_state-.*\.json$", k) for k in keys), keys
-        assert f"{prefix}train/{interrupted}/checkpoint_000001/metrics.json" in keys, keys
+        trial_folder = re.escape(f"{prefix}train/{interrupted}/")
+        checkpoint = re.compile(rf"{trial_folder}checkpoint_\d{{6}}/metrics\.json")
+        assert any(checkpoint.fullmatch(k) for k in keys), keys
 
         sweep_uri = f"s3://{BUCKET}/{prefix.rstrip('/')}"
         second = start_session([*DMSWEEP, "resume", sweep_uri], tmp_path / "resume.log", env=env)
@@ -151,6 +153,7 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
             assert logs[trial].count("finished") == 1
         resumed = logs[interrupted].split("resume from", 1)
         assert len(resumed) == 2, logs[interrupted]
+        assert resumed[1].startswith(f" {sweep_uri}/train/{interrupted}/checkpoint_"), resumed[1]
         epochs_after = [int(e) for e in re.findall(r"epoch (\d+):", resumed[1])]
         assert epochs_after[0] > 1 and epochs_after[-1] == EPOCHS, logs[interrupted]
 
