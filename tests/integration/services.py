@@ -502,6 +502,11 @@ class S3Server:
 @contextlib.contextmanager
 def s3_server(folder: Path, buckets: Sequence[str] = ("dmsweep",)) -> Iterator[S3Server]:
     """``moto_server`` (moto[server], in memory) with ``buckets`` made; ended at the end."""
+    if not (BIN / "moto_server").is_file():
+        raise RuntimeError(
+            f"moto's S3 server is not installed ({BIN / 'moto_server'} is missing): install the "
+            "dev extra, pip install -e '.[dev]' (it holds moto[server])"
+        )
     port = free_port()
     service = start_service(
         "moto_server", [str(BIN / "moto_server"), "-p", str(port)], folder / "moto.log"
