@@ -34,6 +34,19 @@ def s3(tmp_path_factory):
         yield server
 
 
+@pytest.fixture(scope="module")
+def shards(s3, tmp_path_factory):
+    """A tiny CIFAR-10 look-alike written as Parquet shards here and uploaded to the bucket:
+    (the images, the local folder, the bucket prefix)."""
+    images = synthetic(40, num_classes=10, image_size=8, seed=0)
+    local = tmp_path_factory.mktemp("shards") / "cifar10"
+    write_parquet_shards(images, local, images_per_shard=16, encoding="raw")
+    write_parquet_shards(images, local, split="test", images_per_shard=16, encoding="png")
+    root = BucketPath(f"s3://{BUCKET}/data/cifar10")
+    root.upload(local)
+    return images, local, root
+
+
 def test_a_sweep_folder_on_a_bucket_keeps_its_files(s3):
     folder = SweepFolder(BucketPath(f"s3://{BUCKET}/runs/folder-1"))
     info = SweepInfo(sweep_id="folder-1", name="folder", status=SweepStatus.CREATED)
@@ -90,13 +103,8 @@ def test_checkpoints_on_a_bucket_newest_whole_one_wins(s3, tmp_path):
     assert kept == ["checkpoint_000003", "checkpoint_000005"]  # the cut-off one is gone
 
 
-def test_parquet_shards_are_read_straight_from_the_bucket(s3, tmp_path):
-    images = synthetic(40, num_classes=10, image_size=8, seed=0)
-    local = tmp_path / "cifar10"
-    write_parquet_shards(images, local, images_per_shard=16, encoding="raw")
-    write_parquet_shards(images, local, split="test", images_per_shard=16, encoding="png")
-    root = BucketPath(f"s3://{BUCKET}/data/cifar10")
-    root.upload(local)
+def test_parquet_shards_are_read_straight_from_the_bucket(shards):
+    images, local, root = shards
 
     train = open_dataset("cifar10", "train", source="parquet", root=str(root))
     assert isinstance(train, ParquetShards) and len(train) == 40 and len(train.shards) == 3
@@ -116,7 +124,7 @@ def test_parquet_shards_are_read_straight_from_the_bucket(s3, tmp_path):
         ParquetShards(str(root), "val")
 
 
-def test_a_bucket_data_root_is_checked_before_a_sweep(s3):
+def test_a_bucket_data_root_is_checked_before_a_sweep(shards):
     def problems(source: str, root: str) -> list[str]:
         spec = spec_from_dict(
             {
@@ -133,6 +141,50 @@ def test_a_bucket_data_root_is_checked_before_a_sweep(s3):
         )
         return [p.message for p in data_problems(spec)]
 
-    assert problems("parquet", f"s3://{BUCKET}/data/cifar10") == []  # the test above made it
+    assert problems("parquet", f"s3://{BUCKET}/data/cifar10") == []
     assert "holds nothing" in problems("parquet", f"s3://{BUCKET}/data/missing")[0]
     assert "Parquet shards only" in problems("cifar", f"s3://{BUCKET}/data/cifar10")[0]
+
+
+def test_the_service_keeps_its_sweeps_in_a_bucket(shards, tmp_path):
+    """A service whose storage and data roots are bucket prefixes: the spec is stored in the
+    bucket and the Ray job runs it from there; a data root outside the bucket root is refused.
+    Ray's job server is the project's stand-in (tests/support/fake_ray.py): nothing runs."""
+    import httpx
+
+    from tests.support.api_server import AUTH, YAML, Served
+    from tests.support.fake_ray import fake_job_server
+
+    def spec(root: str) -> str:
+        grid = {"dataset": ["cifar10"], "backbone": ["smallnet"], "method": ["mixup"]}
+        grid |= {"loss": ["mce"], "seeds": [0]}
+        body = {"name": "bucket-api", "grid": grid, "recipe": "smoke", "epochs": 1}
+        return json.dumps({**body, "data": {"cifar10": {"source": "parquet", "root": root}}})
+
+    storage = BucketPath(f"s3://{BUCKET}/service/sweeps")
+    with fake_job_server() as fake:
+        served = Served(
+            tmp_path,
+            ray_address=fake.url,
+            storage_root=storage,
+            data_roots=(BucketPath(f"s3://{BUCKET}/data"),),
+            mlflow_uri="http://127.0.0.1:9",  # never asked while a sweep is submitted
+        )
+        served.start()
+        try:
+            with httpx.Client(base_url=served.url, headers=AUTH, timeout=60) as client:
+                outside = client.post(
+                    "/sweeps", content=spec(f"s3://{BUCKET}/other/cifar10"), headers=YAML
+                )
+                assert outside.status_code == 422, outside.text
+                assert f"s3://{BUCKET}/data" in outside.text
+                accepted = client.post("/sweeps", content=spec("cifar10"), headers=YAML)
+                assert accepted.status_code == 201, accepted.text
+        finally:
+            served.stop()
+    sweep_id = accepted.json()["id"]
+    stored = storage / ".specs" / f"{sweep_id}.yaml"
+    assert f"root: s3://{BUCKET}/data/cifar10" in stored.read_text()
+    [job] = fake.submitted(sweep_id)
+    assert f"run {stored} --sweep-id {sweep_id} --storage-path {storage}" in job["entrypoint"]
+    assert [p.name for p in (storage / ".specs").iterdir()] == [f"{sweep_id}.yaml"]  # no draft
