@@ -8,14 +8,15 @@ from pathlib import Path
 from tests.support import REPO
 
 # service/'s packages and the ones each may import: cli -> server | sweep -> results ->
-# tracking, spec (and trainers underneath all of them).
+# tracking, spec -> storage (and trainers underneath all of them).
 ALLOWED = {
-    "cli": {"server", "sweep", "results", "tracking", "spec"},
-    "server": {"results", "tracking", "spec"},
-    "sweep": {"results", "tracking", "spec"},
-    "results": {"tracking", "spec"},
-    "tracking": set(),
-    "spec": set(),
+    "cli": {"server", "sweep", "results", "tracking", "spec", "storage"},
+    "server": {"results", "tracking", "spec", "storage"},
+    "sweep": {"results", "tracking", "spec", "storage"},
+    "results": {"tracking", "spec", "storage"},
+    "tracking": {"storage"},
+    "spec": {"storage"},
+    "storage": set(),
 }
 # What only service/sweep may import: Ray's runtime (the service's job client is not it).
 RAY_RUNTIME = ("ray.tune", "ray.train", "ray.util", "ray.core", "ray._private", "ray._raylet")

@@ -556,7 +556,10 @@ def test_every_shipped_sweep_spec_validates():
         assert summary(spec)["trials"] >= 1
 
 
-def test_storage_path_must_be_a_folder() -> None:
-    message = error(make(storage_path="s3://bucket/sweeps"))
-    assert "storage_path" in message and "s3:// are not supported yet" in message
+def test_storage_path_is_a_folder_or_a_bucket_prefix() -> None:
     assert spec_from_dict(make(storage_path="/mnt/shared/sweeps")).storage_path
+    assert spec_from_dict(make(storage_path="s3://bucket/sweeps")).storage_path
+    message = error(make(storage_path="gs://bucket/sweeps"))
+    assert "storage_path" in message and "s3://BUCKET/PREFIX" in message
+    message = error(make(storage_path="s3://bucket/a/../b"))
+    assert "storage_path" in message and "'..'" in message

@@ -28,6 +28,8 @@ from packaging.version import Version
 
 DOCKERFILE = Path(__file__).with_name("Dockerfile")
 PROJECT = "dmsweep"
+# the extras the image installs (deploy/docker/Dockerfile): boto3, for MLflow's S3 artifacts
+IMAGE_EXTRAS = frozenset({"s3"})
 COMMAND = ".venv/bin/python deploy/docker/lock.py > deploy/docker/constraints.txt"
 
 
@@ -46,11 +48,11 @@ def applies(requirement: Requirement, extras: frozenset[str]) -> bool:
     return any(requirement.marker.evaluate({"extra": extra}) for extra in {"", *extras})
 
 
-def closure(root: str) -> dict[str, metadata.Distribution]:
-    """Canonical name -> installed distribution of everything ``root`` needs, root excluded."""
+def closure(root: str, extras: frozenset[str]) -> dict[str, metadata.Distribution]:
+    """Canonical name -> installed distribution of all ``root[extras]`` needs, root excluded."""
     found: dict[str, metadata.Distribution] = {}
     seen: set[tuple[str, frozenset[str]]] = set()
-    pending = [(canonicalize_name(root), frozenset[str]())]
+    pending = [(canonicalize_name(root), extras)]
     while pending:
         name, extras = pending.pop()
         if (name, extras) in seen:
@@ -81,7 +83,7 @@ def main() -> None:
             f"{sys.version_info[0]}.{sys.version_info[1]} on {sys.platform} {platform.machine()}"
         )
     pins = {}
-    for name, dist in closure(PROJECT).items():
+    for name, dist in closure(PROJECT, IMAGE_EXTRAS).items():
         version = Version(dist.version)
         if version.local is not None:
             # torch's +cpu build (a CPU-only venv): the CUDA variant installs PyPI's wheel, whose

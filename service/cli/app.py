@@ -6,8 +6,6 @@ or, with ``--server``, a sweep service (``service.cli.remote``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from service.cli import local, remote
@@ -24,7 +22,7 @@ def main() -> None:
 
 
 def sweeps_at(
-    server: str | None, storage_path: Path | None, address: str | None = None
+    server: str | None, storage_path: str | None, address: str | None = None
 ) -> local.LocalSweeps | remote.RemoteSweeps:
     """The sweeps a command works on: the service's at ``server``, else this machine's."""
     if server:

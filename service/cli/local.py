@@ -32,6 +32,7 @@ from service.spec.data_check import data_problems
 from service.spec.model import SweepSpec
 from service.spec.reading import load_spec
 from service.spec.reference import field_reference, json_schema
+from service.storage.paths import AnyPath, as_path
 from service.tracking.store import default_tracking_uri
 from service.tracking.uri import remember
 from trainers.data import LAYOUTS, prepare
@@ -40,7 +41,7 @@ if TYPE_CHECKING:  # the engine imports Ray: loaded by the commands that run a s
     from service.sweep.engine import SweepOutcome
 
 
-def _load(spec_file: Path) -> tuple[SweepSpec, str]:
+def _load(spec_file: AnyPath) -> tuple[SweepSpec, str]:
     try:
         text = spec_file.read_text()
     except OSError as error:
@@ -97,9 +98,9 @@ def _print_outcome(outcome: SweepOutcome) -> None:
 
 
 def _start(
-    spec_file: Path,
+    spec_file: AnyPath,
     address: str | None,
-    storage_path: Path | None,
+    storage_path: str | None,
     tuning: bool,
     sweep_id: str | None = None,
     tracking_uri: str | None = None,
@@ -132,13 +133,15 @@ def _start_command(tuning: bool, summary: str) -> Callable[..., None]:
     """The ``run`` or ``tune`` command: one signature, ``tune`` needing a search section."""
 
     def command(
-        spec_file: Annotated[Path, typer.Argument(help="A sweep spec (YAML).")],
+        spec_file: Annotated[
+            str, typer.Argument(help="A sweep spec (YAML): a file, or s3://BUCKET/KEY.")
+        ],
         address: Address = None,
         storage_path: StoragePath = None,
         sweep_id: SweepIdOption = None,
         tracking_uri: TrackingUri = None,
     ) -> None:
-        _start(spec_file, address, storage_path, tuning, sweep_id, tracking_uri)
+        _start(as_path(spec_file), address, storage_path, tuning, sweep_id, tracking_uri)
 
     command.__doc__ = summary
     return command
@@ -160,8 +163,8 @@ tune = _start_command(
 class LocalSweeps:
     """``resume``, ``report`` and ``logs`` of the sweeps in a storage path of this machine."""
 
-    def __init__(self, storage_path: Path | None, address: str | None = None) -> None:
-        self.storage_path = storage_path or Path("runs")
+    def __init__(self, storage_path: str | None, address: str | None = None) -> None:
+        self.storage_path = as_path(storage_path or "runs")
         self.address = address
 
     def _find(self, sweep: str) -> SweepFolder:
@@ -221,7 +224,12 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the local store of the sweeps (the embedded default)."""
-    root = storage_path or Path("runs")
+    root = as_path(storage_path or "runs")
+    if not isinstance(root, Path):
+        raise fail(
+            f"{root} is a bucket: its sweeps are tracked by a tracking server; open that "
+            "server's UI"
+        )
     if not (root / "mlflow.db").is_file():
         raise fail(f"no MLflow store at {root / 'mlflow.db'}: run a sweep first")
     uri = default_tracking_uri(root)

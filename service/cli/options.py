@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,7 +11,8 @@ console = Console()
 
 # What each option means, as ``--help`` shows it.
 _HELP = {
-    "storage": "Where sweeps live (default: the spec's storage_path, ./runs).",
+    "storage": "Where sweeps live: a folder or a bucket prefix, s3://BUCKET/PREFIX (default: "
+    "the spec's storage_path, ./runs).",
     "address": "A Ray cluster to join (ray://, host:port or auto); default: a local Ray.",
     "server": "A sweep service URL ($DMSWEEP_SERVER); its token from $DMSWEEP_API_TOKEN.",
     "sweep_id": "Name the new sweep (the sweep service does); default <name>-<UTC time>.",
@@ -21,7 +21,8 @@ _HELP = {
     "sweep": "A sweep id (under --storage-path) or its folder.",
     "trial": "A trial id or name (or a unique prefix of either).",
 }
-StoragePath = Annotated[Path | None, typer.Option(help=_HELP["storage"])]
+# A string: a bucket URI would lose a slash as a Path (service.storage.paths.as_path reads it).
+StoragePath = Annotated[str | None, typer.Option(help=_HELP["storage"])]
 Address = Annotated[str | None, typer.Option(help=_HELP["address"])]
 Server = Annotated[str | None, typer.Option(envvar="DMSWEEP_SERVER", help=_HELP["server"])]
 SweepIdOption = Annotated[str | None, typer.Option(help=_HELP["sweep_id"])]

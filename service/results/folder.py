@@ -21,12 +21,9 @@ still on disk, and a report can be made at any time.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -34,6 +31,8 @@ import yaml
 from service.results.records import Failure, SweepInfo, TrialRecord, TrialState
 from service.spec.model import SweepSpec
 from service.spec.reading import spec_from_dict
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath, absolute, as_path, matching, write_whole
 
 SPEC_FILE = "spec.yaml"
 STATE_FILE = "sweep.json"
@@ -41,7 +40,7 @@ STATE_FILE = "sweep.json"
 
 def new_sweep_id(
     name: str,
-    storage_path: Path,
+    storage_path: AnyPath,
     now: datetime | None = None,
     taken: Callable[[str], bool] = lambda sweep_id: False,
 ) -> str:
@@ -58,13 +57,9 @@ def new_sweep_id(
     return sweep_id
 
 
-def write_json_atomically(path: Path, value: Any) -> None:
+def write_json_atomically(path: AnyPath, value: Any) -> None:
     """Write ``value`` as JSON so that a reader never sees half a file (a kill mid-write)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as out:
-        json.dump(value, out, indent=2, default=str)
-    os.replace(temporary, path)
+    write_whole(path, json.dumps(value, indent=2, default=str))
 
 
 # Where each file and folder of the layout (module docstring) lies inside a sweep's folder.
@@ -82,25 +77,34 @@ _LAYOUT = {
 
 @dataclass(frozen=True)
 class SweepFolder:
-    """One sweep's folder: the one owner of its files (the layout in the module docstring)."""
+    """One sweep's folder: the one owner of its files (the layout in the module docstring).
 
-    path: Path
-    spec_file: Path = field(init=False, repr=False, compare=False)
-    state_file: Path = field(init=False, repr=False, compare=False)
-    trials_dir: Path = field(init=False, repr=False, compare=False)
-    logs_dir: Path = field(init=False, repr=False, compare=False)
-    train_dir: Path = field(init=False, repr=False, compare=False)
-    errors_dir: Path = field(init=False, repr=False, compare=False)
-    best_settings_file: Path = field(init=False, repr=False, compare=False)
-    tracking_outbox_dir: Path = field(init=False, repr=False, compare=False)
+    ``path`` is a folder of this machine (or a shared volume), or a bucket prefix
+    (``BucketPath``): the layout and every file's contents are the same on both.
+    """
+
+    path: AnyPath
+    spec_file: AnyPath = field(init=False, repr=False, compare=False)
+    state_file: AnyPath = field(init=False, repr=False, compare=False)
+    trials_dir: AnyPath = field(init=False, repr=False, compare=False)
+    logs_dir: AnyPath = field(init=False, repr=False, compare=False)
+    train_dir: AnyPath = field(init=False, repr=False, compare=False)
+    errors_dir: AnyPath = field(init=False, repr=False, compare=False)
+    best_settings_file: AnyPath = field(init=False, repr=False, compare=False)
+    tracking_outbox_dir: AnyPath = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name, relative in _LAYOUT.items():
             object.__setattr__(self, name, self.path / relative)
 
     # Pickled (to Ray's workers, with Tune's experiment) as its path: the layout is this code's.
-    def __reduce__(self) -> tuple[type[SweepFolder], tuple[Path]]:
+    def __reduce__(self) -> tuple[type[SweepFolder], tuple[AnyPath]]:
         return (SweepFolder, (self.path,))
+
+    @property
+    def on_bucket(self) -> bool:
+        """Whether the folder is a bucket prefix (no SQLite file can live there)."""
+        return isinstance(self.path, BucketPath)
 
     @property
     def sweep_id(self) -> str:
@@ -109,10 +113,15 @@ class SweepFolder:
 
     @property
     def optuna_url(self) -> str:
-        """The default Optuna storage: a SQLite file in the folder."""
+        """The default Optuna storage: a SQLite file in the folder (not on a bucket)."""
+        if self.on_bucket:
+            raise ValueError(
+                f"sweep folder {self.path} is on a bucket, where no SQLite file can live: give "
+                "the sweep's driver a database for its studies (DMSWEEP_OPTUNA_STORAGE)"
+            )
         return f"sqlite:///{self.path / 'optuna.db'}"
 
-    def error_file(self, trial_id: str) -> Path:
+    def error_file(self, trial_id: str) -> AnyPath:
         """Where a worker leaves a deterministic failure for the trial's driver."""
         return self.errors_dir / f"{trial_id}.json"
 
@@ -131,11 +140,11 @@ class SweepFolder:
         """The spec the sweep runs (``spec.yaml``)."""
         return spec_from_dict(yaml.safe_load(self.spec_file.read_text()))
 
-    def log_file(self, trial_id: str) -> Path:
+    def log_file(self, trial_id: str) -> AnyPath:
         """The log of one trial."""
         return self.logs_dir / f"{trial_id}.log"
 
-    def record_file(self, trial_id: str) -> Path:
+    def record_file(self, trial_id: str) -> AnyPath:
         """The record of one finished trial."""
         return self.trials_dir / f"{trial_id}.json"
 
@@ -175,7 +184,7 @@ class SweepFolder:
             return []
         return [
             TrialRecord.from_row(json.loads(p.read_text()))
-            for p in sorted(self.trials_dir.glob("*.json"))
+            for p in matching(self.trials_dir, "*.json")
         ]
 
     def started_trials(self) -> list[str]:
@@ -232,14 +241,16 @@ class Progress:
     best: tuple[str, float] | None  # (trial name, metric value)
 
 
-def find_sweep(id_or_path: str, storage_path: str | Path = "./runs") -> SweepFolder:
-    """The sweep named by a folder path, or by its id under ``storage_path``."""
-    candidates = [Path(id_or_path), Path(storage_path) / id_or_path]
+def find_sweep(id_or_path: str, storage_path: str | AnyPath = "./runs") -> SweepFolder:
+    """The sweep named by a folder path (or bucket URI), or by its id under ``storage_path``."""
+    root = as_path(storage_path)
+    candidates = [as_path(id_or_path)]
+    if "://" not in id_or_path:
+        candidates.append(root / id_or_path)
     for candidate in candidates:
         if (candidate / STATE_FILE).is_file():
-            return SweepFolder(candidate.resolve())
+            return SweepFolder(absolute(candidate))
     known = []
-    root = Path(storage_path)
     if root.is_dir():
         known = sorted(p.name for p in root.iterdir() if (p / STATE_FILE).is_file())
     hint = f"; sweeps in {root}: {', '.join(known[-10:])}" if known else f"; {root} has none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from service.results.records import TrialRecord, TrialState
 from service.results.render import Page, Panel, cell_name, control_label, to_html, to_markdown
 from service.results.results_file import write_results
 from service.spec.model import SweepSpec
+from service.storage.paths import AnyPath
 
 
 def learning_curves(
@@ -99,7 +101,7 @@ def trial_histories(folder: SweepFolder, records: Iterable[TrialRecord]) -> dict
 
 def write_sweep_report(
     folder: SweepFolder, spec: SweepSpec, records: list[TrialRecord]
-) -> dict[str, Path]:
+) -> dict[str, AnyPath]:
     """Write the sweep's results and report; their paths.
 
     ``results.parquet`` holds every trial. The paper-style table summarises every trial, or, with
@@ -114,14 +116,28 @@ def write_sweep_report(
         tracking = folder.read_state().tracking
     except ValueError:  # no sweep.json: a report of the records alone
         tracking = None
-    return write_report(
-        [r.to_row() for r in records],
-        folder.path,
-        table_rows=table_rows,
-        histories=trial_histories(folder, records),
-        links=trial_run_links(tracking),
-        title=f"dmsweep report: {folder.sweep_id}",
-    )
+
+    def write(out: Path) -> dict[str, Path]:
+        return write_report(
+            [r.to_row() for r in records],
+            out,
+            table_rows=table_rows,
+            histories=trial_histories(folder, records),
+            links=trial_run_links(tracking),
+            title=f"dmsweep report: {folder.sweep_id}",
+        )
+
+    if isinstance(folder.path, Path):
+        return {name: path for name, path in write(folder.path).items()}
+    # On a bucket: written here, then each file uploaded whole beside the sweep's records.
+    bucket = folder.path
+    with tempfile.TemporaryDirectory(prefix="dmsweep-report-") as scratch:
+        written = write(Path(scratch))
+        outputs: dict[str, AnyPath] = {}
+        for name, path in written.items():
+            outputs[name] = bucket / path.name
+            (bucket / path.name).write_bytes(path.read_bytes())
+    return outputs
 
 
 def sweep_report_markdown(spec: SweepSpec, records: list[TrialRecord]) -> str:

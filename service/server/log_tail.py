@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.storage.paths import AnyPath
+
 
 @dataclass(frozen=True)
 class LogSlice:
@@ -28,10 +30,15 @@ def log_slice(data: bytes, offset: int | None, max_bytes: int) -> LogSlice:
     return LogSlice(data[start : start + max_bytes].decode(errors="replace"), start, len(data))
 
 
-def file_slice(path: Path, offset: int | None, max_bytes: int) -> LogSlice:
-    """As ``log_slice``, reading only the bytes sent (a trial's log may be large)."""
+def file_slice(path: AnyPath, offset: int | None, max_bytes: int) -> LogSlice:
+    """As ``log_slice``, reading only the bytes sent (a trial's log may be large).
+
+    A log on a bucket is read whole (one request; a trial's log is one line per epoch).
+    """
     if not path.is_file():
         return LogSlice("", 0, 0)
+    if not isinstance(path, Path):
+        return log_slice(path.read_bytes(), offset, max_bytes)
     with path.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         start = _start(size, offset, max_bytes)

@@ -5,9 +5,11 @@
 - ``DMSWEEP_RAY_ADDRESS``: the Ray dashboard / job server URL (default http://127.0.0.1:8265).
 - ``DMSWEEP_MLFLOW_URI``: the MLflow tracking URI of every sweep (default: a SQLite store under
   the storage root).
-- ``DMSWEEP_DATA_ROOTS``: colon-separated folders a spec's data and weights may come from.
+- ``DMSWEEP_DATA_ROOTS``: colon-separated folders (or bucket prefixes, ``s3://bucket/prefix``)
+  a spec's data and weights may come from (weights: folders only).
 - ``DMSWEEP_STORAGE_ROOT``: where sweep folders go, the same path on the API and every Ray node
-  (default ./runs).
+  (default ./runs), or a bucket prefix (``s3://bucket/prefix``; then the two stores above must
+  be set: no SQLite file lives on a bucket).
 - ``DMSWEEP_API_TOKEN`` or ``DMSWEEP_API_TOKEN_FILE``: the bearer token clients send (none:
   ``dmsweep serve`` refuses to start unless told ``--insecure-no-auth``).
 - ``DMSWEEP_POLL_S``: seconds between reads of the Ray jobs' states (default 2).
@@ -29,9 +31,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath, absolute
 
 MIN_TOKEN_LENGTH = 32  # secrets.token_urlsafe(32) gives 43 characters
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -142,14 +148,22 @@ def _ray_token(env: Mapping[str, str]) -> str | None:
     return token
 
 
+def _root(text: str, name: str) -> AnyPath:
+    """A root folder (absolute) or bucket prefix; a SettingsError naming ``name`` if invalid."""
+    try:
+        return absolute(text.strip())
+    except ValueError as error:
+        raise SettingsError(f"{name}: {error}") from None
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
     """Where the service keeps its sweeps and whom it talks to."""
 
     database_url: str
     ray_address: str
-    storage_root: Path
-    data_roots: tuple[Path, ...] = ()
+    storage_root: AnyPath
+    data_roots: tuple[AnyPath, ...] = ()
     mlflow_uri: str | None = field(default=None, repr=False)  # may hold a password
     api_token: str | None = field(default=None, repr=False)
     ray_token: str | None = field(default=None, repr=False)
@@ -165,12 +179,23 @@ class ServiceSettings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
         """Read the ``DMSWEEP_*`` variables (and Ray's token variables)."""
         env = os.environ if env is None else env
-        storage_root = Path(env.get("DMSWEEP_STORAGE_ROOT") or "runs").expanduser().resolve()
+        storage_root = _root(env.get("DMSWEEP_STORAGE_ROOT") or "runs", "DMSWEEP_STORAGE_ROOT")
         roots = tuple(
-            Path(p).expanduser().resolve()
-            for p in (env.get("DMSWEEP_DATA_ROOTS") or "").split(":")
+            _root(p, "DMSWEEP_DATA_ROOTS")
+            # ':' separates roots, except the one of a scheme ('s3://...')
+            for p in re.split(r":(?!//)", env.get("DMSWEEP_DATA_ROOTS") or "")
             if p.strip()
         )
+        if isinstance(storage_root, BucketPath):
+            missing = [
+                name for name in ("DMSWEEP_DATABASE_URL", "DMSWEEP_MLFLOW_URI") if not env.get(name)
+            ]
+            if missing:
+                raise SettingsError(
+                    f"DMSWEEP_STORAGE_ROOT={storage_root} is a bucket, where the default "
+                    f"SQLite stores cannot live: set {' and '.join(missing)} (PostgreSQL, an "
+                    "MLflow server)"
+                )
         try:
             poll_s = float(env.get("DMSWEEP_POLL_S") or 2.0)
         except ValueError:

@@ -15,6 +15,7 @@ import os
 import signal
 import tempfile
 import threading
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,6 +58,8 @@ from service.spec.kuberay import KubeRayUnavailableError, autoscaling_groups
 from service.spec.model import SweepSpec
 from service.spec.path_policy import path_problems, resolve_paths
 from service.spec.reading import parse_spec
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath
 from service.tracking.store import Tracking, default_tracking_uri, prepare_store, reachable
 from service.tracking.sweep_runs import run_url
 from trainers.validation import Problem, describe, problems_of
@@ -151,7 +154,11 @@ class SweepService:
     @property
     def tracking_uri(self) -> str:
         """Where the sweeps' jobs track: the setting, else the SQLite store under the root."""
-        return self.settings.mlflow_uri or default_tracking_uri(self.settings.storage_root)
+        if self.settings.mlflow_uri:
+            return self.settings.mlflow_uri
+        root = self.settings.storage_root
+        assert isinstance(root, Path)  # a bucket root has its MLflow URI set (ServiceSettings)
+        return default_tracking_uri(root)
 
     def prepare_tracking(self) -> None:
         """Create (and migrate) a SQLite tracking store before any sweep's job opens it."""
@@ -248,13 +255,18 @@ class SweepService:
             log.warning("%s reached: the service kills itself", CRASH_AFTER_ROWS_ENV)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _write_spec_draft(self, resolved: dict) -> Path:
+    def _write_spec_draft(self, resolved: dict) -> AnyPath:
         folder = self.settings.storage_root / SPECS_DIR
+        text = yaml.safe_dump(resolved, sort_keys=False)
         try:
+            if isinstance(folder, BucketPath):  # an object is written whole, fsync'd or not
+                draft = folder / f".draft-{uuid.uuid4().hex}.yaml"
+                draft.write_text(text)
+                return draft
             folder.mkdir(parents=True, exist_ok=True)
             handle, name = tempfile.mkstemp(dir=folder, prefix=".draft-", suffix=".yaml")
             with os.fdopen(handle, "w") as out:
-                out.write(yaml.safe_dump(resolved, sort_keys=False))
+                out.write(text)
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as error:
@@ -264,7 +276,7 @@ class SweepService:
             ) from None
         return Path(name)
 
-    def _store_new(self, spec: SweepSpec, body: bytes, key: str | None, draft: Path) -> Any:
+    def _store_new(self, spec: SweepSpec, body: bytes, key: str | None, draft: AnyPath) -> Any:
         """The row of a new sweep, its spec renamed into place first; under the naming lock.
 
         The active-sweep limit is counted under the same lock, so two submits at once cannot
@@ -288,7 +300,10 @@ class SweepService:
                 search_mode=mode,
             )
             spec_file = self._spec_file(sweep_id)
-            os.replace(draft, spec_file)
+            if isinstance(draft, BucketPath) and isinstance(spec_file, BucketPath):
+                draft.replace(spec_file)  # a copy, then the delete
+            else:
+                os.replace(str(draft), str(spec_file))
             try:
                 submitted = self.store.add(row)
             except BaseException:
@@ -298,7 +313,7 @@ class SweepService:
                 spec_file.unlink(missing_ok=True)
             return submitted
 
-    def _spec_file(self, sweep_id: str) -> Path:
+    def _spec_file(self, sweep_id: str) -> AnyPath:
         return self.settings.storage_root / SPECS_DIR / f"{sweep_id}.yaml"
 
     def _folder(self, sweep_id: str) -> SweepFolder:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from service.spec.model import SweepSpec
-from trainers.data.datasets import is_synthetic, resolve_root
-from trainers.validation import Problem
+from service.storage.bucket_path import BucketPath
+from trainers.data.datasets import DATASETS, data_location, is_synthetic
+from trainers.validation import Location, Problem
 
 
 def data_problems(spec: SweepSpec) -> list[Problem]:
@@ -20,10 +21,36 @@ def data_problems(spec: SweepSpec) -> list[Problem]:
             continue
         location = ("data", name, "root")
         try:
-            folder = resolve_root(name, settings.root if settings is not None else None)
+            folder = data_location(name, settings.root if settings is not None else None)
         except ValueError as error:
             problems.append(Problem(location, str(error)))
             continue
-        if not folder.is_dir():
+        source = (settings.source if settings is not None else None) or DATASETS[
+            name
+        ].default_source
+        if isinstance(folder, str):
+            problems += _bucket_problems(location, folder, source)
+        elif not folder.is_dir():
             problems.append(Problem(location, f"data folder {folder} does not exist"))
     return problems
+
+
+def _bucket_problems(location: Location, uri: str, source: str) -> list[Problem]:
+    """A bucket prefix holds Parquet shards only, and must hold some.
+
+    It is listed: the process that checks (the sweep's driver, the service) needs the bucket's
+    credentials, as the trials do.
+    """
+    if source != "parquet":
+        return [
+            Problem(
+                location,
+                f"{uri} is a bucket prefix: a bucket holds Parquet shards only (source: parquet), "
+                f"not the {source} source's files",
+            )
+        ]
+    try:
+        found = BucketPath(uri).is_dir()
+    except (OSError, ValueError) as error:
+        return [Problem(location, f"bucket prefix {uri} cannot be read: {error}")]
+    return [] if found else [Problem(location, f"bucket prefix {uri} holds nothing")]

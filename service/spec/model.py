@@ -25,6 +25,7 @@ from service.spec.defaults import DYNAMIC
 from service.spec.search import MAX_LIST, MAX_TRIALS, Search
 from trainers.backbones import DMSWEEP_BACKBONES
 from trainers.config import BackboneSettings, DataSettings, EvalConfig, MixingSettings
+from trainers.data.buckets import is_bucket_uri, split_uri
 from trainers.data.datasets import DATASETS, ROOT_VARIABLE
 from trainers.limits import (
     MAX_BATCH_SIZE,
@@ -309,7 +310,11 @@ class SweepSpec(StrictModel):
     )
     search: Search | None = Field(None, description="Optuna search per cell; null: seeds only")
     resources: Resources = Field(default_factory=Resources, description="per trial")
-    storage_path: str = Field("./runs", description="where results and checkpoints go")
+    storage_path: str = Field(
+        "./runs",
+        description="where results and checkpoints go: a folder (a shared volume on a "
+        "cluster) or a bucket prefix, s3://BUCKET/PREFIX",
+    )
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI; null: a local sqlite store chosen by the engine"
     )
@@ -317,12 +322,14 @@ class SweepSpec(StrictModel):
     @field_validator("storage_path")
     @classmethod
     def _check_storage_path(cls, path: str) -> str:
-        # Trial records, logs and the Optuna file are written with plain file I/O; an object
-        # store would need them through pyarrow's filesystems, which is not built yet.
-        if "://" in path:
+        # A bucket is reached through pyarrow's file systems (service.storage); any other URI
+        # (file:, gs:, http:) has no file system here.
+        if is_bucket_uri(path):
+            split_uri(path)  # a ValueError naming what is wrong with it
+        elif "://" in path:
             raise ValueError(
-                f"storage_path must be a local folder or a shared volume mounted on every node; "
-                f"got {path!r} (object stores such as s3:// are not supported yet)"
+                f"storage_path must be a folder (a shared volume mounted on every node) or a "
+                f"bucket prefix, s3://BUCKET/PREFIX; got {path!r}"
             )
         return path
 

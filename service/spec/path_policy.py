@@ -16,6 +16,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from service.spec.model import SweepSpec
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath
+from trainers.data.buckets import is_bucket_uri
 from trainers.data.datasets import default_root, is_synthetic
 from trainers.validation import Problem
 
@@ -26,35 +29,75 @@ def _under(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-def _path_problem(value: str, roots: Sequence[Path], what: str) -> str | None:
-    """Why ``value`` may not be used, or None. Relative paths are taken under the first root."""
+def _in_bucket(value: BucketPath, roots: Sequence[AnyPath]) -> bool:
+    """Whether ``value`` is a bucket root or lies below one: whole key segments, same bucket.
+
+    ``s3://data/set`` lies under ``s3://data`` and ``s3://data/set``, never under
+    ``s3://data/se`` (a prefix of the key that cuts a segment) or ``s3://data2``.
+    """
+    text = str(value)
+    return any(
+        isinstance(root, BucketPath) and (text == str(root) or text.startswith(f"{root}/"))
+        for root in roots
+    )
+
+
+def _path_problem(
+    value: str, roots: Sequence[AnyPath], what: str, *, buckets: bool = True
+) -> str | None:
+    """Why ``value`` may not be used, or None. Relative paths are taken under the first root.
+
+    A bucket URI (``s3://bucket/prefix``) must lie under a bucket root (``_in_bucket``), and
+    only where ``buckets`` allows one (weights files are read from local paths only).
+    """
+    allowed = ", ".join(str(r) for r in roots)
+    if buckets and is_bucket_uri(value):
+        try:
+            location = BucketPath(value)
+        except ValueError as error:
+            return str(error)
+        if not any(isinstance(r, BucketPath) for r in roots):
+            return (
+                f"must be a path under {what} ({allowed or 'none'}), not a URI (no bucket root "
+                f"is configured); got {value!r}"
+            )
+        if not _in_bucket(location, roots):
+            return f"must lie under {what} ({allowed}); got {value!r}"
+        return None
     if "://" in value or value.startswith(("file:", "s3:", "gs:")):
-        return f"must be a path under {what}, not a URI; got {value!r}"
+        kinds = "a path or a bucket URI (s3://...)" if buckets else "a path"
+        return f"must be {kinds} under {what}, not another URI; got {value!r}"
     if ".." in PurePosixPath(value).parts:
         return f"may not contain '..'; got {value!r}"
     if not roots:
         return f"the service has no {what} configured; leave it out"
     path = Path(value).expanduser()
     if not path.is_absolute():
+        if isinstance(roots[0], BucketPath):
+            if not buckets:
+                return f"must be an absolute path under {what} ({allowed}); got {value!r}"
+            return None  # a relative key below the first root: '..' was refused above
         path = roots[0] / path
+    local = [Path(os.path.realpath(r)) for r in roots if isinstance(r, Path)]
     # realpath: a symlink inside a root must not lead outside it
-    if not _under(Path(os.path.realpath(path)), [Path(os.path.realpath(r)) for r in roots]):
-        allowed = ", ".join(str(r) for r in roots)
+    if not _under(Path(os.path.realpath(path)), local):
         return f"must lie under {what} ({allowed}); got {value!r}"
     return None
 
 
-def resolve_under(value: str, roots: Sequence[Path]) -> str:
-    """``value`` as an absolute path (relative ones under the first root)."""
+def resolve_under(value: str, roots: Sequence[AnyPath]) -> str:
+    """``value`` as an absolute path or bucket URI (relative ones under the first root)."""
+    if is_bucket_uri(value):
+        return value
     path = Path(value).expanduser()
-    return str(path if path.is_absolute() else roots[0] / path)
+    return str(path if path.is_absolute() else roots[0] / str(path))
 
 
 def path_problems(
     spec: SweepSpec,
     *,
-    data_roots: Sequence[Path],
-    storage_root: Path,
+    data_roots: Sequence[AnyPath],
+    storage_root: AnyPath,
     tracking_uri: str | None,
 ) -> list[Problem]:
     """A problem for every path or URI of ``spec`` outside the service's roots."""
@@ -65,11 +108,11 @@ def path_problems(
             problem = _path_problem(settings.root, data_roots, data_what)
             if problem:
                 problems.append(Problem(("data", name, "root"), problem))
-    readable = [*data_roots, storage_root]
+    readable = [r for r in (*data_roots, storage_root) if isinstance(r, Path)]
     for name, backbone in spec.backbones.items():
         if backbone.weights is not None:
-            what = "the service's data roots or storage root"
-            problem = _path_problem(backbone.weights, readable, what)
+            what = "the service's local data roots or storage root"
+            problem = _path_problem(backbone.weights, readable, what, buckets=False)
             if problem:
                 problems.append(Problem(("backbones", name, "weights"), problem))
     if spec.storage_path != DEFAULT_STORAGE_PATH:
@@ -100,7 +143,11 @@ def path_problems(
 
 
 def resolve_paths(
-    raw: dict[str, Any], spec: SweepSpec, *, data_roots: Sequence[Path], storage_root: Path
+    raw: dict[str, Any],
+    spec: SweepSpec,
+    *,
+    data_roots: Sequence[AnyPath],
+    storage_root: AnyPath,
 ) -> dict[str, Any]:
     """``raw`` with every path absolute, as the Ray job will read it.
 
@@ -119,12 +166,16 @@ def resolve_paths(
         entry = data.setdefault(name, {}) or {}
         data[name] = entry
         root = entry.get("root")
-        entry["root"] = (
-            resolve_under(root, data_roots) if root else str(default_root(name, data_roots[0]))
-        )
+        first = data_roots[0]
+        if root:
+            entry["root"] = resolve_under(root, data_roots)
+        elif isinstance(first, BucketPath):
+            entry["root"] = str(first / name)  # default_root's rule, on a bucket
+        else:
+            entry["root"] = str(default_root(name, first))
     if not data:
         del out["data"]
-    readable = [*data_roots, storage_root]
+    readable = [r for r in (*data_roots, storage_root) if isinstance(r, Path)]
     for name, backbone in spec.backbones.items():
         if backbone.weights is not None:
             out["backbones"][name]["weights"] = resolve_under(backbone.weights, readable)

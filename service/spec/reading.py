@@ -10,13 +10,13 @@ what is wrong and what is allowed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from service.spec.model import SweepSpec
+from service.storage.paths import AnyPath, as_path
 from trainers.validation import describe_errors
 
 MAX_BYTES = 1 << 20  # 1 MiB: the largest spec of the paper's grids is a few KiB
@@ -150,7 +150,7 @@ def spec_from_dict(raw: dict[str, Any]) -> SweepSpec:
         raise ValueError(describe_errors(error)) from None
 
 
-def load_spec(path: str | Path) -> SweepSpec:
+def load_spec(path: str | AnyPath) -> SweepSpec:
     """Read a spec from a YAML file; errors read ``file: field.path: message``.
 
     The same bounded reader as the service's (``parse_spec``): size, aliases and nesting are
@@ -161,7 +161,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         spec = load_spec("search_spaces/smoke.yaml")
         print(spec.name, len(spec.grid.seeds))
     """
-    path = Path(path)
+    path = as_path(path)  # a file, or an object of a bucket (the service's spec on S3)
     try:
         body = path.read_bytes()
     except FileNotFoundError:

@@ -19,6 +19,7 @@ from ray import tune
 
 from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState
+from service.storage.bucket_path import BucketPath
 from service.sweep.trial import SweepContext, trial_record
 from service.sweep.worker import append_log
 from service.tracking.outbox import BACKFILLED_TAG, FLUSH_EVERY_S, Outbox
@@ -103,7 +104,11 @@ class SweepCallback(tune.Callback):
 
     @staticmethod
     def _folder(trial: Any) -> SweepFolder:
-        return SweepFolder(Path(trial.remote_experiment_path))
+        # Tune's path of the experiment in its storage file system: on a bucket, without scheme.
+        path = trial.remote_experiment_path
+        if trial.storage.storage_filesystem.type_name == "s3":
+            return SweepFolder(BucketPath(f"s3://{path}"))
+        return SweepFolder(Path(path))
 
     def _identity(self, trial: Any) -> tuple[str, int, dict[str, float]]:
         return (

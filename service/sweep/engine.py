@@ -47,11 +47,16 @@ from service.spec.cells import expand, search_space, study_name, total_trials
 from service.spec.data_check import data_problems
 from service.spec.kuberay import KubeRayUnavailableError, autoscaling_groups
 from service.spec.model import SweepSpec
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath, absolute
 from service.sweep.callbacks import SweepCallback, backfill_write, send_pending
 from service.sweep.ray_setup import SLOT, ray_init_options
 from service.sweep.ray_workarounds import PlacementGroupReaper
 from service.sweep.scheduler import StudyASHA
 from service.sweep.searcher import (
+    EXAMPLE_URL,
+    STORAGE_FILE_VAR,
+    STORAGE_VAR,
     CellStudies,
     OptunaStorageError,
     StudyPlan,
@@ -90,7 +95,7 @@ class SweepOutcome:
     folder: SweepFolder
     counts: dict[str, int]
     interrupted: bool
-    outputs: dict[str, Path] = field(default_factory=dict)
+    outputs: dict[str, AnyPath] = field(default_factory=dict)
     best: list[BestSetting] = field(default_factory=list)
     # what the tracking server could not store (the files are on disk all the same)
     tracking_problems: list[str] = field(default_factory=list)
@@ -286,11 +291,39 @@ def _run_config(folder: SweepFolder, callbacks: list[tune.Callback]) -> tune.Run
     )
 
 
+def _study_url_set() -> bool:
+    """Whether this driver's environment names a database for Optuna's studies (checked)."""
+    try:
+        return url_from_env(os.environ) is not None
+    except OptunaStorageError as error:
+        raise SpecError(str(error)) from None
+
+
+def _check_bucket_sweep(spec: SweepSpec, root: BucketPath, tracking_uri: str | None) -> None:
+    """Refuse what a sweep on a bucket cannot keep there: SQLite files (MLflow's, Optuna's)."""
+    problems = []
+    if tracking_uri is None:
+        problems.append(
+            f"storage path {root} is a bucket, where the default MLflow store (a SQLite file) "
+            "cannot live: give a tracking server (--tracking-uri http://..., the spec's "
+            "tracking_uri); its artifacts may go to the bucket (mlflow server "
+            "--artifacts-destination s3://...)"
+        )
+    if spec.search is not None and spec.search.storage is None and not _study_url_set():
+        problems.append(
+            f"storage path {root} is a bucket, where the default Optuna store (a SQLite file) "
+            f"cannot live: give the driver a database for its studies ({STORAGE_VAR}="
+            f"{EXAMPLE_URL}, or {STORAGE_FILE_VAR} naming a file that holds it)"
+        )
+    if problems:
+        raise SpecError("; ".join(problems))
+
+
 def create_sweep(
     spec: SweepSpec,
     spec_text: str,
     *,
-    storage_path: str | Path | None = None,
+    storage_path: str | AnyPath | None = None,
     tracking_uri: str | None = None,
     sweep_id: str | None = None,
 ) -> SweepFolder:
@@ -305,7 +338,11 @@ def create_sweep(
     problems = data_problems(spec)
     if problems:
         raise SpecError(describe(problems))
-    root = Path(storage_path or spec.storage_path).expanduser().resolve()
+    root = absolute(storage_path or spec.storage_path)
+    uri = tracking_uri or spec.tracking_uri
+    given_uri = uri is not None
+    if isinstance(root, BucketPath):
+        _check_bucket_sweep(spec, root, uri)
     root.mkdir(parents=True, exist_ok=True)
     given = sweep_id is not None
     sweep_id = sweep_id or new_sweep_id(spec.name, root)
@@ -320,12 +357,14 @@ def create_sweep(
     except FileExistsError:
         raise SpecError(f"sweep {sweep_id} already exists in {root}") from None
     folder.spec_file.write_text(spec_text)
-    uri = tracking_uri or spec.tracking_uri or default_tracking_uri(root)
+    if uri is None:
+        assert isinstance(root, Path)  # a bucket root without a tracking URI was refused
+        uri = default_tracking_uri(root)
     # A fresh SQLite store, made once whoever opens it first; a store that cannot be opened
     # now is an outage like any other (the parent run below waits in the outbox).
     best_effort(lambda: prepare_store(uri), "preparing the tracking store", attempts=1)
     artifacts = None
-    if uri.startswith("sqlite:") and not (tracking_uri or spec.tracking_uri):
+    if isinstance(root, Path) and uri.startswith("sqlite:") and not given_uri:
         artifacts = default_artifact_location(root, spec.name)
     tags = {"dmsweep.spec": spec.name, "dmsweep.search": str(spec.search is not None)}
     # MLflow down: the sweep runs all the same; its parent run waits in the outbox, and its
@@ -474,7 +513,7 @@ def run_sweep(
     spec_text: str,
     *,
     address: str | None = None,
-    storage_path: str | Path | None = None,
+    storage_path: str | AnyPath | None = None,
     callbacks: Sequence[tune.Callback] = (),
 ) -> SweepOutcome:
     """A new sweep of ``spec``, run to its end on the Ray at ``address`` (default: a local one).
@@ -501,7 +540,7 @@ def run_sweep(
 def resume_sweep(
     id_or_path: str,
     *,
-    storage_path: str | Path = "./runs",
+    storage_path: str | AnyPath = "./runs",
     address: str | None = None,
 ) -> SweepOutcome:
     """Continue a sweep whose driver died or was interrupted; finished trials are kept."""

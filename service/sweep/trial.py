@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import traceback
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -28,6 +27,7 @@ from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState, numbers
 from service.spec.cells import AXES, comparable, expand, train_config
 from service.spec.model import SweepSpec
+from service.storage.paths import as_path
 from service.sweep.worker import (
     CHECKPOINTS_KEPT,
     TrialCheckpoints,
@@ -38,7 +38,7 @@ from service.sweep.worker import (
 from service.tracking.store import Tracking
 from service.tracking.trial_runs import child_run, flatten, trial_yaml
 from trainers.config import TrainConfig
-from trainers.data.datasets import is_synthetic, resolve_root
+from trainers.data.datasets import data_location, is_synthetic
 from trainers.mixing.base import LambdaMode
 from trainers.recipes import get_recipe
 from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
@@ -157,7 +157,7 @@ def trial_record(
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """One Tune trial, trained here or by a TorchTrainer over its workers; writes its record."""
     trial_id = tune.get_context().get_trial_id()
-    folder = SweepFolder(Path(context.folder))
+    folder = SweepFolder(as_path(context.folder))
     cell_id, seed = config["cell"], int(config["seed"])
     params = dict(config.get("params") or {})
     log_path = folder.log_file(trial_id)
@@ -293,7 +293,8 @@ def _resolve_data_roots(config: TrainConfig) -> TrainConfig:
     data = config.data
     if is_synthetic(data.name, data.source):
         return config
-    root = str(resolve_root(data.name, data.root).resolve())
+    location = data_location(data.name, data.root)
+    root = location if isinstance(location, str) else str(location.resolve())  # a bucket: as is
     return config.model_copy(update={"data": data.model_copy(update={"root": root})})
 
 

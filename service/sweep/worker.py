@@ -26,12 +26,14 @@ checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,8 @@ from ray import tune
 
 from service.results.folder import SweepFolder
 from service.results.records import Failure
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath, append_text, as_path
 from service.tracking.store import Tracking
 from service.tracking.trial_runs import TrialLogger
 from trainers.config import TrainConfig
@@ -63,12 +67,10 @@ class CheckpointStorageError(RuntimeError):
     """
 
 
-def append_log(path: Path, line: str) -> None:
+def append_log(path: AnyPath, line: str) -> None:
     """One timestamped line at the end of a trial's log."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    with path.open("a") as out:
-        out.write(f"{stamp} {line}\n")
+    append_text(path, f"{stamp} {line}\n")
 
 
 def _epoch_line(metrics: dict[str, float]) -> str:
@@ -81,17 +83,20 @@ def _epoch_line(metrics: dict[str, float]) -> str:
 class TrialCheckpoints:
     """A trial's checkpoints in its own folder (``<sweep>/train/<trial id>/``), newest kept.
 
-    Each is copied under a hidden name and renamed into place, so a folder named
-    ``checkpoint_<epoch>`` is always whole, whenever the process dies.
+    On a local (or shared) folder each is copied under a hidden name and renamed into place, so
+    a folder named ``checkpoint_<epoch>`` is always whole, whenever the process dies. On a
+    bucket, where nothing is renamed, its files are uploaded first and its ``metrics.json``
+    last: a checkpoint is whole once that object exists, and the newest whole one wins
+    (``newest``); one cut off midway is never read, and is deleted with the old ones.
     """
 
     PATTERN = re.compile(r"checkpoint_(\d{6})")
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: AnyPath) -> None:
         self.folder = folder
 
     @staticmethod
-    def metrics(checkpoint: Path) -> dict[str, float]:
+    def metrics(checkpoint: AnyPath) -> dict[str, float]:
         """The metrics of the epoch a kept checkpoint ends."""
         return json.loads((checkpoint / METRICS_FILE).read_text())
 
@@ -103,15 +108,31 @@ class TrialCheckpoints:
         metrics = self.metrics(newest)
         return metrics if "top1_best" in metrics else None
 
-    def newest(self) -> Path | None:
+    def newest(self) -> AnyPath | None:
         """The newest whole checkpoint, or None."""
-        if not self.folder.is_dir():
-            return None
-        kept = sorted(p for p in self.folder.iterdir() if self.PATTERN.fullmatch(p.name))
+        kept = self._whole()
         return kept[-1] if kept else None
+
+    def _named(self) -> list[AnyPath]:
+        """Every ``checkpoint_<epoch>`` of the folder, oldest first (on a bucket: whole or not)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(
+            (p for p in self.folder.iterdir() if self.PATTERN.fullmatch(p.name)),
+            key=lambda p: p.name,
+        )
+
+    def _whole(self) -> list[AnyPath]:
+        named = self._named()
+        if isinstance(self.folder, BucketPath):  # whole once its metrics are (written last)
+            return [p for p in named if (p / METRICS_FILE).is_file()]
+        return named  # renamed into place whole
 
     def keep(self, checkpoint_dir: str, metrics: dict[str, float]) -> None:
         """Keep the loop's checkpoint with its epoch's metrics; drop all but the newest few."""
+        if isinstance(self.folder, BucketPath):
+            self._upload(self.folder, checkpoint_dir, metrics)
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"checkpoint_{int(metrics['epoch']):06d}"
         partial = self.folder / f".{final.name}.partial"
@@ -125,6 +146,33 @@ class TrialCheckpoints:
         for old in kept[:-CHECKPOINTS_KEPT]:
             shutil.rmtree(old, ignore_errors=True)
 
+    def _upload(self, folder: BucketPath, checkpoint_dir: str, metrics: dict[str, float]) -> None:
+        final = folder / f"checkpoint_{int(metrics['epoch']):06d}"
+        final.rmtree()  # only if two processes train the trial (a node cut off, not dead)
+        final.upload(checkpoint_dir)
+        (final / METRICS_FILE).write_text(json.dumps(metrics))  # last: now it is whole
+        whole = self._whole()
+        newest_kept = whole[-CHECKPOINTS_KEPT:]
+        for old in self._named():
+            # Older than the one just kept: superseded, or cut off by a kill while uploading.
+            if old not in newest_kept and old.name < final.name:
+                assert isinstance(old, BucketPath)
+                old.rmtree()
+
+    def local(self, checkpoint: AnyPath) -> contextlib.AbstractContextManager[str]:
+        """A local folder holding ``checkpoint`` while the context lasts (a bucket's downloaded)."""
+        if isinstance(checkpoint, BucketPath):
+            return _downloaded(checkpoint)
+        return contextlib.nullcontext(str(checkpoint))
+
+
+@contextlib.contextmanager
+def _downloaded(checkpoint: BucketPath) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="dmsweep-checkpoint-") as scratch:
+        local = Path(scratch) / checkpoint.name
+        checkpoint.download(local)
+        yield str(local)
+
 
 def train(
     config: dict[str, Any],
@@ -132,6 +180,7 @@ def train(
     main: bool,
     resume_from: str | None,
     hand_over: HandOver,
+    kept: str | None = None,
 ) -> dict[str, float] | None:
     """Train one trial here; the last epoch's metrics (None: a failure a retry would repeat).
 
@@ -140,10 +189,11 @@ def train(
     Keys: ``trial`` (the TrainConfig as JSON), ``trial_id``, ``sweep_dir``, ``tracking`` (a
     ``Tracking`` as a dict, or None) and ``run_id`` (the trial's child run). ``main``: rank 0,
     which logs; ``resume_from``: a checkpoint folder to go on from; ``hand_over(metrics,
-    checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns).
+    checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns);
+    ``kept``: where ``resume_from`` was kept, for the log (a bucket's checkpoint is downloaded).
     """
     trial = TrainConfig.model_validate(config["trial"])
-    folder = SweepFolder(Path(config["sweep_dir"]))
+    folder = SweepFolder(as_path(config["sweep_dir"]))
     trial_id = config["trial_id"]
     log_path = folder.log_file(trial_id)
 
@@ -179,7 +229,7 @@ def train(
         if resume_from is None:
             log(f"start: {where}")
         else:
-            log(f"resume from {resume_from}: {where}")
+            log(f"resume from {kept or resume_from}: {where}")
         return run(trial, report, resume_from=resume_from)
     except DETERMINISTIC_ERRORS as error:
         message = f"{type(error).__name__}: {error}"
@@ -198,10 +248,11 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
     newest checkpoint already ends it is not run here (``service.sweep.trial.run_trial`` records
     it first).
     """
-    folder = SweepFolder(Path(config["sweep_dir"]))
+    folder = SweepFolder(as_path(config["sweep_dir"]))
     checkpoints = TrialCheckpoints(folder.train_dir / config["trial_id"])
     try:
         checkpoints.folder.mkdir(parents=True, exist_ok=True)  # storage checked before training
+        checkpoints.folder.exists()  # a bucket: reachable with these credentials (mkdir is none)
     except OSError as error:
         raise CheckpointStorageError(f"the trial's checkpoint folder: {error}") from error
 
@@ -213,10 +264,16 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
                 raise CheckpointStorageError(f"keeping a checkpoint: {error}") from error
         tune.report(metrics)
 
-    newest = checkpoints.newest()
-    return train(
-        config, main=True, resume_from=str(newest) if newest else None, hand_over=hand_over
-    )
+    try:
+        newest = checkpoints.newest()
+    except OSError as error:
+        raise CheckpointStorageError(f"the trial's checkpoints: {error}") from error
+    if newest is None:
+        return train(config, main=True, resume_from=None, hand_over=hand_over)
+    with checkpoints.local(newest) as resume_from:
+        return train(
+            config, main=True, resume_from=resume_from, hand_over=hand_over, kept=str(newest)
+        )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

@@ -35,6 +35,8 @@ from typing import Any
 
 from mlflow.entities import Metric
 
+from service.storage.bucket_path import BucketPath
+from service.storage.paths import AnyPath, as_path
 from service.tracking.store import LASTING_ERRORS, Tracking, quick_http, retrying
 from service.tracking.uri import with_credentials
 
@@ -50,24 +52,31 @@ RecordOf = Callable[[str], "tuple[str, dict[str, float], int] | None"]
 class Outbox:
     """The pending MLflow writes of one sweep (a folder of JSON files)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: str | AnyPath) -> None:
+        self.folder = as_path(folder)
 
     def add(self, write: Write) -> None:
         """Keep one write (atomically: a reader never sees half of it)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+        if isinstance(self.folder, BucketPath):  # an object is written whole, never renamed
+            (self.folder / f"{name}.json").write_text(json.dumps(write, default=str))
+            return
         temporary = self.folder / f".{name}.tmp"
         temporary.write_text(json.dumps(write, default=str))
         temporary.replace(self.folder / f"{name}.json")
 
-    def _set_aside(self, path: Path, reason: str) -> None:
+    def _set_aside(self, path: AnyPath, reason: str) -> None:
         failed = self.folder / "failed"
         failed.mkdir(exist_ok=True)
         (failed / f"{path.stem}.reason.txt").write_text(reason + "\n")
-        path.replace(failed / path.name)
+        target = failed / path.name
+        if isinstance(path, BucketPath) and isinstance(target, BucketPath):
+            path.replace(target)  # a copy, then the delete: an object store renames nothing
+        elif isinstance(path, Path) and isinstance(target, Path):
+            path.replace(target)
 
-    def pending(self) -> list[Path]:
+    def pending(self) -> list[AnyPath]:
         """The writes waiting, oldest first."""
         return sorted(self.folder.glob("*.json")) if self.folder.is_dir() else []
 
@@ -141,7 +150,7 @@ def _send(
                 uri=with_credentials(write["uri"]),
                 experiment=write["experiment"],
                 sweep_id=write["sweep_id"],
-                spec_file=Path(write["spec_file"]),
+                spec_file=as_path(write["spec_file"]),
                 tags=write["tags"],
                 artifact_location=write.get("artifact_location"),
                 attempts=1,
@@ -176,7 +185,7 @@ def _send(
         retrying(functools.partial(client.set_terminated, run_id, status=write["status"]), 1)
         return True, tracking
     if op == "finish_sweep":
-        outputs = {k: Path(v) for k, v in write["outputs"].items()}
+        outputs = {k: as_path(v) for k, v in write["outputs"].items()}
         finish_sweep(tracking, outputs, write["counts"], write["status"], attempts=1)
         return True, tracking
     raise ValueError(f"unknown tracking write {op!r}")

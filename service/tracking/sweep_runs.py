@@ -11,12 +11,12 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
+from service.storage.paths import AnyPath, local_file
 from service.tracking.provenance import provenance
 from service.tracking.store import Tracking, artifact_error, retrying
 from service.tracking.uri import redacted, remember
@@ -46,7 +46,7 @@ def start_sweep(
     uri: str,
     experiment: str,
     sweep_id: str,
-    spec_file: Path,
+    spec_file: AnyPath,
     tags: Mapping[str, str],
     artifact_location: str | None = None,
     attempts: int = 5,
@@ -71,7 +71,8 @@ def start_sweep(
             attempts,
         ).info.run_id
     try:
-        retrying(lambda: client.log_artifact(run_id, str(spec_file)), attempts)
+        with local_file(spec_file) as local:
+            retrying(lambda: client.log_artifact(run_id, str(local)), attempts)
     except Exception as error:  # the spec is in the sweep folder all the same
         problem = artifact_error(client, run_id, spec_file.name, error)
         logger.warning("tracking: %s", problem)
@@ -102,7 +103,7 @@ def reopen_sweep(tracking: Tracking, attempts: int = 5) -> None:
 
 def finish_sweep(
     tracking: Tracking,
-    outputs: Mapping[str, Path],
+    outputs: Mapping[str, AnyPath],
     counts: Mapping[str, int],
     status: str = "FINISHED",
     attempts: int = 5,
@@ -116,10 +117,11 @@ def finish_sweep(
     problems = []
     for path in outputs.values():
         try:
-            log = functools.partial(
-                client.log_artifact, tracking.parent_run_id, str(path), "report"
-            )
-            retrying(log, attempts)
+            with local_file(path) as local:
+                log = functools.partial(
+                    client.log_artifact, tracking.parent_run_id, str(local), "report"
+                )
+                retrying(log, attempts)
         except Exception as error:
             problems.append(artifact_error(client, tracking.parent_run_id, "report", error))
             logger.warning("tracking: %s", problems[-1])

@@ -49,6 +49,7 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
+from service.storage.paths import AnyPath
 from service.tracking.provenance import provenance
 from service.tracking.store import Tracking, artifact_error, best_effort, quick_http, retrying
 from service.tracking.sweep_runs import SWEEP_ID_TAG
@@ -134,7 +135,7 @@ def child_run(
     params: Mapping[str, str],
     trial_yaml: str,
     log: Callable[[str], None] = logger.warning,
-    outbox: Path | None = None,
+    outbox: AnyPath | None = None,
 ) -> str | None:
     """The child run of a Tune trial; its run id, or None when MLflow did not answer.
 
@@ -188,7 +189,7 @@ class TrialLogger:
     run_id: str
     log: Callable[[str], None] = print
     # the sweep's tracking_outbox: what is still unsent at the end is sent later from there
-    outbox: Path | None = None
+    outbox: AnyPath | None = None
     pending: list[Metric] = field(default_factory=list)
     _client: MlflowClient | None = field(default=None, repr=False)
 

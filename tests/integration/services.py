@@ -373,6 +373,7 @@ class MlflowServer:
         jobs: bool = False,
         allowed_hosts: Sequence[str] = ("127.0.0.1:*", "localhost:*"),
         env: Mapping[str, str] | None = None,
+        artifacts: str | None = None,
     ) -> None:
         self.folder = folder
         self.backend_uri = backend_uri
@@ -381,7 +382,8 @@ class MlflowServer:
         self.jobs = jobs
         self.allowed_hosts = tuple(allowed_hosts)
         self.env = dict(env or {})
-        self.artifacts = folder / "artifacts"
+        # A folder, or a bucket (``s3://...``: the server reaches it with ``env``'s settings).
+        self.artifacts: Path | str = artifacts or folder / "artifacts"
         self.starts = 0
         self.service: Service | None = None
 
@@ -422,7 +424,8 @@ class MlflowServer:
         if self.running:
             raise RuntimeError(f"the MLflow server at {self.url} is already running")
         self.starts += 1
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        if isinstance(self.artifacts, Path):
+            self.artifacts.mkdir(parents=True, exist_ok=True)
         self.service = start_service(
             "mlflow server",
             self.command(),
@@ -460,6 +463,69 @@ def mlflow_server(folder: Path, backend_uri: str, **options) -> Iterator[MlflowS
     """A running ``MlflowServer`` (``.url``), stopped at the end; options as ``MlflowServer``."""
     with MlflowServer(folder, backend_uri, **options) as server:
         yield server
+
+
+# --- an S3-compatible object store -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 server on a port of 127.0.0.1, and the variables its clients need."""
+
+    url: str
+    service: Service = field(repr=False)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard AWS variables (pyarrow, Ray, boto3), and MLflow's own endpoint one."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.url,
+        }
+
+    def client(self):
+        """A boto3 S3 client of the server (to check what landed, independently of dmsweep)."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        """Every object key of ``bucket`` under ``prefix``."""
+        pages = (
+            self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+        )
+        return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+@contextlib.contextmanager
+def s3_server(folder: Path, buckets: Sequence[str] = ("dmsweep",)) -> Iterator[S3Server]:
+    """``moto_server`` (moto[server], in memory) with ``buckets`` made; ended at the end."""
+    if not (BIN / "moto_server").is_file():
+        raise RuntimeError(
+            f"moto's S3 server is not installed ({BIN / 'moto_server'} is missing): install the "
+            "dev extra, pip install -e '.[dev]' (it holds moto[server])"
+        )
+    port = free_port()
+    service = start_service(
+        "moto_server", [str(BIN / "moto_server"), "-p", str(port)], folder / "moto.log"
+    )
+    try:
+        server = S3Server(f"http://127.0.0.1:{port}", service)
+        wait_for_http(f"{server.url}/", service=service, timeout_s=60)
+        for bucket in buckets:
+            server.client().create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        service.stop()
 
 
 # --- Ray nodes ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.data.base import SPLITS, ImageSource
+from trainers.data.buckets import is_bucket_uri
 from trainers.data.cifar import CIFAR_SPLITS, IMAGE_SIZE, load_cifar
 from trainers.data.imagefolder import ImageFiles, hold, list_imagefolder
 from trainers.data.parquet import ParquetShards
@@ -85,6 +86,21 @@ def default_root(name: str, base: str | Path | None = None) -> Path:
 def resolve_root(name: str, root: str | None, base: str | Path | None = None) -> Path:
     """A data set's folder: ``root`` when given, else ``default_root(name, base)``."""
     return Path(root).expanduser() if root else default_root(name, base)
+
+
+def data_location(name: str, root: str | None, base: str | Path | None = None) -> Path | str:
+    """As ``resolve_root``, but a bucket prefix (``s3://...``) stays a URI string.
+
+    The root, or ``<base>/<name>`` where the base (``$DMSWEEP_DATA_ROOT`` by default) may be a
+    bucket prefix too. A bucket holds Parquet shards only (``open_dataset`` says so).
+    """
+    if root and is_bucket_uri(root):
+        return root.rstrip("/")
+    if not root:
+        base = base or os.environ.get(ROOT_VARIABLE)
+        if base and is_bucket_uri(str(base)):
+            return f"{str(base).rstrip('/')}/{name}"
+    return resolve_root(name, root, base)
 
 
 def _synthetic(
@@ -169,12 +185,19 @@ def open_dataset(
     if source == "synthetic":
         data = _synthetic(split, image_size, seed, synthetic)
     else:
-        folder = resolve_root(name, str(root) if root is not None else None)
+        location = data_location(name, str(root) if root is not None else None)
+        if isinstance(location, str) and source != "parquet":
+            raise ValueError(
+                f"data set {name!r} is in a bucket ({location}): a bucket holds Parquet shards "
+                f"only (source: parquet), not the {source} source's files"
+            )
         if source == "cifar":
+            assert isinstance(location, Path)  # a bucket was refused above
             _fixed_size(name, source, IMAGE_SIZE, image_size)
-            data = load_cifar(folder, name, split)
+            data = load_cifar(location, name, split)
         elif source == "imagefolder":
-            paths, labels, classes = list_imagefolder(folder, split)
+            assert isinstance(location, Path)
+            paths, labels, classes = list_imagefolder(location, split)
             files = ImageFiles(paths, labels, classes, image_size or info.image_size)
             if split == "train" and subset is not None:
                 # Choose the subset from the labels, then decode only the kept files: the same
@@ -186,13 +209,13 @@ def open_dataset(
                 subset = None
             data = hold(files, False if in_memory is None and info.originals else in_memory)
         else:
-            data = ParquetShards(folder, split)
+            data = ParquetShards(location, split)
             if data.encoding == "original" and image_size is not None:
                 data.image_size = image_size  # originals can be cropped to any training size
             _fixed_size(name, source, data.image_size, image_size)
         if len(data.classes) != info.num_classes:
             warnings.warn(
-                f"{name} {split} in {folder} has {len(data.classes)} classes; {name} has "
+                f"{name} {split} in {location} has {len(data.classes)} classes; {name} has "
                 f"{info.num_classes}",
                 stacklevel=2,
             )

@@ -37,12 +37,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch import Tensor
 
 from trainers.data.base import SPLITS, ImageSource, IndexLike, as_index, to_pil
+from trainers.data.buckets import bucket_filesystem, is_bucket_uri
 from trainers.data.imagefolder import open_original, parallel_fill, to_square
 
 ENCODINGS = ("raw", "png", "jpeg", "original")
@@ -65,19 +67,61 @@ CACHE_GROUPS = 256
 _MAX_COLUMN_BYTES = (1 << 31) - 1
 
 
+# A shard: a local file, or an object of a bucket (its URI, ``s3://bucket/key``).
+Shard = Path | str
+
+
 def shard_path(out_dir: Path, split: str, number: int) -> Path:
     """Where shard ``number`` of ``split`` lives."""
     return out_dir / f"{split}-{number:05d}.parquet"
 
 
+def _shard_of(root: Path | str, split: str, number: int) -> Shard:
+    if isinstance(root, str):  # a bucket prefix
+        return f"{root.rstrip('/')}/{split}-{number:05d}.parquet"
+    return shard_path(root, split, number)
+
+
+def _names(root: Path | str) -> list[tuple[str, Shard]]:
+    """(name, shard) of each entry of a folder, or of each object one level below a prefix."""
+    if isinstance(root, Path):
+        return [(entry.name, Path(entry.path)) for entry in os.scandir(root)]
+    filesystem, prefix = bucket_filesystem(root)
+    selector = pafs.FileSelector(prefix, allow_not_found=True, recursive=False)
+    base = root.rstrip("/")
+    return [(i.base_name, f"{base}/{i.base_name}") for i in filesystem.get_file_info(selector)]
+
+
+def _where(shard: Shard) -> tuple[Any, Any]:
+    """``(source, filesystem)`` for pyarrow.parquet.
+
+    A local file as it is (no file system: pyarrow's default), an object by its path in its
+    bucket's file system (``trainers.data.buckets``).
+    """
+    if isinstance(shard, str) and is_bucket_uri(shard):
+        filesystem, path = bucket_filesystem(shard)
+        return path, filesystem
+    return shard, None
+
+
+def _parquet_file(shard: Shard) -> pq.ParquetFile:
+    source, filesystem = _where(shard)
+    return pq.ParquetFile(source, filesystem=filesystem)
+
+
 def find_shards(root: Path, split: str) -> list[Path]:
     """The shard files of ``split`` in ``root``, in order (unchecked)."""
+    return [shard for shard in _find_shards(root, split) if isinstance(shard, Path)]
+
+
+def _find_shards(root: Path | str, split: str) -> list[Shard]:
+    """The shards of ``split`` in a folder or a bucket prefix, in order (unchecked)."""
     found = []
-    for entry in os.scandir(root):
-        match = SHARD_NAME.match(entry.name)
+    for name, shard in _names(root):
+        match = SHARD_NAME.match(name)
         if match and match["split"] == split:
-            found.append((int(match["number"]), Path(entry.path)))
-    return [path for _, path in sorted(found)]
+            found.append((int(match["number"]), shard))
+    return [shard for _, shard in sorted(found, key=lambda item: item[0])]
 
 
 def _encode(image: np.ndarray, encoding: str, quality: int) -> bytes:
@@ -208,9 +252,10 @@ def write_parquet_shards(
     return paths
 
 
-def _metadata(path: Path) -> dict[str, Any]:
+def _metadata(path: Shard) -> dict[str, Any]:
     try:
-        schema = pq.read_schema(path)
+        source, filesystem = _where(path)
+        schema = pq.read_schema(source, filesystem=filesystem)
     except (OSError, pa.ArrowException) as error:
         raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
     raw = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
@@ -265,26 +310,28 @@ class ParquetShards:
         cache_shards: int | None = None,
         workers: int | None = None,
     ) -> None:
-        root = Path(root)
+        # A bucket prefix (s3://...) stays a string: a Path would fold its '//'.
+        root = str(root).rstrip("/") if is_bucket_uri(str(root)) else Path(root)
         if cache_shards is not None and cache_shards < 1:
             raise ValueError(f"cache_shards must be >= 1, got {cache_shards}")
-        if not root.is_dir():
+        if isinstance(root, Path) and not root.is_dir():
             raise FileNotFoundError(f"Parquet data folder {root} does not exist")
         self.root, self.split, self.workers = root, split, workers
-        self.shards = find_shards(root, split)
+        self.shards = _find_shards(root, split)
         if not self.shards:
             found = sorted(
-                {m["split"] for e in os.scandir(root) if (m := SHARD_NAME.match(e.name))}
+                {m["split"] for name, _ in _names(root) if (m := SHARD_NAME.match(name))}
             )
             raise FileNotFoundError(
                 f"no Parquet shards {split}-NNNNN.parquet in {root}; splits with shards there: "
                 f"{', '.join(found) or 'none'}"
             )
         for number, path in enumerate(self.shards):
-            if path != shard_path(root, split, number):
+            if path != _shard_of(root, split, number):
                 raise FileNotFoundError(
-                    f"shard {shard_path(root, split, number)} is missing (found {path.name} "
-                    "after it): shards of a split are numbered 00000, 00001, ... without gaps"
+                    f"shard {_shard_of(root, split, number)} is missing (found "
+                    f"{str(path).rsplit('/', 1)[-1]} after it): shards of a split are numbered "
+                    "00000, 00001, ... without gaps"
                 )
         meta = _metadata(self.shards[0])
         self.classes: list[str] = meta["classes"]
@@ -311,9 +358,10 @@ class ParquetShards:
         self._group_ends: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
 
-    def _labels(self, path: Path) -> np.ndarray:
+    def _labels(self, path: Shard) -> np.ndarray:
         try:
-            labels = pq.read_table(path, columns=["label"]).column("label")
+            source, filesystem = _where(path)
+            labels = pq.read_table(source, columns=["label"], filesystem=filesystem).column("label")
         except (OSError, pa.ArrowException) as error:
             raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
         if labels.null_count:
@@ -355,7 +403,9 @@ class ParquetShards:
     def _load(self, number: int) -> Any:
         path = self.shards[number]
         try:
-            column = pq.read_table(path, columns=["image"]).column("image").combine_chunks()
+            source, filesystem = _where(path)
+            table = pq.read_table(source, columns=["image"], filesystem=filesystem)
+            column = table.column("image").combine_chunks()
         except (OSError, pa.ArrowException) as error:
             raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
         count = int(self.starts[number + 1] - self.starts[number])
@@ -407,7 +457,7 @@ class ParquetShards:
                 ends = self._group_ends.get(number)
             file = None
             if ends is None:
-                file = pq.ParquetFile(path)
+                file = _parquet_file(path)
                 sizes = [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)]
                 ends = np.cumsum(sizes)
                 with self._lock:
@@ -419,7 +469,7 @@ class ParquetShards:
                 if key in self._groups:
                     self._groups.move_to_end(key)
                     return self._groups[key], row - first
-            file = file or pq.ParquetFile(path)
+            file = file or _parquet_file(path)
             column = file.read_row_group(group, columns=["image"]).column("image")
         except (OSError, pa.ArrowException) as error:
             raise ValueError(f"cannot read Parquet shard {path}: {error}") from error
