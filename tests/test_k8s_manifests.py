@@ -86,6 +86,8 @@ RENDERS = {
     # with the optional components gcs-ft (Redis for the GCS) and ingress
     "gke-full": "overlays/gke-full",
     "eks-full": "overlays/eks-full",
+    # with the optional component object-storage (sweeps and artifacts in an S3 bucket)
+    "eks-s3": "overlays/eks-s3",
 }
 # A RayJob runs beside the service's objects (the shared volume, MLflow, the policies).
 BESIDE = {"sweep-job": "base", "gke-sweep-job": "gke", "eks-sweep-job": "eks"}
@@ -583,7 +585,7 @@ def documented_objects(kind: str) -> dict[str, set[str]]:
         for key, value in re.findall(r"--from-(?:literal|file)=([\w.-]+)=(\S+)", match.group(2)):
             keys.add(key)
             if kind == "secret":
-                assert value.startswith(('"$(', "$(", "$", "<", '"<')), (
+                assert value.startswith(('"$', "$", "<", '"<')), (
                     f"README: a literal value for secret {match.group(1)} key {key}: {value}"
                 )
     return found
@@ -1574,3 +1576,30 @@ def test_readme_creates_the_node_pools_the_overlays_select():
     labels = re.findall(r"labels: \{dmsweep\.io/node-pool: ([\w-]+)\}", text)
     for group, selector in CLOUDS["eks"]["node_selectors"].items():
         assert selector["dmsweep.io/node-pool"] in labels, (group, labels)
+
+
+def test_object_storage_puts_sweeps_data_and_artifacts_in_the_bucket():
+    docs = rendered("eks-s3")
+    settings = overlay_settings("eks-s3")
+    api = the_api(docs)
+    env = {k: v.get("value") for k, v in env_of(api).items()}
+    assert env["DMSWEEP_STORAGE_ROOT"] == settings["bucket-storage-root"].rstrip("/")
+    assert env["DMSWEEP_DATA_ROOTS"] == settings["bucket-data-roots"]
+    mlflow = named(docs, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]
+    assert option(command_line(mlflow), "--artifacts-destination") == settings["bucket-artifacts"]
+    # every pod that reads or writes the bucket has its region and may have the credentials
+    touching = [("api", api), ("mlflow", mlflow)] + [
+        (pod.where, pod.spec["containers"][0]) for pod in all_pods(docs) if pod.ray
+    ]
+    assert len(touching) == 5  # the API, MLflow, the head, two worker groups
+    for where, container in touching:
+        assert env_of(container)["AWS_REGION"]["value"] == settings["aws-region"], where
+        assert {"secretRef": {"name": "dmsweep-s3", "optional": True}} in container["envFrom"]
+    # the service takes these settings as they are rendered
+    from service.server.settings import ServiceSettings
+
+    # (the token file is the mounted Secret's: here, the variable instead)
+    given = {k: v for k, v in env.items() if v is not None and k != "DMSWEEP_API_TOKEN_FILE"}
+    taken = ServiceSettings.from_env({**given, "DMSWEEP_API_TOKEN": "t" * 32})
+    assert str(taken.storage_root) == "s3://dmsweep-example/sweeps"
+    assert [str(root) for root in taken.data_roots] == ["s3://dmsweep-example/data", "/data"]
