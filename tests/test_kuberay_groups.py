@@ -180,3 +180,16 @@ def test_the_groups_are_read_from_the_kubernetes_api(kubernetes_api):
         autoscaling_groups({CLUSTER_ENV: "elsewhere"}, api_url=url, service_account=account)
     with pytest.raises(KubeRayUnavailableError, match="no service account"):
         autoscaling_groups(env, api_url=url, service_account=account / "missing")
+
+
+def test_a_cluster_of_its_head_alone_adds_nothing_and_a_malformed_one_is_unavailable():
+    (raycluster,) = [d for d in rendered("gke") if d["kind"] == "RayCluster"]
+    head_alone = {"spec": {"headGroupSpec": raycluster["spec"]["headGroupSpec"]}}
+    assert worker_groups(head_alone) == []
+    # a group whose Ray container states no CPUs anywhere: Ray's translation cannot size it
+    group = dict(raycluster["spec"]["workerGroupSpecs"][0])
+    group["rayStartParams"] = {}
+    group["template"] = {"spec": {"containers": [{"name": "ray-worker"}]}}
+    broken = {"spec": {**raycluster["spec"], "workerGroupSpecs": [group]}}
+    with pytest.raises(KubeRayUnavailableError, match="could not be read"):
+        worker_groups(broken)

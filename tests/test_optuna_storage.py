@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 from service.results.folder import SweepFolder
 from service.spec.path_policy import path_problems
 from service.spec.reading import spec_from_dict
+from service.spec.search import redact_url
 from service.sweep.engine import SpecError, preflight, run_sweep, study_storage
 from service.sweep.searcher import (
     STORAGE_FILE_VAR,
@@ -34,7 +35,6 @@ from service.sweep.searcher import (
     StudyPlan,
     StudyStorage,
     open_storage,
-    redact,
     url_from_env,
 )
 from tests.integration.services import Postgres, postgres_server
@@ -150,8 +150,17 @@ def test_a_sweep_with_an_unusable_variable_is_refused_before_anything_is_created
 # --- the spec's search.storage ------------------------------------------------------------------
 
 
-def test_a_spec_with_database_credentials_is_refused_pointing_to_the_variable():
-    search = {**GRID_SEARCH, "storage": "postgresql+psycopg://optuna:hunter2@db:5432/optuna"}
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://optuna:hunter2@db:5432/optuna",
+        # a password holding "/" (base64) and "@"
+        "postgresql+psycopg://optuna:hunter2/ab+c@d==@db:5432/optuna",
+        "not a url://optuna:hunter2/x@db",
+    ],
+)
+def test_a_spec_with_database_credentials_is_refused_pointing_to_the_variable(url):
+    search = {**GRID_SEARCH, "storage": url}
     with pytest.raises(ValueError) as refused:
         spec_from_dict(tiny_spec("creds", search=search))
     message = str(refused.value)
@@ -311,7 +320,7 @@ def test_a_sweeps_studies_land_in_postgresql_and_its_password_in_no_file(
     folder = outcome.folder.path
     assert not (folder / "optuna.db").exists()
     # Tune pickled the searcher into the folder (with the URL's redacted form)...
-    pickled = {p.name for p in files_holding(folder, redact(url))}
+    pickled = {p.name for p in files_holding(folder, redact_url(url))}
     assert "tuner.pkl" in pickled and any(n.startswith("searcher-state") for n in pickled)
     # ...and neither that nor the records, logs, MLflow's store or the report has the password.
     assert files_holding(tmp_path, password(url)) == []

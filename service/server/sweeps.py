@@ -208,11 +208,12 @@ class SweepService:
             nodes = self.jobs.nodes()
         except RayUnavailableError:
             nodes = None  # the sweep waits queued; its job checks again when it starts
-        try:
-            groups = autoscaling_groups()
-        except KubeRayUnavailableError as error:
-            log.warning("capacity check skipped, the sweep's job checks again: %s", error)
-            nodes = None
+        if nodes is not None:
+            try:
+                groups = autoscaling_groups()
+            except KubeRayUnavailableError as error:
+                log.warning("capacity check skipped, the sweep's job checks again: %s", error)
+                nodes = None
         if nodes is not None:
             shapes = cluster_shapes(live_nodes(nodes), groups)
             fits = resource_problems(spec.resources, shapes, driver_memory=DRIVER_MEMORY_BYTES)

@@ -47,12 +47,21 @@ def worker_groups(raycluster: Mapping[str, Any]) -> list[NodeShape]:
     """The worker groups of a RayCluster (or a RayJob's ``rayClusterSpec``) at their maximum.
 
     ``raycluster``: the object as the Kubernetes API returns it, or its ``spec``. A group with
-    ``maxReplicas: 0`` can add nothing and is left out.
+    ``maxReplicas: 0`` can add nothing and is left out. An object Ray's translation cannot read
+    is ``KubeRayUnavailableError``, as an unreachable one is: the check is then skipped.
     """
     spec = raycluster.get("spec", raycluster)
-    spec = spec.get("rayClusterSpec", spec)
+    spec = dict(spec.get("rayClusterSpec", spec))
+    spec.setdefault("workerGroupSpecs", [])  # a cluster of its head alone
+    try:
+        node_types = ray_node_types(spec)
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise KubeRayUnavailableError(
+            f"the RayCluster's groups could not be read as KubeRay's autoscaler reads them: "
+            f"{type(error).__name__}: {error}"
+        ) from None
     groups = []
-    for name, node_type in ray_node_types(dict(spec)).items():
+    for name, node_type in node_types.items():
         if name == _HEAD_GROUP or node_type["max_workers"] <= 0:
             continue
         resources = {k: float(v) for k, v in node_type["resources"].items()}

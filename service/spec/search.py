@@ -10,6 +10,8 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from trainers.limits import MAX_EPOCHS
 from trainers.validation import Problem, StrictModel, raise_problems
@@ -20,6 +22,15 @@ MAX_TRIALS = 10_000
 MAX_LIST = 100
 # search.storage: a SQLite file (relative or absolute path), nothing that could carry a password.
 SQLITE_FILE = re.compile(r"sqlite:///[^?#@]+")
+
+
+def redact_url(url: str) -> str:
+    """A database ``url`` fit to show or store: no password, no query (it may hold one too)."""
+    try:
+        return make_url(url).set(query={}).render_as_string(hide_password=True)
+    except ArgumentError:
+        # everything up to the last "@" of the authority part may be a secret
+        return re.sub(r"//.*@", "//***@", url.split("?", 1)[0])
 
 
 class Range(StrictModel):
@@ -87,7 +98,7 @@ class Search(StrictModel):
     def _check_storage(cls, url: str | None) -> str | None:
         # A spec is shown, stored and sent around: no database credentials in it.
         if url is not None and not SQLITE_FILE.fullmatch(url):
-            shown = re.sub(r"//[^/@]*@", "//***@", url.split("?", 1)[0])
+            shown = redact_url(url)
             raise ValueError(
                 "a spec may name only a SQLite file here, sqlite:///PATH (a spec holds no "
                 f"database credentials); got {shown!r}. For PostgreSQL, set "

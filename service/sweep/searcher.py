@@ -29,7 +29,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,7 @@ from ray.tune.search import Searcher
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from service.spec.search import Range
+from service.spec.search import Range, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +64,6 @@ OWNER_ATTR = "dmsweep.sweep_folder"
 
 class OptunaStorageError(ValueError):
     """Where the studies go is misconfigured, or a study is another sweep's; says which."""
-
-
-def redact(url: str) -> str:
-    """``url`` fit to show or store: no password, no query (it may hold one too)."""
-    try:
-        return make_url(url).set(query={}).render_as_string(hide_password=True)
-    except ArgumentError:
-        return re.sub(r"//[^/@]*@", "//***@", url.split("?", 1)[0])
 
 
 def _checked(url: str, origin: str) -> str:
@@ -140,7 +131,7 @@ class StudyStorage:
     def from_env(cls, env: Mapping[str, str] | None = None) -> StudyStorage | None:
         """The storage the environment names, or None (see ``url_from_env``)."""
         url = url_from_env(os.environ if env is None else env)
-        return None if url is None else cls(shown=redact(url))
+        return None if url is None else cls(shown=redact_url(url))
 
     def resolve(self, env: Mapping[str, str] | None = None) -> str:
         """The URL to open now; a URL from the environment is read from it again."""
@@ -153,11 +144,11 @@ class StudyStorage:
                 f"{STORAGE_FILE_VAR}) named when it started; set it again in the environment "
                 "of the sweep's driver (the Ray head, for the sweep service) to go on with it"
             )
-        if redact(url) != self.shown:
+        if redact_url(url) != self.shown:
             logger.warning(
                 "%s now names %s; this sweep's studies were in %s",
                 STORAGE_VAR,
-                redact(url),
+                redact_url(url),
                 self.shown,
             )
         return url
