@@ -14,8 +14,9 @@ from sweep_helpers import DMSWEEP, mlflow_children, synthetic_data, tiny_spec, w
 from tests.support.processes import end_session, start_session
 
 EPOCHS = 4
-# Epochs of ~3 s on 2 cores: time to see a trial between its checkpoints.
-DATA = synthetic_data(train_images=2048)
+# Epochs of ~1.5 s on 2 cores: a trial is seen between its checkpoints (polled every 0.25 s)
+# in the two epochs after its second one.
+DATA = synthetic_data(train_images=1024)
 
 
 def wait_for(condition, timeout_s: float, what: str, process=None):
@@ -26,7 +27,7 @@ def wait_for(condition, timeout_s: float, what: str, process=None):
             return value
         if process is not None and process.poll() is not None:
             raise AssertionError(f"the sweep ended (rc {process.returncode}) before {what}")
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
