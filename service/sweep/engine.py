@@ -139,10 +139,7 @@ def preflight(spec: SweepSpec, address: str | None = None) -> None:
     if problems:
         raise SpecError(describe(problems))
     if spec.search is not None and spec.search.storage is None:
-        try:
-            url_from_env(os.environ)  # DMSWEEP_OPTUNA_STORAGE, if set, must be usable
-        except OptunaStorageError as error:
-            raise SpecError(str(error)) from None
+        _study_url_set()  # DMSWEEP_OPTUNA_STORAGE, if set, must be usable
     connect(spec, address)
     _check_cluster(spec)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +106,17 @@ def mlflow_children(folder: Path):
 
 
 DMSWEEP = [sys.executable, "-m", "service.cli"]
+
+
+def wait_for(condition, timeout_s: float, what: str, process=None):
+    """``condition()``'s first truthy value, polled every 0.25 s; fails at the timeout or when
+    ``process`` (a sweep's driver) ends first."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"the sweep ended (rc {process.returncode}) before {what}")
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

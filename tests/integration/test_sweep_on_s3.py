@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from services import mlflow_server, s3_server
-from sweep_helpers import DMSWEEP, tiny_spec, write_spec
+from sweep_helpers import DMSWEEP, tiny_spec, wait_for, write_spec
 
 from service.results.folder import find_sweep
 from tests.support.processes import end_session, start_session
@@ -29,18 +28,6 @@ ROOT = f"s3://{BUCKET}/runs"
 EPOCHS = 4  # killed in epoch 3 or 4: two epochs' time to see it between checkpoints
 DATA_ROOT = f"s3://{BUCKET}/data/cifar10"
 TRAIN_IMAGES = 1024  # epochs of ~1.5 s on 2 cores
-
-
-def wait_for(condition, timeout_s: float, what: str, process=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the sweep ended (rc {process.returncode}) before {what}")
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 class Bucket:

@@ -6,10 +6,9 @@ import json
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
-from sweep_helpers import DMSWEEP, mlflow_children, synthetic_data, tiny_spec, write_spec
+from sweep_helpers import DMSWEEP, mlflow_children, synthetic_data, tiny_spec, wait_for, write_spec
 
 from tests.support.processes import end_session, start_session
 
@@ -17,18 +16,6 @@ EPOCHS = 4
 # Epochs of ~1.5 s on 2 cores: a trial is seen between its checkpoints (polled every 0.25 s)
 # in the two epochs after its second one.
 DATA = synthetic_data(train_images=1024)
-
-
-def wait_for(condition, timeout_s: float, what: str, process=None):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"the sweep ended (rc {process.returncode}) before {what}")
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def sweep_folder(storage: Path) -> Path | None:
