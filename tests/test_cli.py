@@ -1,28 +1,48 @@
-"""The ``dmsweep`` command as a user runs it: a real process, a real grid file."""
+"""The ``dmsweep`` commands on real grid files, run in this process through Click's runner.
+
+One test runs the installed command as a separate process; the others call the same Typer app
+in-process, which tests the same code without paying the command's start (torch and timm) each
+time. The service and stack tests start ``dmsweep serve`` as a process too.
+"""
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
+
+from service.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
 
 
-def dmsweep(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "160", "PYTHONPATH": str(REPO), **(env or {})},
-    )
+@dataclasses.dataclass(frozen=True)
+class Ran:
+    """What a command left: its exit status and its two streams."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(autouse=True)
+def at_the_repository_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paths in the commands below are relative to the repository, as in the README."""
+    monkeypatch.chdir(REPO)
+
+
+def dmsweep(*args: str, env: dict | None = None) -> Ran:
+    """Run ``dmsweep ARGS`` in this process, 160 columns wide, as a user types it."""
+    result = CliRunner().invoke(app, list(args), env={"COLUMNS": "160", **(env or {})})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def test_train_runs_one_trial_and_keeps_what_it_reports(tmp_path):
@@ -155,11 +175,13 @@ def test_validate_prints_the_grid_product_of_table1(tmp_path):
     assert invalid.returncode == 2 and "hyperparameters.eta" in invalid.stdout
 
 
-def test_schema_is_the_specs_json_schema():
+def test_the_installed_command_prints_the_specs_json_schema():
     import json
 
-    result = dmsweep("schema")
-    assert result.returncode == 0
+    result = subprocess.run(
+        [str(BIN / "dmsweep"), "schema"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
     assert "grid" in json.loads(result.stdout)["properties"]
 
 
@@ -204,3 +226,19 @@ def test_the_field_reference_is_current():
 
     for name in SweepSpec.model_fields:
         assert f"| `{name}` |" in result.stdout
+
+
+def test_the_command_starts_without_torch_timm_or_mlflow():
+    """`dmsweep --help` and the client commands load no model code: they start in a second.
+
+    Each command imports the spec model, the training code or MLflow when it runs.
+    """
+    probe = (
+        "import sys, service.cli; "
+        "print(sorted(m for m in ('torch', 'timm', 'mlflow', 'ray') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

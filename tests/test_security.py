@@ -23,10 +23,11 @@ from typer.testing import CliRunner
 from service.cli.app import app as cli
 from service.results.folder import SweepFolder
 from service.results.records import SweepInfo, SweepStatus
+from service.server.admission import SpecRejectedError
 from service.server.app import FailedAuthentications
 from service.server.ray_jobs import RayJobs, job_env, run_entrypoint
 from service.server.store import SweepStore
-from service.server.sweeps import SpecRejectedError, SweepService
+from service.server.sweeps import SweepService
 from service.sweep.ray_setup import ray_init_options
 from service.tracking.uri import TRACKING_URI_ENV, redacted, with_credentials
 from tests.support.api_server import AUTH, TOKEN, YAML, Served

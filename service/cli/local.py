@@ -21,27 +21,22 @@ from service.cli.options import (
     console,
     fail,
 )
-from service.cli.progress import SweepProgress
-from service.cli.train import train_in_process
-from service.results.folder import SweepFolder, find_sweep
-from service.results.metrics import ranking
-from service.results.records import TrialState
-from service.results.report import write_sweep_report
-from service.spec.cells import expand, summary, total_trials
-from service.spec.data_check import data_problems
-from service.spec.model import SweepSpec
-from service.spec.reading import load_spec
-from service.spec.reference import field_reference, json_schema
 from service.storage.paths import AnyPath, as_path
-from service.tracking.store import default_tracking_uri
 from service.tracking.uri import remember
-from trainers.data import LAYOUTS, prepare
 
-if TYPE_CHECKING:  # the engine imports Ray: loaded by the commands that run a sweep
+# The spec model, the results and the training code import torch and timm (seconds): each
+# command loads what it uses, so that `dmsweep --help` and the service's client commands
+# (service/cli/remote.py) start at once.
+if TYPE_CHECKING:
+    from service.cli.progress import SweepProgress
+    from service.results.folder import SweepFolder
+    from service.spec.model import SweepSpec
     from service.sweep.engine import SweepOutcome
 
 
 def _load(spec_file: AnyPath) -> tuple[SweepSpec, str]:
+    from service.spec.reading import load_spec
+
     try:
         text = spec_file.read_text()
     except OSError as error:
@@ -54,6 +49,10 @@ def _load(spec_file: AnyPath) -> tuple[SweepSpec, str]:
 
 def _progress(spec: SweepSpec, folder: SweepFolder) -> SweepProgress:
     """The live line, whose best trial is the one the report will headline (``ranking``)."""
+    from service.cli.progress import SweepProgress
+    from service.results.metrics import ranking
+    from service.spec.cells import total_trials
+
     return SweepProgress(console, folder, total_trials(spec), *ranking(spec))
 
 
@@ -74,6 +73,8 @@ def _execute(folder: SweepFolder, address: str | None, resume: bool) -> None:
 
 
 def _print_outcome(outcome: SweepOutcome) -> None:
+    from service.results.records import TrialState
+
     folder = outcome.folder
     counts = ", ".join(f"{n} {status}" for status, n in outcome.counts.items() if n)
     console.print(f"\n[bold]{folder.sweep_id}[/]: {counts or 'no trial finished'}")
@@ -105,6 +106,7 @@ def _start(
     sweep_id: str | None = None,
     tracking_uri: str | None = None,
 ) -> None:
+    from service.spec.cells import summary, total_trials
     from service.sweep.engine import SpecError, create_sweep, preflight
 
     spec, text = _load(spec_file)
@@ -168,6 +170,8 @@ class LocalSweeps:
         self.address = address
 
     def _find(self, sweep: str) -> SweepFolder:
+        from service.results.folder import find_sweep
+
         try:
             return find_sweep(sweep, self.storage_path)
         except ValueError as error:
@@ -181,6 +185,8 @@ class LocalSweeps:
 
     def report(self, sweep: str) -> None:
         """Write and print the report of the trials finished so far."""
+        from service.results.report import write_sweep_report
+
         folder = self._find(sweep)
         records = folder.records()
         if not records:
@@ -224,6 +230,8 @@ def ui(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Open the MLflow UI on the local store of the sweeps (the embedded default)."""
+    from service.tracking.store import default_tracking_uri
+
     root = as_path(storage_path or "runs")
     if not isinstance(root, Path):
         raise fail(
@@ -248,6 +256,8 @@ def train(
     ] = None,
 ) -> None:
     """Run one trial in this process, without Ray, and print its metrics."""
+    from service.cli.train import train_in_process
+
     try:
         metrics = train_in_process(trial_file, out=out, resume=resume, console=console)
     except ValueError as error:
@@ -269,6 +279,10 @@ def validate(
     ] = False,
 ) -> None:
     """Check a sweep spec and print the cells and trials it expands into (exit 2 if invalid)."""
+    from service.spec.cells import expand, summary
+    from service.spec.data_check import data_problems
+    from service.spec.reading import load_spec
+
     try:
         spec = load_spec(spec_file)
         cells = expand(spec)
@@ -299,6 +313,8 @@ def schema(
     ] = False,
 ) -> None:
     """Print the JSON schema of a sweep spec (or, with --markdown, the field reference)."""
+    from service.spec.reference import field_reference, json_schema
+
     if markdown:
         print(field_reference(), end="")
     else:
@@ -306,7 +322,9 @@ def schema(
 
 
 def data_prepare(
-    layout: Annotated[str, typer.Argument(help=f"One of: {', '.join(LAYOUTS)}.")],
+    layout: Annotated[
+        str, typer.Argument(help="A published layout, e.g. cifar10 (an unknown one lists all).")
+    ],
     source: Annotated[Path, typer.Argument(help="The folder holding the published layout.")],
     out: Annotated[Path, typer.Option(help="Where to write the converted data set.")],
     fmt: Annotated[
@@ -323,6 +341,8 @@ def data_prepare(
     overwrite: Annotated[bool, typer.Option(help="Replace splits already in --out.")] = False,
 ) -> None:
     """Convert a published data set layout into ImageFolder or Parquet shards (format 2)."""
+    from trainers.data import prepare
+
     try:
         written = prepare(layout, source, out, fmt, image_size=image_size, overwrite=overwrite)
     except (ValueError, OSError) as error:

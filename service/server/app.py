@@ -29,13 +29,13 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.server.admission import SpecRejectedError
 from service.server.ray_jobs import RayJobs, RayUnavailableError
 from service.server.settings import IpNetwork, ServiceSettings
 from service.server.store import IdempotencyConflictError, SweepStore
 from service.server.sweeps import (
     LOG_TAIL_BYTES,
     MAX_LOG_BYTES,
-    SpecRejectedError,
     SpecStorageError,
     StateConflictError,
     SweepNotFoundError,

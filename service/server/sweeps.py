@@ -1,11 +1,11 @@
 """What the sweep service does, apart from HTTP: take a spec, run it as a Ray job, follow it.
 
-``SweepService`` checks a submitted spec (the same pydantic models as the CLI, then the
-service's path policy, then its data), stores it, and submits a Ray job running ``dmsweep run``
-on it. The sweep's state is the Ray job's, read back on every request and by a poller;
-progress (trials done / running / failed, the best result) is read from the sweep's folder on
-the shared storage, where the engine writes one record per finished trial. Nothing here is kept
-in memory between requests: a restarted service picks its sweeps up from the store.
+``SweepService`` checks a submitted spec (``service.server.admission``), stores it, and
+submits a Ray job running ``dmsweep run`` on it. The sweep's state is the Ray job's, read back
+on every request and by a poller; progress (trials done / running / failed, the best result)
+is read from the sweep's folder on the shared storage, where the engine writes one record per
+finished trial. Nothing here is kept in memory between requests: a restarted service picks its
+sweeps up from the store.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from service.results.folder import STATE_FILE, SweepFolder, new_sweep_id
 from service.results.metrics import ranking
 from service.results.records import TrialState
 from service.results.report import sweep_report_markdown
+from service.server.admission import admit
 from service.server.log_tail import LogSlice, file_slice, log_slice
 from service.server.ray_jobs import (
-    DRIVER_MEMORY_BYTES,
     RayJobs,
     RayRefusedError,
     RayUnavailableError,
@@ -50,19 +49,12 @@ from service.server.store import (
     SweepStore,
     body_digest,
 )
-from service.spec.capacity import cluster_shapes, live_nodes, resource_problems
 from service.spec.cells import total_trials
-from service.spec.data_check import data_problems
-from service.spec.downloads import download_problems
-from service.spec.kuberay import KubeRayUnavailableError, autoscaling_groups
 from service.spec.model import SweepSpec
-from service.spec.path_policy import path_problems, resolve_paths
-from service.spec.reading import parse_spec
 from service.storage.bucket_path import BucketPath
 from service.storage.paths import AnyPath
 from service.tracking.store import Tracking, default_tracking_uri, prepare_store, reachable
 from service.tracking.sweep_runs import run_url
-from trainers.validation import Problem, describe, problems_of
 
 SPECS_DIR = ".specs"  # under the storage root: the resolved spec each job reads
 MAX_KEY_LENGTH = 255
@@ -76,14 +68,6 @@ CRASH_AFTER_ROWS_ENV = "DMSWEEP_TEST_CRASH_AFTER_ROWS"
 LOG_TAIL_BYTES = 1 << 20
 MAX_LOG_BYTES = 16 << 20
 log = logging.getLogger("dmsweep.api")
-
-
-class SpecRejectedError(ValueError):
-    """The spec is not valid here; ``problems`` say where and why."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__(describe(problems))
-        self.problems = problems
 
 
 class SweepNotFoundError(LookupError):
@@ -181,45 +165,7 @@ class SweepService:
 
     def validate(self, body: bytes, content_type: str | None) -> tuple[SweepSpec, dict]:
         """The spec and its resolved mapping (absolute paths); raises what the API answers."""
-        raw = parse_spec(body, content_type)
-        try:
-            spec = SweepSpec.model_validate(raw)
-        except ValidationError as error:
-            raise SpecRejectedError(problems_of(error)) from None
-        settings = self.settings
-        problems = path_problems(
-            spec,
-            data_roots=settings.data_roots,
-            storage_root=settings.storage_root,
-            tracking_uri=settings.mlflow_uri,
-        )
-        if not settings.allow_downloads:
-            problems += download_problems(spec)
-        if problems:
-            raise SpecRejectedError(problems)
-        resolved = resolve_paths(
-            raw, spec, data_roots=settings.data_roots, storage_root=settings.storage_root
-        )
-        spec = SweepSpec.model_validate(resolved)
-        data = data_problems(spec)
-        if data:
-            raise SpecRejectedError(data)
-        try:
-            nodes = self.jobs.nodes()
-        except RayUnavailableError:
-            nodes = None  # the sweep waits queued; its job checks again when it starts
-        if nodes is not None:
-            try:
-                groups = autoscaling_groups()
-            except KubeRayUnavailableError as error:
-                log.warning("capacity check skipped, the sweep's job checks again: %s", error)
-                nodes = None
-        if nodes is not None:
-            shapes = cluster_shapes(live_nodes(nodes), groups)
-            fits = resource_problems(spec.resources, shapes, driver_memory=DRIVER_MEMORY_BYTES)
-            if fits:
-                raise SpecRejectedError(fits)
-        return spec, resolved
+        return admit(body, content_type, self.settings, self.jobs)
 
     def submit(self, body: bytes, content_type: str | None, key: str | None) -> tuple[dict, bool]:
         """Store and start a sweep; its view and whether it is new (False: a retried submit)."""
