@@ -123,6 +123,9 @@ def test_the_training_loop_runs_on_cuda(cuda):
     final = run(synthetic_trial(device="cuda", epochs=2), recorder)
     assert [m["epoch"] for m in recorder.metrics] == [1, 2]
     assert final["val_top1"] > 30
+    # The figure a user picks resources.gpus_per_worker by: more than nothing, less than the GPU.
+    total_gib = torch.cuda.get_device_properties(cuda).total_memory / 2**30
+    assert 0 < final["gpu_memory_peak_gib"] < total_gib
 
 
 @pytest.mark.parametrize("recipe", ["cifar", "deit"])

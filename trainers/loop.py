@@ -450,6 +450,10 @@ def run(
             "epoch_time_s": epoch_time,
             "images_per_s": seen / epoch_time,
         }
+        if ranks.device.type == "cuda":
+            # What the trial needs of its GPU: the figure resources.gpus_per_worker is chosen by
+            # (README, "Several trials per GPU").
+            metrics["gpu_memory_peak_gib"] = torch.cuda.max_memory_reserved(ranks.device) / 2**30
         if ema_history:
             metrics["val_top1_ema"] = ema_history[-1]
         last = epoch + 1 == trial.epochs

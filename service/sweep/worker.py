@@ -224,7 +224,11 @@ def train(
         hand_over(metrics, checkpoint_dir)
 
     # Where this trial trains: a user (or a test) finds the process that trains it.
-    where = f"worker on node {ray.get_runtime_context().get_node_id()}, pid {os.getpid()}"
+    context = ray.get_runtime_context()
+    where = f"worker on node {context.get_node_id()}, pid {os.getpid()}"
+    gpus = context.get_accelerator_ids().get("GPU")
+    if gpus:  # the same id in several trials: they share that GPU (fractional gpus_per_worker)
+        where += f", GPU {','.join(gpus)}"
     try:
         if resume_from is None:
             log(f"start: {where}")
