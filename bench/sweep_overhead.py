@@ -6,10 +6,11 @@
 1. Per-trial overhead of trivial cells (synthetic 16 px, 32 train / 16 test images, smallnet,
    1 epoch, 1 CPU per trial, one trial at a time): seconds per trial through the engine
    (``service.sweep.engine.run_sweep``: a one-worker trial trains in its Tune function's own
-   process; MLflow tracking on SQLite, trial records and logs, checkpoints kept in the trial's
-   folder, the report at the end) against a plain Ray Tune function trial calling
-   ``trainers.loop.run`` on the same ``TrainConfig`` and reporting with ``ray.tune.report``
-   (checkpoint included, no MLflow).
+   process, kept for the next trial; MLflow tracking on SQLite, trial records and logs,
+   checkpoints kept in the trial's folder, the report at the end) against a plain Ray Tune
+   function trial calling ``trainers.loop.run`` on the same ``TrainConfig`` and reporting with
+   ``ray.tune.report`` (checkpoint included, no MLflow), with Tune's defaults (a new process per
+   trial) and with ``reuse_actors=True`` as the engine has it.
    A trial's time is from Tune's ``on_trial_start`` to its ``on_trial_complete`` in the sweep's
    driver; "sweep / trial" is the whole ``run_sweep`` (or ``Tuner.fit``) call divided by the
    number of trials, and "outside trials" what that call spends outside the trials (the sweep's
@@ -21,9 +22,8 @@
    outside it). Two trials, one after the other, through the engine.
 
 Each configuration runs in a child process of this script (``--_child``) that starts its own
-local Ray with ``ray.init()`` (the health-check interval is read when Ray starts) and shuts it
-down; the parent prints the tables. Other work on the machine moves these numbers: run it on
-an otherwise idle machine.
+local Ray with ``ray.init()`` and shuts it down; the parent prints the tables. Other work on
+the machine moves these numbers: run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from tests.support import REPO
 from tests.support.processes import end_session
 
 RESULT = "SWEEP_OVERHEAD_RESULT "
-OURS_INTERVAL = 0.2  # service.sweep.ray_setup.HEALTH_CHECK_INTERVAL_S
 CELL_EPOCHS = 3
 CELL_BATCH = 64  # the smoke recipe's
 LOG_STAMP = "%Y-%m-%d %H:%M:%S"
@@ -174,9 +173,8 @@ def trial_clock(events: dict[str, dict[str, float]]) -> Any:
     return Clock()
 
 
-def child_engine(raw: dict[str, Any], interval: float) -> dict[str, Any]:
+def child_engine(raw: dict[str, Any]) -> dict[str, Any]:
     """The spec through ``service.sweep.engine.run_sweep``, on a Ray this process starts."""
-    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = str(interval)  # read by connect()
     import ray
     import yaml
 
@@ -223,7 +221,7 @@ def _plain_trial(config: dict[str, Any]) -> None:
     run(TrainConfig.model_validate(config["trial"]), report)
 
 
-def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
+def child_tune(raw: dict[str, Any], reuse_actors: bool) -> dict[str, Any]:
     """The spec's TrainConfigs as plain Ray Tune function trials (no Ray Train, no MLflow)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     import ray
@@ -246,7 +244,7 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
             tuner = tune.Tuner(
                 tune.with_resources(_plain_trial, {"cpu": cpus}),
                 param_space={"trial": tune.grid_search(configs)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=1),
+                tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=reuse_actors),
                 run_config=tune.RunConfig(
                     name="plain", storage_path=storage, callbacks=[trial_clock(events)], verbose=0
                 ),
@@ -267,7 +265,10 @@ def child_tune(raw: dict[str, Any]) -> dict[str, Any]:
 
 def child_main(args: argparse.Namespace) -> None:
     raw = json.loads(args.spec)
-    result = child_engine(raw, args.interval) if args._child == "engine" else child_tune(raw)
+    if args._child == "engine":
+        result = child_engine(raw)
+    else:
+        result = child_tune(raw, reuse_actors=args._child == "tune-reuse")
     print(RESULT + json.dumps(result), flush=True)
 
 
@@ -275,7 +276,7 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def run_child(
-    kind: str, spec: dict[str, Any], interval: float, timeout: float, notes: list[str]
+    kind: str, spec: dict[str, Any], timeout: float, notes: list[str]
 ) -> dict[str, Any] | None:
     """One configuration in a child process (its own session and Ray); its JSON result."""
     command = [
@@ -283,8 +284,6 @@ def run_child(
         str(Path(__file__).resolve()),
         "--_child",
         kind,
-        "--interval",
-        str(interval),
         "--spec",
         json.dumps(spec),
     ]
@@ -298,20 +297,20 @@ def run_child(
         try:
             child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            notes.append(f"{kind} (interval {interval:g} s): no result within {timeout:.0f} s")
+            notes.append(f"{kind}: no result within {timeout:.0f} s")
         # What is left of the child's session is its Ray, should it outlive the child: Ray's own
         # processes end shortly after ray.shutdown(), so they get 10 s before any signal.
         left = end_session(child.pid, wait_s=10, grace_s=10)
         child.wait()
         if left:
-            notes.append(f"{kind} (interval {interval:g} s): {left} process(es) outlived the child")
+            notes.append(f"{kind}: {left} process(es) outlived the child")
         output.seek(0)
         text = output.read()
     for line in reversed(text.splitlines()):
         if line.startswith(RESULT):
             return json.loads(line.removeprefix(RESULT))
     tail = "\n".join(text.splitlines()[-30:])
-    notes.append(f"{kind} (interval {interval:g} s) failed, exit {child.returncode}:\n{tail}")
+    notes.append(f"{kind} failed, exit {child.returncode}:\n{tail}")
     return None
 
 
@@ -325,20 +324,22 @@ def overhead_table(console, args: argparse.Namespace, notes: list[str]) -> None:
 
     spec = trivial_spec(args.trials)
     runs = [
-        ("plain Tune function trial", "tune", OURS_INTERVAL, "-", "no"),
-        ("engine: one-worker trial in its Tune process", "engine", OURS_INTERVAL, "-", "sqlite"),
+        ("plain Tune function trial, Tune's defaults", "tune", "no"),
+        ("plain Tune function trial, reuse_actors", "tune-reuse", "no"),
+        ("engine: one-worker trial in its Tune process", "engine", "sqlite"),
     ]
     rows = []
-    for label, kind, interval, shown, mlflow in runs:
-        result = run_child(kind, spec, interval, args.timeout, notes)
+    for label, kind, mlflow in runs:
+        result = run_child(kind, spec, args.timeout, notes)
         if result is None or not result["trials"]:
-            rows.append((label, shown, mlflow, None))
+            rows.append((label, mlflow, None))
             continue
         if _failed(result):
-            notes.append(f"{label} ({shown}): {_failed(result)}")
-        rows.append((label, shown, mlflow, result))
-    plain = rows[0][3]
+            notes.append(f"{label}: {_failed(result)}")
+        rows.append((label, mlflow, result))
+    plain = rows[0][2]
     base = statistics.median(t["tune_s"] for t in plain["trials"]) if plain else None
+    base_sweep = plain["wall_s"] / args.trials if plain else None
 
     table = Table(
         title=f"1. per-trial overhead: {args.trials} trivial trials one at a time "
@@ -346,33 +347,32 @@ def overhead_table(console, args: argparse.Namespace, notes: list[str]) -> None:
     )
     columns = (
         "trial",
-        "health check",
         "MLflow",
         "s / trial (median)",
         "sweep / trial s",
         "outside trials s",
         "Ray start s",
-        "extra s / trial",
-        "ratio vs plain",
+        "ratio vs plain: trial",
+        "ratio vs plain: sweep / trial",
     )
     for column in columns:
         table.add_column(column, justify="left" if column == "trial" else "right")
-    for label, shown, mlflow, result in rows:
+    for label, mlflow, result in rows:
         if result is None:
-            table.add_row(label, shown, mlflow, "failed", "", "", "", "", "")
+            table.add_row(label, mlflow, "failed", "", "", "", "", "")
             continue
         times = [t["tune_s"] for t in result["trials"]]
         median = statistics.median(times)
+        per_trial = result["wall_s"] / args.trials
         table.add_row(
             label,
-            shown,
             mlflow,
             f"{median:.2f}",
-            f"{result['wall_s'] / args.trials:.2f}",
+            f"{per_trial:.2f}",
             f"{result['wall_s'] - sum(times):.1f}",
             f"{result['ray_start_s']:.1f}",
-            f"{median - base:.2f}" if base else "",
             f"{median / base:.2f}" if base else "",
+            f"{per_trial / base_sweep:.2f}" if base_sweep else "",
         )
     console.print(table)
 
@@ -386,11 +386,9 @@ def cell_table(console, args: argparse.Namespace, notes: list[str]) -> None:
     sizing = f"{images} train images"
     if rate:
         sizing += f" (calibrated: best {rate:.0f} img/s here, for {args.cell_seconds:g} s of steps)"
-    result = run_child(
-        "engine", cell_spec(images, args.cell_cpus), OURS_INTERVAL, args.timeout, notes
-    )
+    result = run_child("engine", cell_spec(images, args.cell_cpus), args.timeout, notes)
     title = (
-        f"2. time in training steps: 2 trials one at a time through the engine (0.2 s), smallnet "
+        f"2. time in training steps: 2 trials one at a time through the engine, smallnet "
         f"on synthetic 32 px, {sizing}, 512 test, {CELL_EPOCHS} epochs, "
         f"{args.cell_cpus:g} CPU(s) per trial"
     )
@@ -435,9 +433,7 @@ def cell_table(console, args: argparse.Namespace, notes: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--quick", action="store_true", help="2 trivial trials, no 2 s row, 15 s cells"
-    )
+    parser.add_argument("--quick", action="store_true", help="2 trivial trials, 15 s cells")
     parser.add_argument("--trials", type=int, default=None, help="trivial trials (default 3)")
     parser.add_argument(
         "--cell-seconds", type=float, default=None, help="training seconds per cell (default 35)"
@@ -446,8 +442,9 @@ def main() -> None:
     parser.add_argument("--cell-cpus", type=float, default=2, help="CPUs of a cell's worker")
     parser.add_argument("--no-cells", action="store_true", help="skip part 2")
     parser.add_argument("--timeout", type=float, default=400, help="seconds per child")
-    parser.add_argument("--_child", choices=("engine", "tune"), help=argparse.SUPPRESS)
-    parser.add_argument("--interval", type=float, default=OURS_INTERVAL, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--_child", choices=("engine", "tune", "tune-reuse"), help=argparse.SUPPRESS
+    )
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child:

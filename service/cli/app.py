@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from service.cli import local, remote
+from service.cli import local, remote, studies
 from service.cli.options import Address, Server, StoragePath, SweepId, TrialText
 
 app = typer.Typer(help="Sweeps of Decoupled Mixup (DM) on Ray.", no_args_is_help=True)
@@ -62,3 +62,4 @@ for local_command in (local.ui, local.train, local.validate, local.schema):
 for remote_command in (remote.submit, remote.status, remote.cancel, remote.serve):
     app.command()(remote_command)
 data_app.command("prepare")(local.data_prepare)
+app.command("studies")(studies.studies)

@@ -89,6 +89,9 @@ def _print_outcome(outcome: SweepOutcome) -> None:
             console.print(f"  the log: dmsweep logs {folder.path} {record.trial_id}")
     for name, path in outcome.outputs.items():
         console.print(f"{name}: {path}")
+    if folder.study_plots_dir.is_dir():
+        console.print(f"Optuna's plots: {folder.study_plots_dir}")
+        console.print(f"  the search in optuna-dashboard: `dmsweep studies {folder.path}`")
     for problem in outcome.tracking_problems:
         console.print(f"[yellow]not in MLflow[/]: {problem}", highlight=False)
     tracking = folder.read_state().tracking

@@ -9,6 +9,7 @@ Every run of a spec is a new sweep, ``<storage_path>/<name>-<UTC timestamp>/``::
     train/<id>/          each trial's checkpoints (its own, or its Ray Train run's)
     errors/<id>.json     a failure a retry would repeat, left by a worker for its trial's driver
     optuna.db            the Optuna studies (with a search section, SQLite by default)
+    optuna_plots/<cell id>/   with a search: Optuna's plots of each cell's study, at the end
     results.parquet, report.md, report.html, gains.png    written at the end of the sweep
     best_settings.yaml   with a search: each cell's best setting
     tracking_outbox/     MLflow writes that MLflow did not take yet (service.tracking.outbox)
@@ -71,6 +72,7 @@ _LAYOUT = {
     "train_dir": "train",  # one folder of checkpoints per trial
     "errors_dir": "errors",  # Failures a retry would repeat, left by workers
     "best_settings_file": "best_settings.yaml",  # with a search: each cell's best setting
+    "study_plots_dir": "optuna_plots",  # with a search: Optuna's plots (tracking.study_plots)
     "tracking_outbox_dir": "tracking_outbox",  # MLflow writes to send when MLflow is back
 }
 
@@ -91,6 +93,7 @@ class SweepFolder:
     train_dir: AnyPath = field(init=False, repr=False, compare=False)
     errors_dir: AnyPath = field(init=False, repr=False, compare=False)
     best_settings_file: AnyPath = field(init=False, repr=False, compare=False)
+    study_plots_dir: AnyPath = field(init=False, repr=False, compare=False)
     tracking_outbox_dir: AnyPath = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -22,7 +22,8 @@ one worker trains in that process, a trial of several workers is a Ray Train V2 
 * **Resume.** ``resume_sweep`` continues a sweep whose driver died or was interrupted with
   ``Tuner.restore``: finished trials are not run again, interrupted ones resume.
 * **Records.** Each trial writes its record to the sweep folder (``service.results.folder``); the
-  sweep's results table and report are built from those records.
+  sweep's results table and report are built from those records, and a tuning sweep's parent
+  run gets Optuna's plots of each study (``draw_study_plots``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from service.sweep.searcher import (
     OptunaStorageError,
     StudyPlan,
     StudyStorage,
+    open_storage,
     url_from_env,
 )
 from service.sweep.trial import SweepContext, build_context, run_trial
@@ -214,11 +216,22 @@ def study_storage(
     return configured or StudyStorage.file(folder.optuna_url)
 
 
+# A trial's process is kept for the sweep's next trial (Tune's ``reuse_actors``): every trial of a
+# sweep asks for the same resources, and a new process costs seconds per trial (Python, torch,
+# the trial code) against a trial of seconds (bench/sweep_overhead.py). Tune starts a new one
+# when a stopped trial's thread does not end within TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s), and
+# after a lost or killed process; each trial builds all its state anew in ``run_trial``.
+REUSE_TRIAL_PROCESSES = True
+
+
 def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: SweepContext):
     search = spec.search
     limit = spec.resources.max_concurrent_trials
     if search is None:
-        return tune.TuneConfig(max_concurrent_trials=limit), {
+        tune_config = tune.TuneConfig(
+            max_concurrent_trials=limit, reuse_actors=REUSE_TRIAL_PROCESSES
+        )
+        return tune_config, {
             "cell": tune.grid_search(list(context.cells)),
             "seed": tune.grid_search(list(spec.grid.seeds)),
         }
@@ -246,6 +259,7 @@ def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: S
         scheduler=scheduler,
         num_samples=sum(p.budget for p in plans),
         max_concurrent_trials=limit,
+        reuse_actors=REUSE_TRIAL_PROCESSES,
     )
     return config, {}
 
@@ -477,11 +491,12 @@ def finish(
                 outbox.add(backfill_write(record))
         track = send_pending(folder) or track
         run_status = "FAILED" if failed else "FINISHED"
+        plots = draw_study_plots(spec, folder)
         sent = None
         if track is not None and not outbox.pending():
             done = track  # bound for the lambda (mypy)
             sent = best_effort(
-                lambda: finish_sweep(done, outputs, counts, run_status, attempts=1),
+                lambda: finish_sweep(done, outputs, counts, run_status, attempts=1, plots=plots),
                 "closing the parent run",
             )
         if sent is None:
@@ -491,6 +506,7 @@ def finish(
                     "outputs": {k: str(v) for k, v in outputs.items()},
                     "counts": counts,
                     "status": run_status,
+                    "plots": [(str(file), artifact_path) for file, artifact_path in plots],
                 }
             )
             send_pending(folder)
@@ -503,6 +519,27 @@ def finish(
             )
         folder.update_state(tracking_problems=problems)
     return SweepOutcome(folder, counts, interrupted, outputs, best, problems)
+
+
+def draw_study_plots(spec: SweepSpec, folder: SweepFolder) -> list[tuple[AnyPath, str]]:
+    """Optuna's plots of a tuning sweep's studies, drawn into its folder: (file, run folder).
+
+    ``service.tracking.study_plots`` says which; a sweep without a search has none. Whatever
+    goes wrong (a storage that cannot be opened, a plot) is logged: the sweep ends all the same.
+    """
+    if spec.search is None:
+        return []
+    from service.tracking.study_plots import plot_sweep_studies
+
+    try:
+        storage = open_storage(study_storage(spec, folder).resolve())
+        drawn = plot_sweep_studies(
+            storage, folder.sweep_id, folder.study_plots_dir, spec.search.metric
+        )
+    except Exception as error:  # the plots are an extra: never the sweep's failure
+        logger.warning("optuna plots of sweep %s not drawn: %s", folder.sweep_id, error)
+        return []
+    return [(plot.file, plot.artifact_path) for plot in drawn.made]
 
 
 def run_sweep(

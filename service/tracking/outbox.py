@@ -19,7 +19,7 @@ Writes (``op``):
   trial's final metrics and state once it has a record.
 * ``metrics``: metric values of a run (a worker's unsent epochs).
 * ``close_run``: tags and the end state of a trial's run.
-* ``finish_sweep``: the parent run's report, counts and end state.
+* ``finish_sweep``: the parent run's report, Optuna's plots, counts and end state.
 """
 
 from __future__ import annotations
@@ -186,7 +186,8 @@ def _send(
         return True, tracking
     if op == "finish_sweep":
         outputs = {k: as_path(v) for k, v in write["outputs"].items()}
-        finish_sweep(tracking, outputs, write["counts"], write["status"], attempts=1)
+        plots = [(as_path(file), folder) for file, folder in write.get("plots", [])]
+        finish_sweep(tracking, outputs, write["counts"], write["status"], attempts=1, plots=plots)
         return True, tracking
     raise ValueError(f"unknown tracking write {op!r}")
 

@@ -1,8 +1,10 @@
 """A sweep's parent run: created with its experiment, reopened on resume, closed with the report.
 
 The parent run is named after the sweep id; it holds the spec (``spec.yaml``), the sweep's tags
-and provenance, and at the end the results table and the report. An artifact that cannot be
-stored never fails the sweep: the problem is returned, tagged on the run and logged.
+and provenance, and at the end the results table and the report (``report/``) and, for a tuning
+sweep, Optuna's plots of each study (``optuna/<cell id>/``: ``service.tracking.study_plots``). An
+artifact that cannot be stored never fails the sweep: the problem is returned, tagged on the run
+and logged.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import mlflow
 from mlflow import MlflowClient
@@ -107,23 +109,25 @@ def finish_sweep(
     counts: Mapping[str, int],
     status: str = "FINISHED",
     attempts: int = 5,
+    plots: Sequence[tuple[AnyPath, str]] = (),
 ) -> list[str]:
     """Attach the results and report to the parent run and close it; the artifacts it lacks.
 
+    ``plots``: (file, the run's folder for it) of Optuna's plots (``study_plots.StudyPlot``).
     The outputs are already on disk: an artifact store that fails leaves the run without them
     (said in a tag and a warning), it does not fail the sweep.
     """
     client = tracking.client()
     problems = []
-    for path in outputs.values():
+    for path, folder in [*((path, "report") for path in outputs.values()), *plots]:
         try:
             with local_file(path) as local:
                 log = functools.partial(
-                    client.log_artifact, tracking.parent_run_id, str(local), "report"
+                    client.log_artifact, tracking.parent_run_id, str(local), folder
                 )
                 retrying(log, attempts)
         except Exception as error:
-            problems.append(artifact_error(client, tracking.parent_run_id, "report", error))
+            problems.append(artifact_error(client, tracking.parent_run_id, folder, error))
             logger.warning("tracking: %s", problems[-1])
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]

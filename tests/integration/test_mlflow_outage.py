@@ -242,6 +242,10 @@ def test_a_sweep_runs_through_mlflow_outages_and_its_runs_are_sent_later(tmp_pat
         assert not list(during.folder.tracking_outbox_dir.glob("*.json"))
         client, parent, children = mlflow_children(during.folder.path)
         assert parent.info.status == "FINISHED"
+        # Optuna's plot of the study waited with the report (one parameter: the history only).
+        plots = "optuna/synthetic/smallnet/mixup/mce"
+        shown = [a.path for a in client.list_artifacts(parent.info.run_id, plots)]
+        assert shown == [f"{plots}/history.png"]
         by_trial = {c.data.tags["dmsweep.trial_id"]: c for c in children}
         assert sorted(by_trial) == sorted(r.trial_id for r in records)  # one run per trial
         for record in records:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -51,8 +53,14 @@ def test_a_categorical_grid_over_eta_runs_every_point_once(tmp_path):
     for trial in trials:
         assert trial.value == pytest.approx(by_eta[trial.params["eta"]])
     # The eta each trial trained with is the one Optuna chose (the run's params say so).
-    _, _, children = mlflow_children(outcome.folder.path)
+    client, parent, children = mlflow_children(outcome.folder.path)
     assert sorted(float(r.data.params["loss.eta"]) for r in children) == etas
+    # Optuna's plot of the study in the parent run and the folder: the history only (one
+    # searched parameter: no importances; no xi and t: no contour).
+    plots = client.list_artifacts(parent.info.run_id, f"optuna/{CELL}")
+    assert [(Path(a.path).name, a.file_size > 0) for a in plots] == [("history.png", True)]
+    folder_plot = outcome.folder.study_plots_dir / CELL / "history.png"
+    assert folder_plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [b.cell for b in outcome.best] == [CELL]
     best_eta = max(by_eta, key=by_eta.get)
     assert outcome.best[0].setting["eta"] == best_eta
