@@ -131,6 +131,7 @@ def main() -> None:
     import ray
 
     with tempfile.TemporaryDirectory(prefix="tuning-efficiency-") as scratch:
+        (Path(scratch) / "data").mkdir()
         root = unpack_cifar10_jpg(Path(scratch) / "data")
         rows: list[dict[str, Any]] = []
         for label, search in searches(args).items():

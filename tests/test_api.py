@@ -161,6 +161,18 @@ def test_submit_json(client):
     )
     assert response.status_code == 201, response.text
     assert response.json()["name"] == "json-spec"
+    # The answer holds the sweep's plan. This service reads only the table dmsweep ships, empty
+    # so far: a plan of the cells without hours, saying why (service/plan).
+    plan = response.json()["plan"]
+    assert plan["spec"] == "json-spec" and plan["complete"] is False
+    assert "calibration table is empty" in plan["warnings"][0]
+    assert [cell["cell"] for cell in plan["cells"]] == [
+        "synthetic/smallnet/mixup/mce",
+        "synthetic/smallnet/mixup/dm_ce",
+    ]
+    again = client.get(f"/sweeps/{response.json()['id']}", headers=AUTH).json()
+    assert again["plan"] == plan
+    assert all("plan" not in sweep for sweep in client.get("/sweeps", headers=AUTH).json())
 
 
 def test_data_root_given_relative_is_resolved_under_the_data_root(served, client):

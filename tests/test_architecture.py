@@ -8,10 +8,12 @@ from pathlib import Path
 from tests.support import REPO
 
 # service/'s packages and the ones each may import: cli -> server | sweep -> results ->
-# tracking, spec -> storage (and trainers underneath all of them).
+# tracking, spec -> storage, with plan (a spec's cost) beside results (and trainers underneath
+# all of them).
 ALLOWED = {
-    "cli": {"server", "sweep", "results", "tracking", "spec", "storage"},
-    "server": {"results", "tracking", "spec", "storage"},
+    "cli": {"server", "sweep", "results", "tracking", "spec", "storage", "plan"},
+    "server": {"results", "tracking", "spec", "storage", "plan"},
+    "plan": {"spec", "storage"},
     "sweep": {"results", "tracking", "spec", "storage"},
     "results": {"tracking", "spec", "storage"},
     "tracking": {"storage"},

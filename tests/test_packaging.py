@@ -84,6 +84,7 @@ def test_the_wheel_ships_search_spaces_and_the_report_finds_it_installed(tmp_pat
     assert shipped <= names, sorted(shipped - names)
     assert {"search_spaces/paper_results/table1.csv", "search_spaces/smoke.yaml"} <= names
     assert "service/results/package_data.py" in names and "service/results/paper.py" in names
+    assert "service/plan/default_calibration.yaml" in names  # read by every plan
     assert not [n for n in names if n.startswith("tests/") or "__pycache__" in n]
 
     target = tmp_path / "site"

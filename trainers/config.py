@@ -31,7 +31,7 @@ from trainers.limits import (
 )
 from trainers.mixing.base import LambdaMode, SaliencyDetector
 from trainers.objectives import objective
-from trainers.recipes import get_recipe
+from trainers.recipes import Recipe, get_recipe
 from trainers.validation import StrictModel, describe_errors
 from trainers.vocabulary import BOUNDS, LOSSES, METHODS, SOFTMAX_LOSSES, takes_alpha
 
@@ -253,6 +253,18 @@ class TrainConfig(StrictModel):
                 "backbone.weights to a local file, or backbone.pretrained: true with network"
             )
         return self
+
+    def recipe_settings(self) -> Recipe:
+        """The recipe with the trial's overrides applied."""
+        return get_recipe(self.recipe, self.recipe_overrides)
+
+    def epochs_to_train(self) -> int:
+        """The trial's epochs: its own, else its recipe's."""
+        return self.epochs or self.recipe_settings().epochs
+
+    def global_batch_size(self) -> int:
+        """The trial's batch over all its workers: its own, else its recipe's."""
+        return self.batch_size or self.recipe_settings().batch_size
 
 
 def load_yaml_model(path: str | Path, model: type[M]) -> M:

@@ -40,7 +40,7 @@ from trainers.mixing.methods import MethodMixer
 from trainers.objectives import Objective, objective
 from trainers.optim import build_ema, build_optimizer, build_scheduler
 from trainers.order import epoch_order
-from trainers.recipes import Recipe, get_recipe
+from trainers.recipes import Recipe
 from trainers.transforms import eval_sample_transform, train_sample_transform
 
 __all__ = ["NonFiniteLossError", "Trial", "build_trial", "load_checkpoint", "run", "train_step"]
@@ -181,9 +181,9 @@ def _sample_loader(
 def build_trial(config: TrainConfig) -> Trial:
     """Open the data, build model, optimiser, schedule and streams for ``config``."""
     ranks = current_ranks(config.device)
-    recipe = get_recipe(config.recipe, config.recipe_overrides)
-    epochs = config.epochs or recipe.epochs
-    batch_size = config.batch_size or recipe.batch_size
+    recipe = config.recipe_settings()
+    epochs = config.epochs_to_train()
+    batch_size = config.global_batch_size()
     if batch_size < 2 * ranks.world_size:
         raise ValueError(
             f"batch_size {batch_size} leaves fewer than 2 images for each of the "

@@ -74,6 +74,30 @@ def epoch_order(
     return torch.tensor(list(sampler), dtype=torch.int64)
 
 
+def epoch_length(
+    num_images: int, *, world_size: int, repeated_aug: bool, num_repeats: int = 3
+) -> int:
+    """Images each rank trains on per epoch: the length of ``epoch_order``'s order.
+
+    Read from the same samplers, without drawing the order: ``DistributedSampler`` pads to
+    ``ceil(num_images / world_size)``; ``RepeatAugSampler`` keeps about ``num_images /
+    world_size`` (rounded down to multiples of 256 images in all).
+    """
+    _check_sharding(num_images, 0, world_size)
+    if repeated_aug:
+        sampler = repeated_aug_sampler(
+            num_images, rank=0, world_size=world_size, num_repeats=num_repeats
+        )
+        return len(sampler)
+    plain: DistributedSampler[int] = DistributedSampler(
+        range(num_images),  # type: ignore[arg-type]  # any sized object will do
+        num_replicas=world_size,
+        rank=0,
+        shuffle=False,
+    )
+    return len(plain)
+
+
 def _check_sharding(num_images: int, rank: int, world_size: int) -> None:
     if num_images < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(

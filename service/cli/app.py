@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from service.cli import local, remote, studies
+from service.cli import costs, local, remote, studies
 from service.cli.options import Address, Server, StoragePath, SweepId, TrialText
 
 app = typer.Typer(help="Sweeps of Decoupled Mixup (DM) on Ray.", no_args_is_help=True)
@@ -57,7 +57,14 @@ def logs(
 
 app.command("run")(local.run)
 app.command("tune")(local.tune)
-for local_command in (local.ui, local.train, local.validate, local.schema):
+for local_command in (
+    local.ui,
+    local.train,
+    local.validate,
+    local.schema,
+    costs.calibrate,
+    costs.plan,
+):
     app.command()(local_command)
 for remote_command in (remote.submit, remote.status, remote.cancel, remote.serve):
     app.command()(remote_command)

@@ -10,10 +10,12 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.markdown import Markdown
+from rich.markup import escape
 from rich.table import Table
 
 from service.cli.client import ServiceClient, ServiceError
 from service.cli.options import Server, console, fail
+from service.plan.summary import summary_lines
 from service.server.settings import SettingsError, read_token
 
 T = TypeVar("T")
@@ -88,11 +90,25 @@ def submit(
         ),
     ] = None,
 ) -> None:
-    """Submit a sweep spec to the sweep service; it runs there as a Ray job."""
+    """Submit a sweep spec to the sweep service; it runs there as a Ray job.
+
+    Prints the sweep and its plan: device-hours, wall time and cost as the service's
+    calibration table gives them (`dmsweep plan SPEC` shows each cell).
+    """
     service = client(server)
     if not spec_file.is_file():
         raise fail(f"{spec_file}: no such file")
-    print_sweep(served(lambda: service.submit(spec_file, idempotency_key)))
+    view = served(lambda: service.submit(spec_file, idempotency_key))
+    print_sweep(view)
+    print_plan_summary(view.get("plan"))
+
+
+def print_plan_summary(plan: dict[str, Any] | None) -> None:
+    """The totals and warnings of a sweep's plan, as the service made it."""
+    if plan is None:
+        return
+    for line in summary_lines(plan):
+        console.print(f"  plan: {escape(line)}", highlight=False)
 
 
 def status(

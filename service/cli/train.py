@@ -15,7 +15,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from trainers.config import load_train_config
 from trainers.loop import run
-from trainers.recipes import get_recipe
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -39,7 +38,7 @@ def train_in_process(
     config = load_train_config(trial_file)
     if resume is not None and not resume.is_dir():
         raise ValueError(f"--resume {resume}: not a checkpoint folder")
-    epochs = config.epochs or get_recipe(config.recipe, config.recipe_overrides).epochs
+    epochs = config.epochs_to_train()
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     console.print(

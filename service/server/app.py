@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -80,6 +80,16 @@ class SweepView(BaseModel):
     folder: str | None
     created_at: str
     updated_at: str
+
+
+class SweepDetail(SweepView):
+    """One sweep with its plan: device-hours, wall time and cost (``dmsweep plan``)."""
+
+    plan: dict[str, Any] | None = Field(
+        None,
+        description="made when it was submitted, from the service's calibration table; "
+        '{"error": why} when none could be made; null for sweeps submitted before plans',
+    )
 
 
 class _RefusedError(Exception):
@@ -366,7 +376,7 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
     @app.post(
         "/sweeps",
         status_code=201,
-        response_model=SweepView,
+        response_model=SweepDetail,
         responses={
             200: {"description": "a retried submit (same Idempotency-Key and body)"},
             429: {
@@ -449,17 +459,17 @@ def create_app(settings: ServiceSettings, *, require_token: bool = True) -> Fast
             response.headers["Link"] = f'</sweeps?{query}>; rel="next"'
         return [service.view(row) for row in rows]
 
-    @app.get("/sweeps/{sweep_id}", response_model=SweepView)
+    @app.get("/sweeps/{sweep_id}", response_model=SweepDetail)
     def get_sweep(sweep_id: str) -> dict[str, Any]:
         """One sweep: state, trials, best result so far, Ray job, MLflow run."""
         return service.view(service.refresh(sweep_id))
 
-    @app.post("/sweeps/{sweep_id}/cancel", response_model=SweepView)
+    @app.post("/sweeps/{sweep_id}/cancel", response_model=SweepDetail)
     def cancel(sweep_id: str) -> dict[str, Any]:
         """Stop a sweep's Ray job (409 once it has ended)."""
         return service.view(service.cancel(sweep_id))
 
-    @app.post("/sweeps/{sweep_id}/resume", response_model=SweepView)
+    @app.post("/sweeps/{sweep_id}/resume", response_model=SweepDetail)
     def resume(sweep_id: str) -> dict[str, Any]:
         """Continue a failed or cancelled sweep; finished trials are kept (409 otherwise)."""
         return service.view(service.resume(sweep_id))

@@ -23,6 +23,12 @@
   per window before it gets 429 (default 10 per 60 s).
 - ``DMSWEEP_MAX_ACTIVE_SWEEPS``: sweeps that may be queued, submitted or running at once;
   a submit beyond it gets 429 with ``Retry-After`` (default 10).
+- ``DMSWEEP_CALIBRATION_TABLE``: the calibration table (``dmsweep calibrate``) the plan of
+  every submitted sweep reads, before the one dmsweep ships (default: the shipped one alone).
+- ``DMSWEEP_PLAN_GPU_TYPE``, ``DMSWEEP_PLAN_GPUS``, ``DMSWEEP_PRICE_PER_GPU_HOUR``: the device
+  those plans are for, how many the cluster has (for the wall time) and the price of one
+  device-hour (for the cost); as ``dmsweep plan``'s ``--gpu-type``, ``--gpus`` and
+  ``--price-per-gpu-hour``.
 - ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``: Ray's own token,
   sent to the job server unless ``RAY_AUTH_MODE=disabled`` (``_ray_token``).
 """
@@ -30,6 +36,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -95,6 +102,16 @@ def _number(env: Mapping[str, str], name: str, default: float, least: float) -> 
         value = float("nan")
     if not value >= least:  # also NaN
         raise SettingsError(f"{name} must be a number >= {least:g}; got {text!r}")
+    return value
+
+
+def _optional_number(env: Mapping[str, str], name: str) -> float | None:
+    """A finite number >= 0 when the variable is set, else None."""
+    if not (env.get(name) or "").strip():
+        return None
+    value = _number(env, name, 0.0, 0)
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number >= 0; got {env[name]!r}")
     return value
 
 
@@ -174,6 +191,10 @@ class ServiceSettings:
     auth_failures: int = 10
     auth_window_s: float = 60.0
     max_active_sweeps: int = 10
+    calibration_table: Path | None = None
+    plan_gpu_type: str | None = None
+    plan_gpus: float | None = None
+    price_per_gpu_hour: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -218,4 +239,12 @@ class ServiceSettings:
             auth_failures=int(_number(env, "DMSWEEP_AUTH_FAILURES", 10, 1)),
             auth_window_s=_number(env, "DMSWEEP_AUTH_WINDOW_S", 60.0, 1),
             max_active_sweeps=_count(env, "DMSWEEP_MAX_ACTIVE_SWEEPS", 10),
+            calibration_table=(
+                Path(env["DMSWEEP_CALIBRATION_TABLE"]).expanduser()
+                if env.get("DMSWEEP_CALIBRATION_TABLE")
+                else None
+            ),
+            plan_gpu_type=env.get("DMSWEEP_PLAN_GPU_TYPE") or None,
+            plan_gpus=_optional_number(env, "DMSWEEP_PLAN_GPUS"),
+            price_per_gpu_hour=_optional_number(env, "DMSWEEP_PRICE_PER_GPU_HOUR"),
         )

@@ -28,6 +28,7 @@ from service.results.metrics import ranking
 from service.results.records import TrialState
 from service.results.report import sweep_report_markdown
 from service.server.admission import admit
+from service.server.costs import submitted_plan
 from service.server.log_tail import LogSlice, file_slice, log_slice
 from service.server.ray_jobs import (
     RayJobs,
@@ -177,12 +178,13 @@ class SweepService:
                     raise IdempotencyConflictError(key, earlier.sweep_id)
                 return self.view(earlier), False
         spec, resolved = self.validate(body, content_type)
+        plan = submitted_plan(spec, self.settings)
         # The spec is written in full under a temporary name first and renamed into place
         # before the row is stored: a queued sweep never points at a missing or half-written
         # spec, whenever the service dies.
         written = self._write_spec_draft(resolved)
         try:
-            submitted = self._store_new(spec, body, key, written)
+            submitted = self._store_new(spec, body, key, written, plan)
         finally:
             if written.exists():  # refused, or not renamed into place
                 written.unlink()
@@ -223,7 +225,9 @@ class SweepService:
             ) from None
         return Path(name)
 
-    def _store_new(self, spec: SweepSpec, body: bytes, key: str | None, draft: AnyPath) -> Any:
+    def _store_new(
+        self, spec: SweepSpec, body: bytes, key: str | None, draft: AnyPath, plan: dict[str, Any]
+    ) -> Any:
         """The row of a new sweep, its spec renamed into place first; under the naming lock.
 
         The active-sweep limit is counted under the same lock, so two submits at once cannot
@@ -245,6 +249,7 @@ class SweepService:
                 total_trials=total_trials(spec),
                 search_metric=metric,
                 search_mode=mode,
+                summary={"plan": plan},
             )
             spec_file = self._spec_file(sweep_id)
             if isinstance(draft, BucketPath) and isinstance(spec_file, BucketPath):
@@ -448,6 +453,8 @@ class SweepService:
             "folder": progress.folder,
             "created_at": _utc(row.created_at),
             "updated_at": _utc(row.updated_at),
+            # what it costs (``plan``), as made when it was submitted; None for older sweeps
+            "plan": (row.summary or {}).get("plan"),
         }
 
     # --- act ------------------------------------------------------------------------------

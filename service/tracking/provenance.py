@@ -9,6 +9,8 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from trainers.machine import cpu_model
+
 PACKAGES = ("dmsweep", "torch", "torchvision", "timm", "ray", "optuna", "mlflow", "pyarrow")
 
 
@@ -36,16 +38,6 @@ def git_commit() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def provenance() -> dict[str, str]:
     """Code, packages and hardware of this process, as MLflow tags."""
     import torch  # the driver of a sweep may run without it loaded; a worker always has it
@@ -57,7 +49,7 @@ def provenance() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             tags[f"version.{package}"] = "not installed"
     tags["host"] = platform.node()
-    tags["cpu"] = _cpu_model()
+    tags["cpu"] = cpu_model()
     tags["cpu_count"] = str(os.cpu_count())
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     tags["gpu_count"] = str(gpus)

@@ -37,29 +37,45 @@ class DatasetInfo:
     """What dmsweep knows about a data set before opening it.
 
     ``image_size`` is the native size (CIFAR, Tiny-ImageNet) or the training size (224 px for
-    the photo data sets). ``originals``: the images are photos of varying size, kept as they are
-    and cropped per sample from the whole original (Table 10's RandomResizedCrop, and the
-    shorter side resized to image_size / crop_pct then centre-cropped at test time).
+    the photo data sets). ``train_images``: the published train split's size (what a trial
+    trains on per epoch, before ``subset`` and ``label_fraction``; ``dmsweep plan`` counts with
+    it); synthetic data's is its default, ``SYNTHETIC_IMAGES["train"]``. ``originals``: the
+    images are photos of varying size, kept as they are and cropped per sample from the whole
+    original (Table 10's RandomResizedCrop, and the shorter side resized to image_size /
+    crop_pct then centre-cropped at test time).
     """
 
     num_classes: int
     default_source: str
     image_size: int
     sources: tuple[str, ...]
+    train_images: int
     originals: bool = False
 
 
 _FILES = ("imagefolder", "parquet")
 DATASETS: dict[str, DatasetInfo] = {
-    "cifar10": DatasetInfo(10, "cifar", 32, ("cifar", *_FILES)),
-    "cifar100": DatasetInfo(100, "cifar", 32, ("cifar", *_FILES)),
-    "tiny_imagenet": DatasetInfo(200, "imagefolder", 64, _FILES),
-    "cub200": DatasetInfo(200, "imagefolder", 224, _FILES, originals=True),
-    "aircraft": DatasetInfo(100, "imagefolder", 224, _FILES, originals=True),
-    "cars": DatasetInfo(196, "imagefolder", 224, _FILES, originals=True),
-    "imagenet": DatasetInfo(1000, "imagefolder", 224, _FILES, originals=True),
-    # Classes and size come from the arguments; these are the defaults.
-    "synthetic": DatasetInfo(10, "synthetic", 32, ("synthetic",)),
+    # CIFAR-10 and CIFAR-100: 50,000 train and 10,000 test images each (Krizhevsky, "Learning
+    # Multiple Layers of Features from Tiny Images", 2009; www.cs.toronto.edu/~kriz/cifar.html).
+    "cifar10": DatasetInfo(10, "cifar", 32, ("cifar", *_FILES), train_images=50_000),
+    "cifar100": DatasetInfo(100, "cifar", 32, ("cifar", *_FILES), train_images=50_000),
+    # Tiny-ImageNet: 500 train images per class x 200 classes (CS231n's tiny-imagenet-200 README).
+    "tiny_imagenet": DatasetInfo(200, "imagefolder", 64, _FILES, train_images=100_000),
+    # CUB-200-2011: 5,994 train / 5,794 test images (Wah et al., 2011, CNS-TR-2011-001).
+    "cub200": DatasetInfo(200, "imagefolder", 224, _FILES, train_images=5_994, originals=True),
+    # FGVC-Aircraft: trainval 6,667 / test 3,333 images (Maji et al., 2013, arXiv:1306.5151).
+    "aircraft": DatasetInfo(100, "imagefolder", 224, _FILES, train_images=6_667, originals=True),
+    # Stanford Cars: 8,144 train / 8,041 test images (Krause et al., 3dRR 2013).
+    "cars": DatasetInfo(196, "imagefolder", 224, _FILES, train_images=8_144, originals=True),
+    # ImageNet-1k (ILSVRC 2012): 1,281,167 train / 50,000 val images (Russakovsky et al.,
+    # "ImageNet Large Scale Visual Recognition Challenge", IJCV 2015).
+    "imagenet": DatasetInfo(
+        1000, "imagefolder", 224, _FILES, train_images=1_281_167, originals=True
+    ),
+    # Classes, size and images come from the arguments; these are the defaults.
+    "synthetic": DatasetInfo(
+        10, "synthetic", 32, ("synthetic",), train_images=SYNTHETIC_IMAGES["train"]
+    ),
 }
 
 

@@ -1,0 +1,84 @@
+"""The forward FLOPs of one image through a backbone: how a plan scales an uncalibrated one.
+
+Counted with ``torch.utils.flop_counter.FlopCounterMode`` on a network built on the ``meta``
+device (no weights allocated, nothing computed), else on the CPU; a network neither can run is
+measured by its parameters times its pixels, and the plan says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class Work:
+    """The work of one image's forward pass: a number, and what it counts."""
+
+    amount: float
+    unit: str  # "FLOPs" or "parameters x pixels"
+
+    def describe(self) -> str:
+        """For a plan's notes: ``2.3 GFLOPs``."""
+        if self.unit == "FLOPs":
+            return f"{self.amount / 1e9:.3g} GFLOPs"
+        return f"{self.amount:.3g} parameters x pixels"
+
+
+def _count(backbone: str, image_size: int, num_classes: int, device: str) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainers.backbones import build_backbone
+
+    with torch.device(device):
+        model = build_backbone(backbone, num_classes, image_size)
+        image = torch.zeros(1, 3, image_size, image_size)
+    model.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(image)
+    return float(counter.get_total_flops())
+
+
+@cache
+def forward_work(backbone: str, image_size: int, num_classes: int) -> Work:
+    """FLOPs of one ``image_size`` image's forward pass (``parameters x pixels`` if uncountable).
+
+    Training costs about three forward passes (forward, and backward twice as much) for every
+    network alike, so the ratio of two backbones' forward FLOPs is the ratio of their steps.
+    """
+    for device in ("meta", "cpu"):
+        try:
+            flops = _count(backbone, image_size, num_classes, device)
+        except Exception:  # an op without a meta kernel, a model that refuses the size, ...
+            continue
+        if flops > 0:
+            return Work(flops, "FLOPs")
+    return parameter_work(backbone, image_size, num_classes)
+
+
+@cache
+def parameter_work(backbone: str, image_size: int, num_classes: int) -> Work:
+    """Parameters times pixels: the rough measure where FLOPs cannot be counted."""
+    import torch
+
+    from trainers.backbones import build_backbone
+
+    with torch.device("meta"):
+        model = build_backbone(backbone, num_classes, image_size)
+    parameters = sum(p.numel() for p in model.parameters())
+    return Work(float(parameters * image_size * image_size), "parameters x pixels")
+
+
+def work_ratio(
+    reference: tuple[str, int], target: tuple[str, int], num_classes: int
+) -> tuple[float, str]:
+    """Work per image of ``target`` over that of ``reference`` (each a backbone and size).
+
+    Both counted in the same unit; with a note saying both figures.
+    """
+    ours, theirs = forward_work(*target, num_classes), forward_work(*reference, num_classes)
+    if ours.unit != theirs.unit:
+        ours, theirs = parameter_work(*target, num_classes), parameter_work(*reference, num_classes)
+    note = f"{ours.describe()} vs {theirs.describe()} per image"
+    return ours.amount / theirs.amount, note
