@@ -65,7 +65,7 @@ def _phase_kill_the_driver_mid_trial(tmp_path: Path) -> tuple[Path, str, dict[st
     return folder, interrupted, before
 
 
-def _phase_resume_to_the_end(tmp_path: Path, folder: Path) -> dict[str, str]:
+def _phase_resume_to_the_end(tmp_path: Path, folder: Path, trials: int = 4) -> dict[str, str]:
     """``dmsweep resume`` of the sweep, run to its end: every trial's record, all succeeded."""
     second = start_session(
         [*DMSWEEP, "resume", str(folder)], tmp_path / "resume.log", env={"COLUMNS": "160"}
@@ -78,7 +78,7 @@ def _phase_resume_to_the_end(tmp_path: Path, folder: Path) -> dict[str, str]:
     assert rc == 0, output
 
     after = records(folder)
-    assert len(after) == 4
+    assert len(after) == trials
     assert all(json.loads(r)["status"] == "succeeded" for r in after.values())
     return after
 
@@ -119,11 +119,17 @@ def test_a_killed_driver_is_resumed_without_rerunning_finished_trials(tmp_path):
     _check_mlflow_has_one_run_per_trial(folder, after, interrupted)
 
 
-def test_ctrl_c_leaves_a_resumable_sweep_and_exits_130(tmp_path):
-    run, storage = start_run(tmp_path)
+def test_ctrl_c_leaves_a_resumable_sweep_and_exits_130_and_its_train_runs_resume(tmp_path):
+    """Ctrl-C, then `dmsweep resume`, on trials of two workers: the path Ray Train owns.
+
+    The killed-driver test above covers trials trained in place (one worker); here the
+    interrupted trial is a Ray Train run, restored by name from its last checkpoint.
+    """
+    one_trial = {"method": ["mixup"], "loss": ["mce"]}
+    run, storage = start_run(tmp_path, grid=one_trial, resources={"workers_per_trial": 2})
     try:
         folder = wait_for(lambda: sweep_folder(storage), 120, "the sweep folder", run)
-        wait_for(lambda: interrupted_trial(folder), 300, "a trial mid-training", run)
+        interrupted = wait_for(lambda: interrupted_trial(folder), 300, "a trial mid-training", run)
         os.killpg(run.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends
         rc = run.wait(timeout=120)
     finally:
@@ -132,4 +138,7 @@ def test_ctrl_c_leaves_a_resumable_sweep_and_exits_130(tmp_path):
     assert rc == 130, output
     assert f"continue with `dmsweep resume {folder}`" in " ".join(output.split())
     assert json.loads((folder / "sweep.json").read_text())["status"] == "interrupted"
-    assert len(records(folder)) < 4
+    assert records(folder) == {}
+
+    _phase_resume_to_the_end(tmp_path, folder, trials=1)
+    _check_the_interrupted_trial_went_on_from_its_checkpoint(folder, interrupted)
