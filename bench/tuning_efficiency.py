@@ -16,7 +16,7 @@ the end, the search's own choice), that trial's last ``val_top1`` and ``top1_med
 and the compute it spent: epochs trained over all its trials and the sweep's wall time. The
 accuracies are on the test subset the search also ranked on (as the paper reports), so they
 are optimistic for every search alike; with one seed and 2,000 test images, differences under
-about 1 point are noise (a binomial standard error of ~1.1 points at 70 %).
+about 1 point are noise (a binomial standard error of ~1.0-1.1 points between 70 % and 50 %).
 """
 
 from __future__ import annotations

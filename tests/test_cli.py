@@ -1,8 +1,9 @@
 """The ``dmsweep`` commands on real grid files, run in this process through Click's runner.
 
-One test runs the installed command as a separate process; the others call the same Typer app
-in-process, which tests the same code without paying the command's start (torch and timm) each
-time. The service and stack tests start ``dmsweep serve`` as a process too.
+One test runs the installed command as a separate process (another checks what importing it
+loads, in a fresh Python); the others call the same Typer app in-process, which tests the same
+code without paying the command's start (torch and timm) each time. The service and stack tests
+start ``dmsweep serve`` as a process too.
 """
 
 from __future__ import annotations

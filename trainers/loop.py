@@ -15,6 +15,7 @@ are summed across ranks before they are reported.
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 import time
@@ -181,6 +182,12 @@ def _sample_loader(
 def build_trial(config: TrainConfig) -> Trial:
     """Open the data, build model, optimiser, schedule and streams for ``config``."""
     ranks = current_ranks(config.device)
+    if ranks.device.type == "cuda":
+        # A process may train several trials one after the other (the engine keeps it): what
+        # an earlier trial cached is handed back, and gpu_memory_peak_gib is this trial's.
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(ranks.device)
     recipe = config.recipe_settings()
     epochs = config.epochs_to_train()
     batch_size = config.global_batch_size()

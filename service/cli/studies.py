@@ -93,11 +93,12 @@ def _missing_sqlite_file(url: str) -> Path | None:
 def studies(
     sweep: SweepId,
     storage_path: StoragePath = None,
-    port: Annotated[int, typer.Option(help="Port of optuna-dashboard.")] = 8080,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of optuna-dashboard.")] = 8080,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
     """Serve optuna-dashboard on a tuning sweep's Optuna studies (one per cell; Ctrl-C stops it)."""
     from service.results.folder import find_sweep
+    from service.sweep.searcher import open_storage
     from service.tracking.study_plots import sweep_study_names
 
     try:
@@ -112,7 +113,7 @@ def studies(
         )
     try:
         where = locate(folder, spec)
-        names = sweep_study_names(where.url, folder.sweep_id)
+        names = sweep_study_names(open_storage(where.url), folder.sweep_id)
     except Exception as error:  # a variable that names no database, one that cannot be reached
         raise fail(f"the Optuna studies of sweep {folder.sweep_id}: {error}") from None
     if not names:

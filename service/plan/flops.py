@@ -47,13 +47,14 @@ def forward_work(backbone: str, image_size: int, num_classes: int) -> Work:
     Training costs about three forward passes (forward, and backward twice as much) for every
     network alike, so the ratio of two backbones' forward FLOPs is the ratio of their steps.
     """
-    for device in ("meta", "cpu"):
-        try:
-            flops = _count(backbone, image_size, num_classes, device)
-        except Exception:  # an op without a meta kernel, a model that refuses the size, ...
-            continue
-        if flops > 0:
-            return Work(flops, "FLOPs")
+    # Only on the meta device: no weights, no real forward pass (the service plans each sweep
+    # in its submit request).
+    try:
+        flops = _count(backbone, image_size, num_classes, "meta")
+    except Exception:  # an op without a meta kernel, a model that refuses the size, ...
+        flops = 0.0
+    if flops > 0:
+        return Work(flops, "FLOPs")
     return parameter_work(backbone, image_size, num_classes)
 
 

@@ -115,6 +115,11 @@ def _optional_number(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def _optional_count(env: Mapping[str, str], name: str) -> int | None:
+    """A whole number >= 1 when the variable is set, else None."""
+    return _count(env, name, 0) or None
+
+
 def _count(env: Mapping[str, str], name: str, default: int) -> int:
     text = (env.get(name) or "").strip()
     if not text:
@@ -245,6 +250,6 @@ class ServiceSettings:
                 else None
             ),
             plan_gpu_type=env.get("DMSWEEP_PLAN_GPU_TYPE") or None,
-            plan_gpus=_optional_number(env, "DMSWEEP_PLAN_GPUS"),
+            plan_gpus=_optional_count(env, "DMSWEEP_PLAN_GPUS"),
             price_per_gpu_hour=_optional_number(env, "DMSWEEP_PRICE_PER_GPU_HOUR"),
         )

@@ -216,12 +216,19 @@ def study_storage(
     return configured or StudyStorage.file(folder.optuna_url)
 
 
-# A trial's process is kept for the sweep's next trial (Tune's ``reuse_actors``): every trial of a
-# sweep asks for the same resources, and a new process costs seconds per trial (Python, torch,
-# the trial code) against a trial of seconds (bench/sweep_overhead.py). Tune starts a new one
-# when a stopped trial's thread does not end within TUNE_FUNCTION_THREAD_TIMEOUT_S (2 s), and
-# after a lost or killed process; each trial builds all its state anew in ``run_trial``.
-REUSE_TRIAL_PROCESSES = True
+def _reuse_trial_processes(context: SweepContext) -> bool:
+    """Whether a trial's process is kept for the sweep's next trial (Tune's ``reuse_actors``).
+
+    Only for trials trained in place: a new process costs seconds (Python, torch, the trial
+    code) against trials of seconds (bench/sweep_overhead.py), and each trial builds its state
+    anew in ``run_trial``. A process is handed on only once the previous trial's thread has
+    ended (it ends at its next report once Tune stopped it); if it has not within
+    ``TUNE_FUNCTION_THREAD_TIMEOUT_S`` (``service.sweep.ray_setup``), Ray 2.60 fails the next
+    trial without a retry (``TuneController._on_trial_reset``). A several-worker trial's thread
+    waits in ``TorchTrainer.fit`` and never sees Tune's stop, so those keep a process each.
+    A lost or killed process is never reused.
+    """
+    return context.workers == 1
 
 
 def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: SweepContext):
@@ -229,7 +236,7 @@ def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: S
     limit = spec.resources.max_concurrent_trials
     if search is None:
         tune_config = tune.TuneConfig(
-            max_concurrent_trials=limit, reuse_actors=REUSE_TRIAL_PROCESSES
+            max_concurrent_trials=limit, reuse_actors=_reuse_trial_processes(context)
         )
         return tune_config, {
             "cell": tune.grid_search(list(context.cells)),
@@ -259,7 +266,7 @@ def _tune_config(spec: SweepSpec, sweep_id: str, folder: SweepFolder, context: S
         scheduler=scheduler,
         num_samples=sum(p.budget for p in plans),
         max_concurrent_trials=limit,
-        reuse_actors=REUSE_TRIAL_PROCESSES,
+        reuse_actors=_reuse_trial_processes(context),
     )
     return config, {}
 

@@ -20,6 +20,10 @@ from service.tracking.uri import TRACKING_URI_ENV
 # for a poll: 0.2 s saved ~1.5-1.9 s per 1-epoch trial here, more with more epochs
 # (bench/sweep_overhead.py).
 HEALTH_CHECK_INTERVAL_S = "0.2"
+# How long Tune waits for a stopped trial's thread before it hands the trial's process to the
+# next trial (service.sweep.engine._reuse_trial_processes); Ray's default, 2 s, is shorter than
+# a trial's unwinding may take (its MLflow run closed, its log written).
+REUSE_WAIT_S = "60"
 SLOT = "trial_slot"  # one per several-worker trial that may run at once (engine.py)
 
 
@@ -56,7 +60,10 @@ def ray_init_options(
     cluster's GCS address.
     """
     interval = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
-    env: dict[str, str] = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval}
+    env: dict[str, str] = {
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": interval,
+        "TUNE_FUNCTION_THREAD_TIMEOUT_S": REUSE_WAIT_S,
+    }
     # The tracking URI's credentials reach the trials through their environment only
     # (service.tracking.uri). A job of the sweep service has them in its runtime env already,
     # and Ray refuses a variable that the job's and ray.init's runtime envs both name.

@@ -58,6 +58,7 @@ DRIVERS = ("postgresql+psycopg", "sqlite")
 EXAMPLE_URL = "postgresql+psycopg://USER:PASSWORD@HOST:5432/DATABASE"
 # Any fixed number: the key of the PostgreSQL advisory lock under which Optuna's tables are made.
 SCHEMA_LOCK_KEY = 0x0D35_0A7A
+CONNECT_TIMEOUT_S = 10  # seconds to reach the PostgreSQL of the studies before giving up
 # A study's user attribute naming the sweep (its folder) whose study it is.
 OWNER_ATTR = "dmsweep.sweep_folder"
 
@@ -162,13 +163,14 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     if make_url(url).get_backend_name() != "postgresql":
         return optuna.storages.RDBStorage(url)
-    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+    timeout = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool, **timeout)
     try:
         with engine.connect() as connection:
             key = {"key": SCHEMA_LOCK_KEY}
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), key)
             try:
-                return optuna.storages.RDBStorage(url)
+                return optuna.storages.RDBStorage(url, engine_kwargs=timeout)
             finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), key)
     finally:

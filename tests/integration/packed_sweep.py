@@ -1,9 +1,9 @@
 """Run a sweep on a local Ray that declares one GPU (there is none: trials train on the CPU).
 
 Usage: ``python packed_sweep.py SPEC.yaml STORAGE``; prints the outcome as JSON: the statuses,
-the GPU id each trial's log names, and the most GPU and CPU that Ray counted as held at once
-(polled every 0.1 s while the sweep ran). Run by test_packed_trials.py in a process of its own:
-the test session's shared Ray declares no GPU.
+the GPU id and process each trial's log names, and the most GPU and CPU that Ray counted as
+held at once (polled every 0.1 s while the sweep ran). Run by test_packed_trials.py in a
+process of its own: the test session's shared Ray declares no GPU.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from service.sweep.engine import run_sweep
 from service.sweep.ray_setup import ray_init_options
 
 CPUS = 2
-GPU_LINE = re.compile(r"worker on node \w+, pid \d+, GPU (\S+)")
+GPU_LINE = re.compile(r"worker on node \w+, pid (\d+), GPU (\S+)")
 
 
 def main(spec_file: str, storage: str) -> None:
@@ -46,19 +46,17 @@ def main(spec_file: str, storage: str) -> None:
         poller.join()
         ray.shutdown()
     records = outcome.folder.records()
-    gpus = {
-        r.trial_id: re.findall(
-            r"worker on node \w+, pid \d+, GPU (\S+)",
-            outcome.folder.log_file(r.trial_id).read_text(),
-        )
-        for r in records
-    }
+    logs = {r.trial_id: outcome.folder.log_file(r.trial_id).read_text() for r in records}
+    starts = {trial: GPU_LINE.findall(log) for trial, log in logs.items()}
+    gpus = {trial: [gpu for _, gpu in found] for trial, found in starts.items()}
+    pids = {trial: [int(pid) for pid, _ in found] for trial, found in starts.items()}
     print(
         json.dumps(
             {
                 "exit_code": outcome.exit_code,
                 "statuses": [r.status.value for r in records],
                 "gpus": gpus,
+                "pids": pids,
                 "held": held,
             }
         )

@@ -31,3 +31,7 @@ def test_four_quarter_gpu_trials_run_at_once_on_one_gpu(tmp_path):
     # CPUs: 4 x 0.25), never six.
     assert outcome["held"]["GPU"] == 1.0
     assert outcome["held"]["CPU"] == 1.0
+    # The two trials of the second round trained in processes of the first: a sweep keeps a
+    # trial's process for its next trial (service.sweep.engine._reuse_trial_processes).
+    processes = {pid for pids in outcome["pids"].values() for pid in pids}
+    assert len(processes) <= 4, outcome["pids"]
