@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +207,39 @@ def test_a_run_on_the_worker_path_resumes_bitwise(tmp_path):
     got = load_checkpoint(resumed.checkpoints[-1])["model"]
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+class _MarkingTransform:
+    """A transform that leaves a file per call: work done in a worker is seen from here."""
+
+    def __init__(self, inner, folder: Path) -> None:
+        self.inner, self.folder = inner, folder
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        (self.folder / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+        return self.inner(image)
+
+
+def test_the_next_epoch_is_cropped_while_the_caller_evaluates_and_gives_the_same_batches(
+    tmp_path,
+):
+    """``prefetch`` starts the workers at once (before any batch is asked for); the batches are
+    those the epoch gives without it, and a prefetch for another epoch is not used."""
+    images = synthetic(12, num_classes=3, image_size=16, seed=0)
+    inner = train_sample_transform(get_recipe("cifar"), 16, (0.5, 0.5, 0.5))
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    loader = SampleLoader(images, _MarkingTransform(inner, marks), seed=3, workers=1)
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    loader.prefetch(1, order, 4)
+    deadline = time.monotonic() + 60
+    while not any(marks.iterdir()):  # the worker crops while nothing is asked of it
+        assert time.monotonic() < deadline, "the prefetched epoch never started"
+        time.sleep(0.05)
+    ahead = [b.images for b in loader.epoch(1, order, 4)]
+    fresh = SampleLoader(images, inner, seed=3, workers=0)
+    assert all(map(torch.equal, ahead, _epoch(fresh, 1, order)))
+    loader.prefetch(2, order, 4)
+    other = [b.images for b in loader.epoch(3, order, 4)]  # not what was prefetched
+    assert all(map(torch.equal, other, _epoch(fresh, 3, order)))
+    assert not torch.equal(other[0], ahead[0])

@@ -7,7 +7,10 @@ run.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,7 +21,7 @@ from service.spec.reading import spec_from_dict
 from service.sweep.engine import SpecError, create_sweep
 from service.tracking.store import Tracking
 from service.tracking.sweep_runs import start_sweep
-from service.tracking.trial_runs import child_run, find_trial_run
+from service.tracking.trial_runs import TrialLogger, child_run, find_trial_run
 from tests.support.specs import tiny_spec
 
 SPEC = tiny_spec(name="twice")
@@ -79,3 +82,66 @@ def test_a_sweep_whose_first_attempt_died_in_set_up_is_created_again(tmp_path):
     # Once the sweep exists, a second create is refused, naming resume.
     with pytest.raises(SpecError, match="dmsweep resume twice-7"):
         create_sweep(spec, text, storage_path=root, tracking_uri=uri, sweep_id="twice-7")
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory) -> tuple[str, Path]:
+    """One SQLite store for the tests of a trial's logger (a new store costs seconds)."""
+    folder = tmp_path_factory.mktemp("trial-logger")
+    return f"sqlite:///{folder / 'mlflow.db'}", folder
+
+
+@pytest.fixture
+def sweep_run(shared_store, request) -> Tracking:
+    """A parent run of its own in the shared store."""
+    uri, folder = shared_store
+    return _sweep(uri, folder, request.node.name[:40].replace("[", "-").rstrip("]"))
+
+
+def _plan(trial_id: str) -> dict:
+    return {
+        "trial_id": trial_id,
+        "name": "t",
+        "tags": {"loss": "dm_ce"},
+        "params": {"eta": "0.1"},
+        "trial_yaml": "epochs: 2\n",
+    }
+
+
+def test_a_trial_opens_its_child_run_on_its_own_thread_with_provenance(sweep_run):
+    track = sweep_run
+    logger = TrialLogger.start(track, _plan("a_00000"), log=print)
+    run_id = logger.settle()
+    assert run_id is not None and find_trial_run(track, "a_00000") == run_id
+    run = track.client().get_run(run_id)
+    assert run.data.tags["loss"] == "dm_ce" and run.data.params == {"eta": "0.1"}
+    assert run.data.tags["dmsweep.cpu_count"] == str(os.cpu_count())  # this process's hardware
+
+
+def test_epochs_that_end_before_the_child_run_exists_are_sent_once_it_does(sweep_run):
+    """A trial never waits for MLflow to open its run: the first epochs wait in the logger."""
+    track = sweep_run
+    opening: Future[str | None] = Future()
+    logger = TrialLogger(track, opening, log=print)
+    logger.log_epoch({"epoch": 1, "train_loss": 2.5, "val_top1": 30.0})  # returns at once
+    assert [m.step for m in logger.pending] == [1, 1]
+    opening.set_result(child_run(track, **_plan("a_00000")))
+    logger.log_epoch({"epoch": 2, "train_loss": 2.0, "val_top1": 40.0})
+    assert logger.pending == [] and logger.close() == []
+    client = track.client()
+    run_id = opening.result()
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val_top1"))
+    assert history == [(1, 30.0), (2, 40.0)]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_a_trial_whose_run_could_not_be_opened_trains_untracked(sweep_run, tmp_path):
+    """No run (MLflow did not answer; the run waits in the outbox): nothing is sent or raised."""
+    track = sweep_run
+    opening: Future[str | None] = Future()
+    opening.set_result(None)
+    logger = TrialLogger(track, opening, log=print)
+    logger.log_epoch({"epoch": 1, "train_loss": 2.5})
+    logger.log_artifacts(str(tmp_path), "checkpoint")
+    logger.log_learning_curve()
+    assert logger.pending == [] and logger.close() == []

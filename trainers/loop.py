@@ -432,6 +432,9 @@ def run(
             )
         )
         loss_sum, steps, seen = all_sum(totals, ranks).tolist()
+        if trial.loader is not None and epoch + 1 < trial.epochs:
+            # The next epoch's images are decoded and cropped while this one is evaluated.
+            trial.loader.prefetch(epoch + 1, trial.epoch_indices(epoch + 1), trial.rank_batch)
         top1, top5 = accuracy(
             trial.model, trial.test_set, trial.eval_transform, ranks, max(trial.rank_batch, 256)
         )

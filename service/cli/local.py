@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -54,6 +56,20 @@ def _progress(spec: SweepSpec, folder: SweepFolder) -> SweepProgress:
     from service.spec.cells import total_trials
 
     return SweepProgress(console, folder, total_trials(spec), *ranking(spec))
+
+
+def _log_warnings_with_time() -> None:
+    """Timestamp a sweep driver's warnings (a tracking store that held it, ...).
+
+    Its output is read after the fact, beside the trials' timestamped logs.
+    """
+    stamped = logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
+    )
+    stamped.converter = time.gmtime  # UTC, as the trials' logs
+    handler = logging.StreamHandler()
+    handler.setFormatter(stamped)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
 
 
 def _execute(folder: SweepFolder, address: str | None, resume: bool) -> None:
@@ -112,6 +128,7 @@ def _start(
     from service.spec.cells import summary, total_trials
     from service.sweep.engine import SpecError, create_sweep, preflight
 
+    _log_warnings_with_time()
     spec, text = _load(spec_file)
     uri = tracking_uri or spec.tracking_uri
     if uri:
@@ -182,6 +199,7 @@ class LocalSweeps:
 
     def resume(self, sweep: str) -> None:
         """Continue a sweep whose driver died or was interrupted; finished trials are kept."""
+        _log_warnings_with_time()
         folder = self._find(sweep)
         console.print(f"[bold]{folder.sweep_id}[/]: resuming ({len(folder.records())} trials done)")
         _execute(folder, self.address, resume=True)

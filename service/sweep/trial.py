@@ -36,7 +36,7 @@ from service.sweep.worker import (
     train_loop_per_worker,
 )
 from service.tracking.store import Tracking
-from service.tracking.trial_runs import child_run, flatten, trial_yaml
+from service.tracking.trial_runs import flatten, trial_yaml
 from trainers.config import TrainConfig
 from trainers.data.datasets import data_location, is_synthetic
 from trainers.mixing.base import LambdaMode
@@ -207,30 +207,26 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         log_path, f"trial {trial_name(cell_id, seed, params)} ({trial_id}): driver on node {node}"
     )
 
-    track = Tracking(**context.tracking) if context.tracking else None
-    run_id = None
-    if track is not None:
-        cell = context.cells[cell_id]
-        run_id = child_run(
-            track,
-            trial_id=trial_id,
-            name=trial_name(cell_id, seed, params),
-            tags={
-                **{axis: str(getattr(cell, axis)) for axis in AXES},
-                "seed": str(seed),
-                "cell": cell_id,
-            },
-            params=_flat_params(trial, params),
-            trial_yaml=trial_yaml(trial.model_dump(mode="json")),
-            log=lambda line: append_log(log_path, line),
-            outbox=folder.tracking_outbox_dir,  # MLflow down: the run is made later
-        )
+    cell = context.cells[cell_id]
+    # The child run is opened by rank 0 while it builds the trial (TrialLogger.start); MLflow
+    # down, it is made later from the sweep's outbox.
+    run_plan = {
+        "trial_id": trial_id,
+        "name": trial_name(cell_id, seed, params),
+        "tags": {
+            **{axis: str(getattr(cell, axis)) for axis in AXES},
+            "seed": str(seed),
+            "cell": cell_id,
+        },
+        "params": _flat_params(trial, params),
+        "trial_yaml": trial_yaml(trial.model_dump(mode="json")),
+    }
     loop_config = {
         "trial": trial.model_dump(mode="json"),
         "trial_id": trial_id,
         "sweep_dir": context.folder,
         "tracking": context.tracking,
-        "run_id": run_id,
+        "run_plan": run_plan,
     }
     try:
         if in_place:

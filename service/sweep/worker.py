@@ -187,8 +187,9 @@ def train(
     ``config`` is built by ``service.sweep.trial``.
 
     Keys: ``trial`` (the TrainConfig as JSON), ``trial_id``, ``sweep_dir``, ``tracking`` (a
-    ``Tracking`` as a dict, or None) and ``run_id`` (the trial's child run). ``main``: rank 0,
-    which logs; ``resume_from``: a checkpoint folder to go on from; ``hand_over(metrics,
+    ``Tracking`` as a dict, or None) and ``run_plan`` (``child_run``'s keywords: the trial's
+    child run, opened by rank 0 while it builds the trial). ``main``: rank 0, which logs and
+    tracks; ``resume_from``: a checkpoint folder to go on from; ``hand_over(metrics,
     checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns);
     ``kept``: where ``resume_from`` was kept, for the log (a bucket's checkpoint is downloaded).
     """
@@ -202,11 +203,10 @@ def train(
             append_log(log_path, line)
 
     logger = None
-    if main and config.get("tracking") and config.get("run_id"):
-        logger = TrialLogger(
-            Tracking(**config["tracking"]), config["run_id"], log, folder.tracking_outbox_dir
+    if main and config.get("tracking") and config.get("run_plan"):
+        logger = TrialLogger.start(
+            Tracking(**config["tracking"]), config["run_plan"], log, folder.tracking_outbox_dir
         )
-        logger.log_provenance()
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         log(_epoch_line(metrics))
@@ -243,6 +243,11 @@ def train(
         if logger is not None:
             logger.close(error=message)
         return None
+    finally:
+        if logger is not None:
+            # Whatever ended the trial, its run is open (or in the outbox) before the trial's
+            # driver looks for it to record the end (SweepCallback).
+            logger.settle()
 
 
 def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:

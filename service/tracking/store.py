@@ -31,6 +31,10 @@ ARTIFACT_ERROR_TAG = "dmsweep.artifact_error"
 LASTING_ERRORS = (NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError)
 
 logger = logging.getLogger(__name__)
+# A tracking call that takes this long is named in the log: a store locked or far away. (A
+# driver's first call opens MLflow's store, a few seconds of imports and schema checks, one
+# driver at a time: see prepare_store.)
+SLOW_TRACKING_S = 10.0
 
 T = TypeVar("T")
 
@@ -174,14 +178,20 @@ def best_effort(
     Requests fail fast (``quick_http``: no client-side retries, 10 s timeout) and are tried
     ``attempts`` times: with the server down that is about 1.5 s, with one that never answers
     about ``attempts`` x 10 s. An MLflow outage never ends or holds a sweep; the caller keeps
-    what was not sent (``service.tracking.outbox``).
+    what was not sent (``service.tracking.outbox``). A call that succeeds after
+    ``SLOW_TRACKING_S`` or more is told to ``log`` too: a sweep or trial that stalled says why.
     """
+    started = time.monotonic()
     try:
         with quick_http():
-            return retrying(call, attempts)
+            result = retrying(call, attempts)
     except Exception as error:
         log(f"tracking: {what} waits for MLflow: {type(error).__name__}: {str(error)[:500]}")
         return None
+    waited = time.monotonic() - started
+    if waited >= SLOW_TRACKING_S:
+        log(f"tracking: {what} took {waited:.1f} s: MLflow was slow to answer")
+    return result
 
 
 # quick_http's users at this moment: the variables are the whole process's, and a sweep's

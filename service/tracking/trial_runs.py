@@ -24,6 +24,11 @@ artifact of a trial that cannot be stored (its YAML, the checkpoint, the learnin
 never fails the trial or the sweep, and is not sent later: the error, with
 the path it names, goes to the trial's log and to a tag ``dmsweep.artifact_error.<artifact>``
 of the run.
+
+Rank 0 finds or creates its child run on a thread of its own (``TrialLogger.start``) while the
+trial builds its model and opens its data: a trial never waits for MLflow before its first
+step. Metrics of epochs that end before the run exists wait with the others and go with the
+next epoch's.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,30 +189,77 @@ def end_trial_run(
 
 @dataclass
 class TrialLogger:
-    """Rank 0's writer to a trial's child run, buffering what the store does not take."""
+    """Rank 0's writer to a trial's child run, buffering what the store does not take.
+
+    ``run`` resolves to the child run's id, or to None when MLflow did not answer in time (the
+    run then waits in the outbox and gets the trial's final metrics; the trial trains
+    untracked).
+    """
 
     tracking: Tracking
-    run_id: str
+    run: Future[str | None]
     log: Callable[[str], None] = print
     # the sweep's tracking_outbox: what is still unsent at the end is sent later from there
     outbox: AnyPath | None = None
     pending: list[Metric] = field(default_factory=list)
     _client: MlflowClient | None = field(default=None, repr=False)
 
+    @classmethod
+    def start(
+        cls,
+        tracking: Tracking,
+        plan: Mapping[str, Any],
+        log: Callable[[str], None] = print,
+        outbox: AnyPath | None = None,
+    ) -> TrialLogger:
+        """A logger whose child run is opened on a thread of its own: the caller goes on.
+
+        ``plan`` holds ``child_run``'s keywords; the run is found or created, then given the
+        provenance (code, packages, hardware) of this process, the one that trains.
+        """
+
+        def open_run() -> str | None:
+            run_id = child_run(tracking, **plan, log=log, outbox=outbox)
+            if run_id is not None:
+                client = tracking.client()
+
+                def tag_provenance() -> None:
+                    tags = [RunTag(k, v) for k, v in provenance().items()]
+                    client.log_batch(run_id, tags=tags)
+
+                best_effort(tag_provenance, "provenance", log)
+            return run_id
+
+        # One thread, ended once the run is open: it holds no lock and every wait in it is
+        # bounded (best_effort), so a trial that ends first never waits long for it (settle).
+        opener = ThreadPoolExecutor(1, thread_name_prefix="dmsweep-child-run")
+        run = opener.submit(open_run)
+        opener.shutdown(wait=False)
+        return cls(tracking, run, log, outbox)
+
+    @property
+    def run_id(self) -> str | None:
+        """The child run's id once it is open (waits for it; bounded), or None without one."""
+        return self.run.result()
+
+    def settle(self) -> str | None:
+        """Wait until the run is open or known not to be (a trial that ends before it)."""
+        return self.run_id
+
     @property
     def client(self) -> MlflowClient:
-        """Made on first use: the logger travels to the worker by pickle."""
+        """Made on first use."""
         if self._client is None:
             self._client = self.tracking.client()
         return self._client
 
-    def _flush(self, attempts: int = 1, quick: bool = False) -> None:
+    def _flush(self, run_id: str, attempts: int = 1, quick: bool = False) -> None:
         while self.pending:
             batch = self.pending[:MAX_METRICS_PER_BATCH]
             try:
                 with quick_http() if quick else contextlib.nullcontext():
                     retrying(
-                        functools.partial(self.client.log_batch, self.run_id, metrics=batch),
+                        functools.partial(self.client.log_batch, run_id, metrics=batch),
                         attempts,
                     )
             except Exception as error:
@@ -214,32 +267,39 @@ class TrialLogger:
                 return
             del self.pending[: len(batch)]
 
-    def log_provenance(self) -> None:
-        """Code, packages and hardware of the process that trains (rank 0's node)."""
-        tags = [RunTag(k, v) for k, v in provenance().items()]
-        best_effort(lambda: self.client.log_batch(self.run_id, tags=tags), "provenance", self.log)
-
     def log_epoch(self, metrics: Mapping[str, float]) -> None:
         """Per-epoch metrics, step = epoch; sent now or with a later epoch (never waits)."""
         now = int(time.time() * 1000)
         step = int(metrics["epoch"])
         self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items() if k != "epoch"]
-        self._flush(quick=True)
+        if not self.run.done():
+            return  # the run is still being opened: these go with a later epoch's
+        run_id = self.run.result()
+        if run_id is None:  # no run: the trial trains untracked (its run comes later)
+            self.pending.clear()
+            return
+        self._flush(run_id, quick=True)
 
     def log_artifacts(self, folder: str, artifact_path: str) -> None:
         """A folder of files (the final checkpoint)."""
+        run_id = self.run_id
+        if run_id is None:
+            return
         try:
             with quick_http():
-                retrying(lambda: self.client.log_artifacts(self.run_id, folder, artifact_path), 3)
+                retrying(lambda: self.client.log_artifacts(run_id, folder, artifact_path), 3)
         except Exception as error:
-            self.log(f"tracking: {artifact_error(self.client, self.run_id, artifact_path, error)}")
+            self.log(f"tracking: {artifact_error(self.client, run_id, artifact_path, error)}")
 
     def log_learning_curve(self) -> None:
         """A PNG of validation top-1 and training loss per epoch, from the run's history."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        self._flush(attempts=3, quick=True)  # metrics still waiting would miss the curve
+        run_id = self.run_id
+        if run_id is None:
+            return
+        self._flush(run_id, attempts=3, quick=True)  # metrics still waiting would miss the curve
         if self.pending:
             self.log("tracking: no learning curve, MLflow does not have every epoch yet")
             return
@@ -247,7 +307,7 @@ class TrialLogger:
             with quick_http():
                 history = {
                     name: sorted(
-                        (m.step, m.value) for m in self.client.get_metric_history(self.run_id, name)
+                        (m.step, m.value) for m in self.client.get_metric_history(run_id, name)
                     )
                     for name in CURVE_METRICS
                 }
@@ -270,9 +330,9 @@ class TrialLogger:
             path.write_bytes(buffer.getvalue())
             try:
                 with quick_http():
-                    retrying(lambda: self.client.log_artifact(self.run_id, str(path)), 3)
+                    retrying(lambda: self.client.log_artifact(run_id, str(path)), 3)
             except Exception as error:
-                problem = artifact_error(self.client, self.run_id, path.name, error)
+                problem = artifact_error(self.client, run_id, path.name, error)
                 self.log(f"tracking: {problem}")
 
     def close(self, error: str | None = None) -> list[str]:
@@ -280,30 +340,34 @@ class TrialLogger:
 
         With an ``outbox``, what MLflow still does not take (metrics, the run's end) is left
         there for the sweep's driver to send later: nothing is lost. Without one, the metric
-        values that could not be sent are named in the log and a tag of the run.
+        values that could not be sent are named in the log and a tag of the run. Without a run
+        (MLflow did not answer when it was opened) there is nothing to send: the driver makes
+        the run later, with the trial's final metrics.
         """
-        self._flush(attempts=3, quick=True)
+        run_id = self.run_id
+        if run_id is None:
+            self.pending.clear()
+            return []
+        self._flush(run_id, attempts=3, quick=True)
         status = RunStatus.to_string(RunStatus.FAILED if error is not None else RunStatus.FINISHED)
         if self.outbox is not None:
             from service.tracking.outbox import Outbox, metrics_write
 
             def end() -> bool:
-                end_trial_run(self.tracking, self.run_id, error, attempts=1)
+                end_trial_run(self.tracking, run_id, error, attempts=1)
                 return True
 
             closed = not self.pending and best_effort(end, "closing the run", self.log)
             if not closed:
                 outbox = Outbox(self.outbox)
                 if self.pending:
-                    outbox.add(metrics_write(self.run_id, self.pending))
+                    outbox.add(metrics_write(run_id, self.pending))
                     self.log(
                         f"tracking: {len(self.pending)} metric values wait in "
                         f"{self.outbox} for MLflow; the sweep's driver sends them"
                     )
                 tags = {"dmsweep.error": error[:5000]} if error is not None else {}
-                outbox.add(
-                    {"op": "close_run", "run_id": self.run_id, "status": status, "tags": tags}
-                )
+                outbox.add({"op": "close_run", "run_id": run_id, "status": status, "tags": tags})
                 self.pending = []
             return []
         lost = [f"{m.key}@epoch{m.step}" for m in self.pending]
@@ -313,8 +377,8 @@ class TrialLogger:
             with quick_http():
                 if lost:
                     tag = ", ".join(lost)[:5000]
-                    retrying(lambda: self.client.set_tag(self.run_id, "dmsweep.lost_metrics", tag))
-                end_trial_run(self.tracking, self.run_id, error)
+                    retrying(lambda: self.client.set_tag(run_id, "dmsweep.lost_metrics", tag))
+                end_trial_run(self.tracking, run_id, error)
         except Exception as failure:
             self.log(f"tracking: the run could not be closed: {failure}")
         return lost

@@ -8,6 +8,9 @@ training thread only copies finished uint8 crops to the device. CIFAR-sized
 data held in memory keeps the batched path (crops on the device, :mod:`trainers.augment`) unless
 its recipe asks for a per-sample transform; the per-sample path serves it just as well.
 
+Evaluation overlaps the next epoch's data: the loop asks for that epoch's batches
+(:meth:`SampleLoader.prefetch`) before it evaluates, and the workers fill their queues meanwhile.
+
 Reproducibility: a sample's transform is seeded with ``sample_seed(seed, epoch, position)``,
 ``position`` being its place in the epoch's order, so an epoch gives the same batches whatever the
 number of workers (0 runs in-process) and a run resumed at an epoch boundary continues bitwise.
@@ -104,10 +107,17 @@ class _EpochBatches(Sampler[list[SampleKey]]):
         return range(0, usable, self.batch_size)
 
     def __iter__(self) -> Iterator[list[SampleKey]]:
-        index = self.order.tolist()
-        for start in self.starts():
-            end = min(start + self.batch_size, len(index))
-            yield [(self.epoch, p, index[p]) for p in range(start, end)]
+        # The epoch is read now, when the DataLoader's iterator is made: an iterator started
+        # ahead (prefetch) keeps its epoch whatever is set after it.
+        return self._keys(self.epoch, self.order.tolist(), self.batch_size, self.starts())
+
+    @staticmethod
+    def _keys(
+        epoch: int, index: list[int], batch_size: int, starts: range
+    ) -> Iterator[list[SampleKey]]:
+        for start in starts:
+            end = min(start + batch_size, len(index))
+            yield [(epoch, p, index[p]) for p in range(start, end)]
 
     def __len__(self) -> int:
         return len(self.starts())
@@ -147,6 +157,7 @@ class SampleLoader:
             raise ValueError(f"loader workers must be >= 0; got {workers}")
         self.seed, self.workers = seed, workers
         self._batches = _EpochBatches()
+        self._ahead: tuple[tuple[int, int, Tensor], Iterator[LoadedBatch]] | None = None
         self._loader = DataLoader(
             _Samples(source, transform, seed),
             batch_sampler=self._batches,
@@ -157,15 +168,46 @@ class SampleLoader:
             # second loader started beside live ones is about 10x slower to its first batch.
             persistent_workers=False,
             prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+            # Its own stream for the workers' base seed (which no transform here uses): the
+            # process-wide one, saved in checkpoints, is not drawn from when an epoch starts.
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def epoch(self, epoch: int, order: Tensor, batch_size: int) -> Iterator[LoadedBatch]:
-        """The batches of one epoch: ``order`` (image indices) cut into ``batch_size`` pieces."""
+        """The batches of one epoch: ``order`` (image indices) cut into ``batch_size`` pieces.
+
+        The epoch :meth:`prefetch` started, when it asked for the same; a new start otherwise.
+        """
+        order = torch.as_tensor(order, dtype=torch.long)
+        if self._ahead is not None:
+            (ahead_epoch, ahead_batch, ahead_order), batches = self._ahead
+            self._ahead = None
+            if (ahead_epoch, ahead_batch) == (epoch, batch_size) and torch.equal(
+                ahead_order, order
+            ):
+                return batches
+        return self._start(epoch, order, batch_size)
+
+    def prefetch(self, epoch: int, order: Tensor, batch_size: int) -> None:
+        """Start the workers on an epoch now: they fill their queues while the caller evaluates.
+
+        :meth:`epoch` with the same arguments then yields these batches.
+        """
+        order = torch.as_tensor(order, dtype=torch.long)
+        self._ahead = ((epoch, batch_size, order), self._start(epoch, order, batch_size))
+
+    def _start(self, epoch: int, order: Tensor, batch_size: int) -> Iterator[LoadedBatch]:
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2; got {batch_size}")
-        self._batches.set(epoch, torch.as_tensor(order, dtype=torch.long), batch_size)
+        self._batches.set(epoch, order, batch_size)
         starts = self._batches.starts()
-        for start, (images, labels) in zip(starts, self._loader, strict=True):
+        loaded = iter(self._loader)  # the workers start and fill their queues from here
+        return self._loaded(epoch, starts, loaded)
+
+    def _loaded(
+        self, epoch: int, starts: range, loaded: Iterator[tuple[Tensor, Tensor]]
+    ) -> Iterator[LoadedBatch]:
+        for start, (images, labels) in zip(starts, loaded, strict=True):
             seed = sample_seed(self.seed, epoch, start, BATCH_STREAM)
             yield LoadedBatch(images, labels, seed, start)
 
