@@ -1,8 +1,10 @@
 """Mixing policies: each takes a batch and a ``torch.Generator`` and returns a ``MixedBatch``.
 
 ``POLICIES`` maps the names used in sweep specs to the policies, a plain dict. The static
-policies of the paper (Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix) are here; the
-dynamic ones (PuzzleMix, AutoMix, SAMix) join them in later issues.
+policies of the paper (Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix) are here. The
+dynamic ones need the model (a saliency pass, a Mix Block trained beside it): their cores are
+``puzzlemix.py`` and ``mix_block.py``, not yet methods a trial can choose (issue 16 wires them
+into the loop).
 """
 
 from trainers.mixing.base import MixedBatch, MixingPolicy
