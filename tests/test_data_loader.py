@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -243,3 +244,10 @@ def test_the_next_epoch_is_cropped_while_the_caller_evaluates_and_gives_the_same
     other = [b.images for b in loader.epoch(3, order, 4)]  # not what was prefetched
     assert all(map(torch.equal, other, _epoch(fresh, 3, order)))
     assert not torch.equal(other[0], ahead[0])
+    loader.prefetch(4, order, 4)  # a trial that stops here: close ends the epoch's worker
+    assert multiprocessing.active_children()
+    loader.close()
+    deadline = time.monotonic() + 60
+    while multiprocessing.active_children():
+        assert time.monotonic() < deadline, "the worker of an epoch started ahead lives on"
+        time.sleep(0.05)

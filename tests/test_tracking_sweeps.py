@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -115,6 +116,11 @@ def test_a_trial_opens_its_child_run_on_its_own_thread_with_provenance(sweep_run
     assert run_id is not None and find_trial_run(track, "a_00000") == run_id
     run = track.client().get_run(run_id)
     assert run.data.tags["loss"] == "dm_ce" and run.data.params == {"eta": "0.1"}
+    deadline = time.monotonic() + 60  # the provenance follows on the same thread
+    while "dmsweep.cpu_count" not in run.data.tags:
+        assert time.monotonic() < deadline, run.data.tags
+        time.sleep(0.1)
+        run = track.client().get_run(run_id)
     assert run.data.tags["dmsweep.cpu_count"] == str(os.cpu_count())  # this process's hardware
 
 

@@ -37,6 +37,7 @@ from trainers.data.loader import SampleLoader, default_loader_workers, eval_crop
 from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks, gather
 from trainers.evaluate import accuracy, fgsm_error_rate, fixed_mixed_batch, mixed_accuracy
 from trainers.metrics import median_of_last
+from trainers.mixing import MixedBatch
 from trainers.mixing.methods import MethodMixer
 from trainers.objectives import Objective, objective
 from trainers.optim import build_ema, build_optimizer, build_scheduler
@@ -416,6 +417,23 @@ def run(
     if resume_from is not None:
         start_epoch, history, ema_history = _restore(trial, load_checkpoint(resume_from))
 
+    try:
+        return _train_epochs(trial, start_epoch, history, ema_history, fixed_mixed, report)
+    finally:
+        if trial.loader is not None:
+            trial.loader.close()  # an epoch started ahead, when the trial stops after it
+
+
+def _train_epochs(
+    trial: Trial,
+    start_epoch: int,
+    history: list[float],
+    ema_history: list[float],
+    fixed_mixed: MixedBatch,
+    report: Report,
+) -> dict[str, float]:
+    """Epochs ``start_epoch`` to the last: train, evaluate, checkpoint, report."""
+    config, ranks = trial.config, trial.ranks
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, trial.epochs):
         started = time.perf_counter()

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 from rich.markdown import Markdown
@@ -58,6 +58,22 @@ def _progress(spec: SweepSpec, folder: SweepFolder) -> SweepProgress:
     return SweepProgress(console, folder, total_trials(spec), *ranking(spec))
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when a line comes.
+
+    The progress display replaces it while it is live; lines written through its stand-in are
+    printed above the bars.
+    """
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def _log_warnings_with_time() -> None:
     """Timestamp a sweep driver's warnings (a tracking store that held it, ...).
 
@@ -67,7 +83,7 @@ def _log_warnings_with_time() -> None:
         "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%Y-%m-%d %H:%M:%S"
     )
     stamped.converter = time.gmtime  # UTC, as the trials' logs
-    handler = logging.StreamHandler()
+    handler = _CurrentStderr()
     handler.setFormatter(stamped)
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
 

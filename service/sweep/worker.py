@@ -174,6 +174,35 @@ def _downloaded(checkpoint: BucketPath) -> Iterator[str]:
         yield str(local)
 
 
+def _trial_log(config: dict[str, Any], main: bool) -> Callable[[str], None]:
+    """What writes lines to the trial's log: rank 0 only."""
+    folder = SweepFolder(as_path(config["sweep_dir"]))
+    log_path = folder.log_file(config["trial_id"])
+
+    def log(line: str) -> None:
+        if main:
+            append_log(log_path, line)
+
+    return log
+
+
+def open_trial_run(config: dict[str, Any]) -> TrialLogger | None:
+    """Rank 0's logger of the trial's child run, opened on its own thread (None: untracked).
+
+    Opened first thing, before anything that may fail, so that a trial that fails has a run
+    to record it.
+    """
+    if not (config.get("tracking") and config.get("run_plan")):
+        return None
+    folder = SweepFolder(as_path(config["sweep_dir"]))
+    return TrialLogger.start(
+        Tracking(**config["tracking"]),
+        config["run_plan"],
+        _trial_log(config, main=True),
+        folder.tracking_outbox_dir,
+    )
+
+
 def train(
     config: dict[str, Any],
     *,
@@ -181,6 +210,7 @@ def train(
     resume_from: str | None,
     hand_over: HandOver,
     kept: str | None = None,
+    logger: TrialLogger | None = None,
 ) -> dict[str, float] | None:
     """Train one trial here; the last epoch's metrics (None: a failure a retry would repeat).
 
@@ -191,27 +221,19 @@ def train(
     child run, opened by rank 0 while it builds the trial). ``main``: rank 0, which logs and
     tracks; ``resume_from``: a checkpoint folder to go on from; ``hand_over(metrics,
     checkpoint_dir)``: gives each epoch to Ray (the folder is removed once it returns);
-    ``kept``: where ``resume_from`` was kept, for the log (a bucket's checkpoint is downloaded).
+    ``kept``: where ``resume_from`` was kept, for the log (a bucket's checkpoint is downloaded);
+    ``logger``: rank 0's (``open_trial_run``), None elsewhere or untracked.
     """
     trial = TrainConfig.model_validate(config["trial"])
     folder = SweepFolder(as_path(config["sweep_dir"]))
     trial_id = config["trial_id"]
-    log_path = folder.log_file(trial_id)
-
-    def log(line: str) -> None:
-        if main:
-            append_log(log_path, line)
-
-    logger = None
-    if main and config.get("tracking") and config.get("run_plan"):
-        logger = TrialLogger.start(
-            Tracking(**config["tracking"]), config["run_plan"], log, folder.tracking_outbox_dir
-        )
+    log = _trial_log(config, main)
 
     def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         log(_epoch_line(metrics))
         last_epoch = "top1_best" in metrics
         if logger is not None:
+            logger.settle()  # opened while the trial was built and trained (seldom a wait)
             logger.log_epoch(metrics)
         # Closed before the last report: a scheduler may stop the trial as soon as Tune has it.
         if last_epoch and logger is not None:
@@ -245,8 +267,8 @@ def train(
         return None
     finally:
         if logger is not None:
-            # Whatever ended the trial, its run is open (or in the outbox) before the trial's
-            # driver looks for it to record the end (SweepCallback).
+            # Whatever ended the trial before its first epoch, its run is open (or in the
+            # outbox) before the sweep's driver looks for it to record the end (SweepCallback).
             logger.settle()
 
 
@@ -258,6 +280,17 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
     it first).
     """
     folder = SweepFolder(as_path(config["sweep_dir"]))
+    logger = open_trial_run(config)
+    try:
+        return _train_in_place(config, folder, logger)
+    finally:
+        if logger is not None:
+            logger.settle()  # a trial failing before training: its run is there to record it
+
+
+def _train_in_place(
+    config: dict[str, Any], folder: SweepFolder, logger: TrialLogger | None
+) -> dict[str, float] | None:
     checkpoints = TrialCheckpoints(folder.train_dir / config["trial_id"])
     try:
         checkpoints.folder.mkdir(parents=True, exist_ok=True)  # storage checked before training
@@ -278,10 +311,15 @@ def train_in_trial(config: dict[str, Any]) -> dict[str, float] | None:
     except OSError as error:
         raise CheckpointStorageError(f"the trial's checkpoints: {error}") from error
     if newest is None:
-        return train(config, main=True, resume_from=None, hand_over=hand_over)
+        return train(config, main=True, resume_from=None, hand_over=hand_over, logger=logger)
     with checkpoints.local(newest) as resume_from:
         return train(
-            config, main=True, resume_from=resume_from, hand_over=hand_over, kept=str(newest)
+            config,
+            main=True,
+            resume_from=resume_from,
+            hand_over=hand_over,
+            kept=str(newest),
+            logger=logger,
         )
 
 
@@ -293,9 +331,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
     main = ray.train.get_context().get_world_rank() == 0
+    logger = open_trial_run(config) if main else None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        train(config, main=main, resume_from=None, hand_over=hand_over)
+        train(config, main=main, resume_from=None, hand_over=hand_over, logger=logger)
         return
     with checkpoint.as_directory() as resume_from:
-        train(config, main=main, resume_from=resume_from, hand_over=hand_over)
+        train(config, main=main, resume_from=resume_from, hand_over=hand_over, logger=logger)

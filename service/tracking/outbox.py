@@ -3,19 +3,19 @@
 Every MLflow call of the engine is best-effort (``service.tracking.store.best_effort``: bounded
 waiting, never raised into Ray Tune, whose callbacks' errors end the sweep). What still fails is
 written here, one JSON file per write in ``tracking_outbox/`` of the sweep folder, by whichever
-process made it: a trial's driver (its child run), a trial's worker (metrics left when it
-closes its run), the sweep's driver (closing stopped trials' runs, the parent run and its
-report). The sweep's driver sends them again while the sweep runs (``SweepCallback``, at most
-every ``FLUSH_EVERY_S``), at its end and when it is resumed; a write is removed once MLflow took
-it. Each write is idempotent (runs are found by their tags before one is created), so a write
-sent twice (a driver killed after sending, before removing) does no harm.
+process made it: a trial's rank 0 (its child run, and metrics left when it closes it), the
+sweep's driver (closing stopped trials' runs, the parent run and its report). The sweep's
+driver sends them again while the sweep runs (``SweepCallback``, at most every
+``FLUSH_EVERY_S``), at its end and when it is resumed; a write is removed once MLflow took it.
+Each write is idempotent (runs are found by their tags before one is created), so a write sent
+twice (a driver killed after sending, before removing) does no harm.
 
 Writes (``op``):
 
 * ``sweep_run``: the parent run that could not be created with the sweep (MLflow was down).
   Its trials ran untracked; once it exists, each finished trial gets a child run with its
   record's final metrics (``backfill``).
-* ``trial_run``: a child run its trial's driver could not create; created later, with the
+* ``trial_run``: a child run its trial could not create; created later, with the
   trial's final metrics and state once it has a record.
 * ``metrics``: metric values of a run (a worker's unsent epochs).
 * ``close_run``: tags and the end state of a trial's run.

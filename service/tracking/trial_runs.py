@@ -1,4 +1,4 @@
-"""A trial's child run: found or created by its driver, written by rank 0 of its workers.
+"""A trial's child run: found or created, and written, by rank 0 of the trial's workers.
 
 * The parent run is named after the sweep id; it holds the spec (``spec.yaml``), the sweep's
   tags and provenance, and at the end the results table and the report.
@@ -37,6 +37,7 @@ import contextlib
 import functools
 import io
 import logging
+import queue
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -191,9 +192,12 @@ def end_trial_run(
 class TrialLogger:
     """Rank 0's writer to a trial's child run, buffering what the store does not take.
 
-    ``run`` resolves to the child run's id, or to None when MLflow did not answer in time (the
-    run then waits in the outbox and gets the trial's final metrics; the trial trains
-    untracked).
+    ``run`` resolves to the child run's id, or to None when there is none: MLflow did not
+    answer in time (the run then waits in the outbox and gets the trial's final metrics; the
+    trial trains untracked), or opening it failed otherwise (told to ``log``). Only the thread
+    that trains calls ``log``: what the opening thread has to say waits in ``told`` until
+    ``settle`` (a trial's log on a bucket is rewritten whole by each line, one writer at a
+    time).
     """
 
     tracking: Tracking
@@ -202,6 +206,7 @@ class TrialLogger:
     # the sweep's tracking_outbox: what is still unsent at the end is sent later from there
     outbox: AnyPath | None = None
     pending: list[Metric] = field(default_factory=list)
+    told: queue.SimpleQueue[str] = field(default_factory=queue.SimpleQueue)
     _client: MlflowClient | None = field(default=None, repr=False)
 
     @classmethod
@@ -217,34 +222,51 @@ class TrialLogger:
         ``plan`` holds ``child_run``'s keywords; the run is found or created, then given the
         provenance (code, packages, hardware) of this process, the one that trains.
         """
+        told: queue.SimpleQueue[str] = queue.SimpleQueue()
+        tell = told.put
 
         def open_run() -> str | None:
-            run_id = child_run(tracking, **plan, log=log, outbox=outbox)
-            if run_id is not None:
+            try:
+                return child_run(tracking, **plan, log=tell, outbox=outbox)
+            except Exception as error:  # the outbox unwritable, ...: the trial trains untracked
+                tell(f"tracking: the child run was not opened: {type(error).__name__}: {error}")
+                return None
+
+        def tag_provenance() -> None:
+            try:
+                run_id = run.result()
+                if run_id is None:
+                    return
+                tags = [RunTag(k, v) for k, v in provenance().items()]
                 client = tracking.client()
+                best_effort(lambda: client.log_batch(run_id, tags=tags), "provenance", tell)
+            except Exception as error:
+                tell(f"tracking: no provenance on the run: {type(error).__name__}: {error}")
 
-                def tag_provenance() -> None:
-                    tags = [RunTag(k, v) for k, v in provenance().items()]
-                    client.log_batch(run_id, tags=tags)
-
-                best_effort(tag_provenance, "provenance", log)
-            return run_id
-
-        # One thread, ended once the run is open: it holds no lock and every wait in it is
-        # bounded (best_effort), so a trial that ends first never waits long for it (settle).
+        # One thread, ended once both are done: it holds no lock and every wait in it is
+        # bounded (best_effort). The run's id is known before the provenance is written.
         opener = ThreadPoolExecutor(1, thread_name_prefix="dmsweep-child-run")
         run = opener.submit(open_run)
+        opener.submit(tag_provenance)
         opener.shutdown(wait=False)
-        return cls(tracking, run, log, outbox)
+        return cls(tracking, run, log, outbox, told=told)
 
     @property
     def run_id(self) -> str | None:
         """The child run's id once it is open (waits for it; bounded), or None without one."""
-        return self.run.result()
+        return self.settle()
 
     def settle(self) -> str | None:
-        """Wait until the run is open or known not to be (a trial that ends before it)."""
-        return self.run_id
+        """Wait until the run is open or known not to be; tell what the opening had to say.
+
+        The training thread calls it before each epoch goes to Tune: a trial that Tune stops
+        or that fails has its run (or its place in the outbox) before the sweep's driver
+        looks for it to record the end, and no epoch waits unsent behind the opening.
+        """
+        run_id = self.run.result()  # open_run returns None rather than raise
+        while not self.told.empty():
+            self.log(self.told.get())
+        return run_id
 
     @property
     def client(self) -> MlflowClient:

@@ -163,9 +163,10 @@ class SampleLoader:
             batch_sampler=self._batches,
             num_workers=workers,
             pin_memory=pin_memory,
-            # Workers start with each epoch and end with it (a fork: ~0.1 s, next to an epoch of
-            # photos). Persistent workers would outlive a run that stops on an exception, and a
-            # second loader started beside live ones is about 10x slower to its first batch.
+            # Workers start with each epoch (ahead of it: prefetch) and end with it (a fork:
+            # ~0.1 s, next to an epoch of photos). Persistent workers would outlive a run that
+            # stops on an exception, and a second loader started beside live ones is about 10x
+            # slower to its first batch.
             persistent_workers=False,
             prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
             # Its own stream for the workers' base seed (which no transform here uses): the
@@ -202,14 +203,23 @@ class SampleLoader:
         self._batches.set(epoch, order, batch_size)
         starts = self._batches.starts()
         loaded = iter(self._loader)  # the workers start and fill their queues from here
-        return self._loaded(epoch, starts, loaded)
+        return self._loaded(self.seed, epoch, starts, loaded)
 
+    def close(self) -> None:
+        """End the workers of an epoch started ahead that will not be trained.
+
+        A trial that stops, or fails, after ``prefetch``; nothing else runs between epochs.
+        """
+        self._ahead = None  # the last reference to its iterator, whose workers end with it
+
+    @staticmethod
     def _loaded(
-        self, epoch: int, starts: range, loaded: Iterator[tuple[Tensor, Tensor]]
+        seed: int, epoch: int, starts: range, loaded: Iterator[tuple[Tensor, Tensor]]
     ) -> Iterator[LoadedBatch]:
+        # Static: a generator holding the loader would keep the workers of an epoch started
+        # ahead alive until the cyclic garbage collector ran.
         for start, (images, labels) in zip(starts, loaded, strict=True):
-            seed = sample_seed(self.seed, epoch, start, BATCH_STREAM)
-            yield LoadedBatch(images, labels, seed, start)
+            yield LoadedBatch(images, labels, sample_seed(seed, epoch, start, BATCH_STREAM), start)
 
 
 class EvalCrops:
