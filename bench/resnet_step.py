@@ -10,11 +10,16 @@ import torch.nn.functional as F
 from _timing import median_seconds
 
 
+def resnet18(num_classes: int, device: torch.device) -> torch.nn.Module:
+    """A freshly initialised resnet18 of timm (ImageNet stem), in train mode on ``device``."""
+    return timm.create_model("resnet18", num_classes=num_classes).to(device).train()
+
+
 def resnet18_step(
     images: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> Callable[[], None]:
     """A closure running one SGD step of timm's resnet18 on this batch."""
-    model = timm.create_model("resnet18", num_classes=num_classes).to(images.device)
+    model = resnet18(num_classes, images.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> None:

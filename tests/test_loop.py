@@ -121,7 +121,13 @@ def test_fgsm_error_is_reported_when_asked():
 
 
 def _ddp_worker(
-    rank: int, world_size: int, port: int, out: str, stop_after=None, resume_from=None
+    rank: int,
+    world_size: int,
+    port: int,
+    out: str,
+    stop_after=None,
+    resume_from=None,
+    changes: dict | None = None,
 ) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
@@ -130,7 +136,8 @@ def _ddp_worker(
         torch.set_num_threads(1)
         recorder = Recorder(keep=Path(out) / f"rank{rank}", stop_after=stop_after)
         try:
-            final = run(synthetic_trial(epochs=3, batch_size=32), recorder, resume_from)
+            trial = synthetic_trial(**{"epochs": 3, "batch_size": 32, **(changes or {})})
+            final = run(trial, recorder, resume_from)
         except KeyboardInterrupt:
             final = None
         torch.save({"metrics": recorder.metrics, "final": final}, Path(out) / f"rank{rank}.pt")
@@ -139,7 +146,14 @@ def _ddp_worker(
 
 
 def _spawn(out: Path, **options) -> tuple[dict, dict]:
-    args = (2, free_port(), str(out), options.get("stop_after"), options.get("resume_from"))
+    args = (
+        2,
+        free_port(),
+        str(out),
+        options.get("stop_after"),
+        options.get("resume_from"),
+        options.get("changes"),
+    )
     mp.spawn(_ddp_worker, args=args, nprocs=2, join=True)
     return torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
 
@@ -166,3 +180,18 @@ def test_two_ranks_train_one_model_and_resume_as_one_run(tmp_path):
     got = load_checkpoint(tmp_path / "resumed" / "rank0" / "epoch3")["model"]
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_two_ranks_train_one_model_with_puzzlemix(tmp_path):
+    """PuzzleMix's saliency pass runs on each rank's unwrapped network (no DDP hooks): the
+    ranks still step together, so the weights, and with them the mixed accuracies, agree."""
+    changes = {
+        "mixing": {"method": "puzzlemix", "alpha": 1.0},
+        "data": {"synthetic_images": {"train": 64, "test": 32}},
+        "epochs": 1,
+    }
+    rank0, rank1 = _spawn(tmp_path, changes=changes)
+    assert len(rank0["metrics"]) == len(rank1["metrics"]) == 1
+    for key in ("train_loss", "val_top1", "mixed_top1", "mixed_top2"):
+        assert rank0["metrics"][0][key] == rank1["metrics"][0][key]
+    assert 0 < rank0["final"]["train_loss"] < float("inf")

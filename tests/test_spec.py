@@ -137,6 +137,24 @@ def test_spec_uses_defaults() -> None:
     assert (bce["xi"], bce["t"]) == (1.0, 0.5)
 
 
+def test_a_spec_runs_puzzlemix_with_its_defaults() -> None:
+    """PuzzleMix is a trial's method: OpenMixup's alpha 1 for the baselines (every benchmark's
+    "Beta" column), A.3's dynamic settings with DM (alpha 2, eta 1) and its cutting-based
+    DM(BCE) settings (xi 0.8, t 1)."""
+    raw = make(method=["puzzlemix"], loss=["mce", "dm_ce", "mbce", "dm_bce"])
+    cells = cells_by_id(raw)
+    cell = "cifar100/resnet18_cifar/puzzlemix/"
+    assert cells[cell + "mce"].hyperparameters == {"alpha": 1.0}
+    assert cells[cell + "mbce"].hyperparameters == {"alpha": 1.0}
+    assert cells[cell + "dm_ce"].hyperparameters == {"alpha": 2.0, "eta": 1.0}
+    assert cells[cell + "dm_bce"].hyperparameters == {"alpha": 2.0, "xi": 0.8, "t": 1.0}
+    configs = {c.cell_id: config for c, _, config in trials(spec_from_dict(raw))}
+    bce = configs[cell + "dm_bce"]
+    assert (bce.mixing.method, bce.mixing.alpha) == ("puzzlemix", 2.0)
+    # One xi / t for every batch: PuzzleMix never switches to an interpolating policy.
+    assert bce.loss.interpolation_settings() == {}
+
+
 def test_precedence_top_level_then_overrides_later_wins() -> None:
     raw = make(
         hyperparameters={"eta": 0.5},
@@ -304,7 +322,7 @@ def test_exclude_removes_cells() -> None:
     ("changes", "path", "allowed"),
     [
         ({"method": ["mixup", "mixpu"]}, "grid.method.1", "saliencymix"),
-        ({"method": ["puzzlemix"]}, "grid.method.0", "not implemented yet"),
+        ({"method": ["automix"]}, "grid.method.0", "not implemented yet"),
         ({"dataset": ["cifar1000"]}, "grid.dataset.0", "tiny_imagenet"),
         ({"backbone": ["resnet1800"]}, "grid.backbone.0", "timm model name"),
         ({"loss": ["mce", "dmce"]}, "grid.loss.1", "dm_bce"),

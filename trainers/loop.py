@@ -258,6 +258,8 @@ def build_trial(config: TrainConfig) -> Trial:
             switch_prob=recipe.switch_prob,
             lambda_mode=config.mixing.lambda_mode,
             saliency_detector=config.mixing.saliency_detector,
+            mean=mean,
+            std=std,
         ),
         generator=generator,
         choices=torch.Generator().manual_seed(stream_seed),

@@ -40,15 +40,18 @@ LOSS_HYPERPARAMETER_NAMES = ("eta", "xi", "t")
 
 # --- mixing methods (appendix A.3) ----------------------------------------------------------
 # "static methods denote Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix, and dynamic
-# methods denote PuzzleMix, AutoMix, and SAMix". The dynamic ones are not implemented yet; they
-# are named so that the paper's defaults already cover them.
+# methods denote PuzzleMix, AutoMix, and SAMix". Of the dynamic ones only PuzzleMix is a method
+# yet (trainers.mixing.methods); AutoMix and SAMix are named so that the paper's defaults
+# already cover them.
 STATIC_POLICIES = ("mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix")
 DYNAMIC_POLICIES = ("puzzlemix", "automix", "samix")
-# Mixup and ManifoldMix interpolate; every other policy cuts and pastes.
+IMPLEMENTED_DYNAMIC_POLICIES = ("puzzlemix",)
+# Mixup and ManifoldMix interpolate; every other policy cuts and pastes (A.3: "cutting-based
+# methods denote the rest", PuzzleMix included: its mask is a labelling of blocks).
 INTERPOLATION_BASED = frozenset({"mixup", "manifoldmix"})
 # The grid's `method` axis: no mixing, Mixup/CutMix switching (DeiT and RSB A3, Table 10), and
 # every implemented policy.
-METHODS = ("vanilla", "mixup_cutmix", *STATIC_POLICIES)
+METHODS = ("vanilla", "mixup_cutmix", *STATIC_POLICIES, *IMPLEMENTED_DYNAMIC_POLICIES)
 # Methods whose trial takes no ``mixing.alpha``: vanilla does not mix; ResizeMix draws its scale
 # from U[0.1, 0.8] (trainers.mixing.resizemix); mixup_cutmix uses the recipe's two alphas.
 NO_ALPHA = frozenset({"vanilla", "resizemix", "mixup_cutmix"})

@@ -159,7 +159,9 @@ BASELINE_ALPHA_BACKBONE: dict[tuple[str, str, str], float] = {
     for method in ("cutmix", "saliencymix", "fmix", "resizemix")
 }
 
-KNOWN_METHODS = (*METHODS, *DYNAMIC_POLICIES)
+# Every method a trial can run and the dynamic policies still to come (their defaults are
+# known before they are), each once.
+KNOWN_METHODS = (*METHODS, *(m for m in DYNAMIC_POLICIES if m not in METHODS))
 
 
 def baseline_alpha(dataset: str, backbone: str, method: str) -> float:

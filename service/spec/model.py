@@ -92,7 +92,8 @@ def _check_backbone(name: str) -> str:
 
 def _check_method(name: str) -> str:
     if name not in METHODS:
-        later = " (dynamic policies are not implemented yet)" if name in DYNAMIC else ""
+        # AutoMix and SAMix: the paper's dynamic policies still to come (issue 16).
+        later = " (a dynamic policy not implemented yet)" if name in DYNAMIC else ""
         raise ValueError(f"unknown method {name!r}{later}; allowed: {', '.join(METHODS)}")
     return name
 

@@ -3,8 +3,9 @@
 ``POLICIES`` maps the names used in sweep specs to the policies, a plain dict. The static
 policies of the paper (Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix) are here. The
 dynamic ones need the model (a saliency pass, a Mix Block trained beside it): their cores are
-``puzzlemix.py`` and ``mix_block.py``, not yet methods a trial can choose (issue 16 wires them
-into the loop).
+``puzzlemix.py`` and ``mix_block.py``. PuzzleMix is a method a trial can choose
+(``methods.MethodMixer`` runs its saliency pass); the Mix Block of AutoMix and SAMix is not yet
+wired into the loop (issue 16).
 """
 
 from trainers.mixing.base import MixedBatch, MixingPolicy
