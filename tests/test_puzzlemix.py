@@ -13,12 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from trainers.mixing import graph_cut as cut
 from trainers.mixing import puzzlemix as pm
 
 torch.set_num_threads(1)
 
 
-def energies(problem: pm.LabellingProblem, labels: np.ndarray) -> np.ndarray:
+def energies(problem: cut.LabellingProblem, labels: np.ndarray) -> np.ndarray:
     """The energy of each labelling in ``labels`` (K, B, B), written out term by term."""
     n_labels = problem.unary.shape[-1]
     z = labels / (n_labels - 1)
@@ -36,11 +37,11 @@ def all_labellings(n_labels: int, rows: int, cols: int) -> np.ndarray:
 
 def random_problem(
     rng: np.random.Generator, n_labels: int, rows: int, cols: int, smooth: float = 1.0
-) -> pm.LabellingProblem:
+) -> cut.LabellingProblem:
     """Unary costs of either sign; weights >= 0, some exactly 0, at ``smooth`` times the unary."""
     down = rng.random((rows - 1, cols)) * smooth * (rng.random((rows - 1, cols)) > 0.2)
     right = rng.random((rows, cols - 1)) * smooth * (rng.random((rows, cols - 1)) > 0.2)
-    return pm.LabellingProblem(
+    return cut.LabellingProblem(
         unary=rng.normal(size=(rows, cols, n_labels)), down=down, right=right
     )
 
@@ -53,7 +54,7 @@ def test_graph_cut_finds_the_brute_force_optimum(n_labels, rows, cols):
     for smooth in (0.0, 0.3, 1.0, 3.0, 10.0):
         for _ in range(4):
             problem = random_problem(rng, n_labels, rows, cols, smooth)
-            found = pm.solve_labelling(problem)
+            found = cut.solve_labelling(problem)
             assert found.shape == (rows, cols) and found.min() >= 0 and found.max() < n_labels
             best = energies(problem, candidates).min()
             assert energies(problem, found[None])[0] == pytest.approx(best, rel=1e-9, abs=1e-9)
@@ -71,7 +72,7 @@ def test_graph_cut_on_puzzlemix_energies_matches_brute_force():
     )
     candidates = all_labellings(2, 3, 3)
     for problem in problems:
-        found = pm.solve_labelling(problem)
+        found = cut.solve_labelling(problem)
         assert energies(problem, found[None])[0] == pytest.approx(
             energies(problem, candidates).min(), rel=1e-9, abs=1e-12
         )
@@ -81,7 +82,7 @@ def test_three_labels_no_worse_than_many_random_labellings():
     rng = np.random.default_rng(7)
     for _ in range(5):
         problem = random_problem(rng, 3, 6, 6, smooth=2.0)
-        found = energies(problem, pm.solve_labelling(problem)[None])[0]
+        found = energies(problem, cut.solve_labelling(problem)[None])[0]
         random = rng.integers(0, 3, size=(5000, 6, 6))
         assert found <= energies(problem, random).min() + 1e-12
 
@@ -91,7 +92,7 @@ def test_no_single_block_change_improves_a_large_labelling(n_labels):
     """Beyond brute force (16 x 16): every labelling one block away costs at least as much."""
     rng = np.random.default_rng(n_labels)
     problem = random_problem(rng, n_labels, 16, 16, smooth=0.5)
-    found = pm.solve_labelling(problem)
+    found = cut.solve_labelling(problem)
     neighbours = np.repeat(found[None], 256 * n_labels, axis=0)
     blocks_, labels = np.divmod(np.arange(256 * n_labels), n_labels)
     neighbours[np.arange(len(neighbours)), blocks_ // 16, blocks_ % 16] = labels
@@ -175,10 +176,10 @@ def test_larger_smoothness_weight_gives_fewer_boundaries():
     unary = rng.normal(size=(8, 8, 2))
     counts = []
     for weight in (0.0, 0.05, 0.2, 0.5, 1.0, 3.0, 100.0):
-        problem = pm.LabellingProblem(
+        problem = cut.LabellingProblem(
             unary=unary, down=np.full((7, 8), weight), right=np.full((8, 7), weight)
         )
-        counts.append(boundaries(pm.solve_labelling(problem)))
+        counts.append(boundaries(cut.solve_labelling(problem)))
     assert counts == sorted(counts, reverse=True)
     assert counts[0] > 20 and counts[-1] == 0
 
@@ -369,8 +370,8 @@ def test_bad_arguments_are_named():
             generator=generator,
             workers=-1,
         )
-    nan = pm.LabellingProblem(
+    nan = cut.LabellingProblem(
         unary=np.full((2, 2, 2), np.nan), down=np.zeros((1, 2)), right=np.zeros((2, 1))
     )
     with pytest.raises(ValueError, match="finite"):
-        pm.solve_labelling(nan)
+        cut.solve_labelling(nan)
