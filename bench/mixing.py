@@ -14,6 +14,12 @@ backward of the same resnet18) and its masks (``puzzlemix`` on a fixed saliency:
 on the CPU, ``--puzzlemix-workers`` processes, then the transport), for each grid size of
 OpenMixup's settings; the pass plus the mean over grid sizes (each batch draws one uniformly)
 is its cost. It has no target: the paper counts it among the costly dynamic methods.
+
+AutoMix and SAMix (dynamic, issue 16) learn their masks beside the backbone: a step of theirs
+(``LearnedMixing``: the momentum encoder's features, two masks of the Mix Block, the encoder's
+forward and backward on the Mix Block's batch, the backbone on its mixed and its clean batch,
+the Mix Block's SGD step and the encoder's EMA) is timed whole, on the same resnet18, and their
+cost is what it adds to the plain step.
 ``--quick``: the CIFAR-size batch only, at most 3 rounds.
 """
 
@@ -35,12 +41,17 @@ from resnet_step import resnet18, resnet18_step_seconds
 from rich.console import Console
 from rich.table import Table
 
+from trainers.backbones import StagedResNet
+from trainers.distributed import Ranks
 from trainers.mixing import POLICIES
+from trainers.mixing.learned import LEARNED_POLICIES, LearnedMixing
 from trainers.mixing.methods import input_saliency
 from trainers.mixing.puzzlemix import default_settings, puzzlemix
+from trainers.objectives import objective
 
 BATCHES = [(128, 32, 100), (64, 224, 1000)]  # (N, image size, classes)
 MASKS = "puzzlemix masks, grid"
+mce = objective("mce")
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +85,34 @@ def puzzlemix_calls(
             images, labels, saliency, alpha=1.0, generator=generator, settings=s, workers=workers
         )
     return calls
+
+
+def learned_step(
+    method: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> Callable[[], object]:
+    """One training step of ``method`` (AutoMix or SAMix) on a resnet18, MCE as the objective."""
+    model = StagedResNet(resnet18(num_classes, images.device))
+    learned = LearnedMixing(
+        method,
+        model,
+        image_size=images.shape[-1],
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=1000,
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    scaler = torch.amp.GradScaler(images.device.type, enabled=False)
+    generator = torch.Generator(device=images.device).manual_seed(0)
+    ranks = Ranks(0, 1, images.device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        mixed = learned.mixing(model, images, labels, generator)
+        (mce(mixed.logits, mixed.batch) + mixed.auxiliary).backward()
+        optimizer.step()
+        learned.step(scaler, model, 0, 1000, ranks)
+
+    return step
 
 
 def main() -> None:
@@ -110,6 +149,19 @@ def main() -> None:
                 warmup=1,
             )
             step = resnet18_step_seconds(images, labels, num_classes)
+            learned = median_seconds(
+                {
+                    f"{method} (added to the step)": learned_step(
+                        method, images, labels, num_classes
+                    )
+                    for method in LEARNED_POLICIES
+                },
+                device,
+                rounds=rounds,
+                calls_per_round=1,
+                warmup=1,
+            )
+            dynamic.update({name: seconds - step for name, seconds in learned.items()})
             batch = f"{n}x3x{size}x{size}"
             for name, seconds in times.items():
                 share = seconds / step

@@ -107,6 +107,23 @@ def test_wall_time_is_never_less_than_the_longest_trial_nor_uses_idle_devices():
     assert plan_spec(limited, table(row()), devices=8).totals.wall_hours == pytest.approx(4.0)
 
 
+def test_a_dynamic_policy_costs_the_passes_of_its_step():
+    # A calibrated step is one forward (1) and one backward (2) of the backbone. PuzzleMix adds
+    # a saliency pass, a forward and an input-gradient backward (1 + 1): 5 / 3 of a step.
+    # AutoMix and SAMix add the encoder's forward of the clean batch (1), its forward and input
+    # backward of the Mix Block's batch (1 + 1) and the backbone's clean batch (1 + 2): 9 / 3.
+    grid = {**spec().grid.model_dump(), "method": ["mixup", "puzzlemix", "automix", "samix"]}
+    made = plan_spec(spec(grid=grid), table(row()))
+    hours = {cell.cell.split("/")[2]: cell.trial_hours for cell in made.cells}
+    assert hours["mixup"] == pytest.approx(2.0)  # 2 epochs of 3,600 images at 1 image/s
+    assert hours["puzzlemix"] == pytest.approx(2.0 * 5 / 3)
+    assert hours["automix"] == hours["samix"] == pytest.approx(2.0 * 3)
+    notes = {cell.cell.split("/")[2]: cell.notes for cell in made.cells}
+    assert notes["mixup"] == []
+    assert any("saliency pass" in note for note in notes["puzzlemix"])
+    assert any("momentum encoder" in note for note in notes["samix"])
+
+
 def test_the_batch_and_epochs_are_the_trials_own():
     # Recipe cifar (batch 100, 800 epochs) with the spec's epochs and an override of one cell.
     grid = {**spec().grid.model_dump(), "loss": ["mce", "dm_ce"]}

@@ -137,6 +137,11 @@ class MixingSettings(StrictModel):
         description="saliencymix only: fine_grained (OpenCV's, as SaliencyMix) or "
         "spectral_residual",
     )
+    samix_balance: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None,
+        description="samix only: SAMix's eta, the weight of the classes outside the pair in "
+        "its Mixer's loss (not DM's eta); unset: its config's, 0.5 up to 64 px, 1 above",
+    )
 
 
 class MixingConfig(MixingSettings):

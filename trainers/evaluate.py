@@ -51,8 +51,8 @@ def fixed_mixed_batch(
     """A fixed mixed validation batch for the mixed top-1 / top-2 of Fig. 2 and 7.
 
     Mixed with the trial's policy where it mixes inputs, with Mixup otherwise (ManifoldMix,
-    PuzzleMix, whose masks depend on the model being trained, Mixup/CutMix switching, no
-    mixing), always from the same seed, so epochs are comparable.
+    PuzzleMix, AutoMix and SAMix, whose masks depend on the model being trained, Mixup/CutMix
+    switching, no mixing), always from the same seed, so epochs are comparable.
     """
     # A random draw: test splits are often stored class by class, and a batch of one class
     # would hold only same-class pairs, which the mixed accuracies leave out.

@@ -38,6 +38,7 @@ from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks,
 from trainers.evaluate import accuracy, fgsm_error_rate, fixed_mixed_batch, mixed_accuracy
 from trainers.metrics import median_of_last
 from trainers.mixing import MixedBatch
+from trainers.mixing.learned import LEARNED_POLICIES, LearnedMixing
 from trainers.mixing.methods import MethodMixer
 from trainers.objectives import Objective, objective
 from trainers.optim import build_ema, build_optimizer, build_scheduler
@@ -100,6 +101,9 @@ class Trial:
     # The per-sample path (photos, RandAugment): crops made in DataLoader workers; None: the
     # batched path, crops made on the device from ``train_set.read``.
     loader: SampleLoader | None = None
+    # AutoMix / SAMix: the Mix Block, its optimiser and the momentum encoder; None otherwise.
+    learned: LearnedMixing | None = None
+    total_steps: int = 0
 
     def epoch_indices(self, epoch: int) -> Tensor:
         """Labelled training images of this rank for ``epoch``, in training order."""
@@ -223,6 +227,19 @@ def build_trial(config: TrainConfig) -> Trial:
         len(_rank_order(config, recipe, ranks, len(labelled), 0)) / rank_batch
     )
     mean, std = mean_std(config.data.name)
+    learned = None
+    if config.mixing.method in LEARNED_POLICIES:
+        assert config.mixing.alpha is not None  # MixingConfig requires it of every policy
+        learned = LearnedMixing(
+            config.mixing.method,
+            model,
+            image_size=train_set.image_size,
+            alpha=config.mixing.alpha,
+            lambda_mode=config.mixing.lambda_mode,
+            total_steps=steps_per_epoch * epochs,
+            # A spec's mixing settings reach every cell; the balance is SAMix's alone.
+            samix_balance=config.mixing.samix_balance if config.mixing.method == "samix" else None,
+        )
     amp = recipe.amp and ranks.device.type == "cuda"
     stream_seed = config.seed * 1_000_003 + ranks.rank  # one stream per rank
     generator = torch.Generator(device=ranks.device).manual_seed(stream_seed)
@@ -266,6 +283,8 @@ def build_trial(config: TrainConfig) -> Trial:
         mean=mean,
         std=std,
         loader=_sample_loader(config, recipe, train_set, stream_seed, ranks),
+        learned=learned,
+        total_steps=steps_per_epoch * epochs,
     )
 
 
@@ -286,16 +305,26 @@ def train_step(
     else:
         inputs = trial.augment.finish(images, cropped_seed)
     with torch.autocast(device.type, enabled=trial.amp):
-        logits, batch = trial.mixer(
-            trial.train_model, inputs, targets, trial.generator, trial.choices
-        )
-        loss = trial.loss_fn(logits, batch)
+        if trial.learned is None:
+            logits, batch = trial.mixer(
+                trial.train_model, inputs, targets, trial.generator, trial.choices
+            )
+            loss = trial.loss_fn(logits, batch)
+            optimised = loss
+        else:
+            learned = trial.learned.mixing(trial.train_model, inputs, targets, trial.generator)
+            loss = trial.loss_fn(learned.logits, learned.batch)
+            # One backward trains both: the objective reaches only the backbone, the Mix
+            # Block's loss only the Mix Block (trainers.mixing.learned).
+            optimised = loss + learned.auxiliary
     trial.optimizer.zero_grad(set_to_none=True)
-    trial.scaler.scale(loss).backward()
+    trial.scaler.scale(optimised).backward()
     if trial.recipe.grad_clip:
         trial.scaler.unscale_(trial.optimizer)
         nn.utils.clip_grad_norm_(trial.model.parameters(), trial.recipe.grad_clip)
     trial.scaler.step(trial.optimizer)
+    if trial.learned is not None:
+        trial.learned.step(trial.scaler, trial.model, trial.step, trial.total_steps, trial.ranks)
     trial.scaler.update()
     trial.scheduler.step()
     trial.step += 1
@@ -307,6 +336,8 @@ def train_step(
 def _train_epoch(trial: Trial, epoch: int) -> tuple[Tensor, int, float]:
     """Losses of every step, images trained on, and the learning rate of the last step."""
     trial.train_model.train()
+    if trial.learned is not None:
+        trial.learned.train()
     order = trial.epoch_indices(epoch)
     losses: list[Tensor] = []
     checked, images, lr = 0, 0, trial.optimizer.param_groups[0]["lr"]
@@ -356,6 +387,7 @@ def _state(
         "history": history,
         "ema_history": ema_history,
         "rng": rng,  # one entry per rank
+        "learned": trial.learned.checkpoint() if trial.learned is not None else None,
     }
 
 
@@ -366,6 +398,8 @@ def _restore(trial: Trial, state: dict) -> tuple[int, list[float], list[float]]:
     trial.scaler.load_state_dict(state["scaler"])
     if trial.ema is not None:
         trial.ema.load_state_dict(state["ema"])
+    if trial.learned is not None:
+        trial.learned.restore(state["learned"])
     trial.step = state["step"]
     if len(state["rng"]) != trial.ranks.world_size:
         raise ValueError(
@@ -441,6 +475,8 @@ def _train_epochs(
         started = time.perf_counter()
         losses, images, lr = _train_epoch(trial, epoch)
         average_buffers(trial.model, ranks)
+        if trial.learned is not None:
+            average_buffers(trial.learned, ranks)  # the encoder's and the Mix Block's norms
         if ranks.device.type == "cuda":
             torch.cuda.synchronize(ranks.device)
         epoch_time = time.perf_counter() - started

@@ -40,12 +40,11 @@ LOSS_HYPERPARAMETER_NAMES = ("eta", "xi", "t")
 
 # --- mixing methods (appendix A.3) ----------------------------------------------------------
 # "static methods denote Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix, and dynamic
-# methods denote PuzzleMix, AutoMix, and SAMix". Of the dynamic ones only PuzzleMix is a method
-# yet (trainers.mixing.methods); AutoMix and SAMix are named so that the paper's defaults
-# already cover them.
+# methods denote PuzzleMix, AutoMix, and SAMix". PuzzleMix runs in trainers.mixing.methods,
+# AutoMix and SAMix (a Mix Block trained beside the backbone) in trainers.mixing.learned.
 STATIC_POLICIES = ("mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix")
 DYNAMIC_POLICIES = ("puzzlemix", "automix", "samix")
-IMPLEMENTED_DYNAMIC_POLICIES = ("puzzlemix",)
+IMPLEMENTED_DYNAMIC_POLICIES = DYNAMIC_POLICIES
 # Mixup and ManifoldMix interpolate; every other policy cuts and pastes (A.3: "cutting-based
 # methods denote the rest", PuzzleMix included: its mask is a labelling of blocks).
 INTERPOLATION_BASED = frozenset({"mixup", "manifoldmix"})

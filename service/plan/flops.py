@@ -83,3 +83,28 @@ def work_ratio(
         ours, theirs = parameter_work(*target, num_classes), parameter_work(*reference, num_classes)
     note = f"{ours.describe()} vs {theirs.describe()} per image"
     return ours.amount / theirs.amount, note
+
+
+# Passes of the backbone in one training step of a method, counting a forward as 1 and a
+# backward as 2 (weight and input gradients); a backward for the input gradient alone as 1.
+# A static policy's step is one forward and one backward: 3.
+STATIC_STEP_PASSES = 3.0
+METHOD_STEP_PASSES: dict[str, tuple[float, str]] = {
+    # + an eval-mode forward and an input-gradient backward for the saliency (bench/mixing.py
+    # measures that pass at 0.65 of a ResNet-18 step on the CPU); the graph cuts run on the
+    # CPU beside it and are not counted.
+    "puzzlemix": (5.0, "a saliency pass (forward + input gradient) besides the step"),
+    # + the momentum encoder's forward of the clean batch, its forward and input-gradient
+    # backward of the Mix Block's batch, and the backbone's forward and backward of the clean
+    # batch (trainers.mixing.learned); the Mix Block itself is small beside them.
+    "automix": (9.0, "the momentum encoder's two passes and the clean batch besides the step"),
+    "samix": (9.0, "the momentum encoder's two passes and the clean batch besides the step"),
+}
+
+
+def method_step_work(method: str) -> tuple[float, str | None]:
+    """How many static steps one step of ``method`` is worth, and why (None: 1, static)."""
+    if method not in METHOD_STEP_PASSES:
+        return 1.0, None
+    passes, why = METHOD_STEP_PASSES[method]
+    return passes / STATIC_STEP_PASSES, why

@@ -24,6 +24,7 @@ from service.plan.estimate import (
     wall_hours,
 )
 from service.plan.figures import Need, choose_device, figure_for
+from service.plan.flops import method_step_work
 from trainers.data.datasets import DATASETS, SYNTHETIC_IMAGES, is_synthetic
 from trainers.order import epoch_length
 
@@ -177,6 +178,7 @@ class Workload:
 
     cell: str
     recipe: str
+    method: str
     need: Need  # what its images/s figure is looked up for
     epochs: int  # the trial's own (ASHA may end it sooner)
     train_images: int  # per epoch, all workers
@@ -213,6 +215,7 @@ def workloads(spec: SweepSpec) -> list[Workload]:
             Workload(
                 cell=cell.cell_id,
                 recipe=config.recipe,
+                method=cell.method,
                 need=need,
                 epochs=config.epochs_to_train(),
                 train_images=images,
@@ -258,12 +261,21 @@ def plan_spec(
         figure = figure_for(rows, choice.kind or "cpu", need)
         notes = [work.approximate] if work.approximate else []
         hours = None
+        images_per_s = None
         if figure is not None:
             notes += figure.notes
+            # Calibration times a static step; a dynamic policy's step does more passes.
+            step_work, why = method_step_work(work.method)
+            images_per_s = figure.images_per_s / step_work
+            if why is not None:
+                notes.append(
+                    f"{work.method}: {why}, counted as {step_work:.3g} static steps (assumed "
+                    "from the passes of the backbone, not measured)"
+                )
             hours = cell_cost(
                 trials=trials,
                 images_per_epoch=work.images_per_epoch,
-                images_per_s=figure.images_per_s,
+                images_per_s=images_per_s,
                 bound_epochs=bound,
                 expected_epochs=expected,
                 devices_per_trial=pack.devices_per_trial,
@@ -282,7 +294,7 @@ def plan_spec(
                 trials=trials,
                 figure=figure.status if figure is not None else "none",
                 extrapolated=figure is not None and figure.status == "extrapolated",
-                images_per_s=figure.images_per_s if figure is not None else None,
+                images_per_s=images_per_s,
                 notes=notes,
                 trial_hours=hours.trial_hours if hours else None,
                 device_hours=hours.device_hours if hours else None,

@@ -235,13 +235,14 @@ def comparable(spec: SweepSpec, cell: Cell) -> bool:
     Epochs and recipe overrides count as the paper's when the override that sets them cites its
     source (``CellSettings.source``). Drawing lambda per sample is not how the paper's
     configurations drew it (one per batch), nor is SaliencyMix's spectral-residual detector
-    SaliencyMix's own.
+    SaliencyMix's own, nor a SAMix balance other than its config's.
     """
     data = spec.data.get(cell.dataset)
     return (
         cell.dataset != "synthetic"
         and cell.mixing.lambda_mode == "batch"
         and (cell.method != "saliencymix" or cell.mixing.saliency_detector == "fine_grained")
+        and (cell.method != "samix" or cell.mixing.samix_balance is None)
         and not cell.departures
         and spec.batch_size is None
         and (data is None or (data.subset is None and data.label_fraction is None))

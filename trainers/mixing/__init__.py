@@ -2,10 +2,9 @@
 
 ``POLICIES`` maps the names used in sweep specs to the policies, a plain dict. The static
 policies of the paper (Mixup, CutMix, ManifoldMix, SaliencyMix, FMix, ResizeMix) are here. The
-dynamic ones need the model (a saliency pass, a Mix Block trained beside it): their cores are
-``puzzlemix.py`` and ``mix_block.py``. PuzzleMix is a method a trial can choose
-(``methods.MethodMixer`` runs its saliency pass); the Mix Block of AutoMix and SAMix is not yet
-wired into the loop (issue 16).
+dynamic ones need the model: PuzzleMix a saliency pass (``puzzlemix.py``, run by
+``methods.MethodMixer``), AutoMix and SAMix a Mix Block trained beside it (``mix_block.py``,
+run in the loop by ``learned.LearnedMixing``).
 """
 
 from trainers.mixing.base import MixedBatch, MixingPolicy

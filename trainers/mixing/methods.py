@@ -4,8 +4,10 @@
 ``mixup_cutmix`` picks Mixup or CutMix per batch (the DeiT and RSB A3 recipes, Table 10);
 ``manifoldmix`` draws a stage per batch and lets the backbone mix the features entering it;
 ``puzzlemix`` asks the model for the saliency of the clean batch first (:func:`input_saliency`)
-and mixes by PuzzleMix's optimal masks (:mod:`trainers.mixing.puzzlemix`); every other method
-is an input-level policy of :data:`POLICIES`.
+and mixes by PuzzleMix's optimal masks (:mod:`trainers.mixing.puzzlemix`); ``automix`` and
+``samix`` are not mixed here: their Mix Block trains beside the model
+(:class:`trainers.mixing.learned.LearnedMixing`); every other method is an input-level policy
+of :data:`POLICIES`.
 
 Per-batch choices (which policy, which stage) come from a CPU generator, so deciding them never
 waits for the device; the mixing itself draws from the batch's device generator. The mixed
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from trainers.mixing import POLICIES, MixedBatch
 from trainers.mixing.base import LambdaMode, SaliencyDetector, mixed_batch
+from trainers.mixing.learned import LEARNED_POLICIES
 from trainers.mixing.puzzlemix import PuzzleMixSettings, puzzlemix, saliency_from_gradient
 from trainers.vocabulary import METHODS, takes_alpha
 
@@ -171,6 +174,11 @@ class MethodMixer:
 
             logits = model(inputs, mix=mix, mix_stage=stage)
             return logits, dataclasses.replace(mixed[0], policy="manifoldmix")
+        if self.method in LEARNED_POLICIES:
+            raise ValueError(
+                f"method {self.method!r} learns its policy: trainers.mixing.learned.LearnedMixing "
+                "mixes its batches"
+            )
         if self.method == "puzzlemix":
             batch = self._puzzlemix(model, inputs, targets, generator)
             return model(batch.inputs), batch

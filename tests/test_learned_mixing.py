@@ -1,0 +1,310 @@
+"""AutoMix and SAMix as a trial's method: the loop's seam (``trainers.mixing.learned``).
+
+Where each loss's gradient goes is read off autograd; the features the Mix Block reads are
+compared with the backbone's stages computed by hand (or by timm's own intermediate features);
+the momentum encoder and the Mix Block's schedule with their formulas after real steps; the
+loop trains on the shared CIFAR-10 JPEGs with every loss, resumes bitwise, and runs on two
+ranks that keep one Mix Block. Nothing is mocked. (The Mix Block's core: ``test_mix_block.py``.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.support.ports import free_port
+from tests.support.training import Recorder, synthetic_trial, whole_interrupted_resumed
+from trainers.backbones import build_backbone
+from trainers.config import TrainConfig
+from trainers.loop import build_trial, load_checkpoint, run, train_step
+from trainers.mixing.learned import LearnedMixing, default_settings
+from trainers.objectives import objective
+
+torch.set_num_threads(1)
+
+METHODS = ("automix", "samix")
+
+
+def learned_pair(method: str, *, clean_loss_weight: float = 1.0, size: int = 16):
+    torch.manual_seed(0)
+    model = build_backbone("smallnet", 5, size)
+    settings = dataclasses.replace(
+        default_settings(method, size), clean_loss_weight=clean_loss_weight
+    )
+    learned = LearnedMixing(
+        method,
+        model,
+        image_size=size,
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=10,
+        settings=settings,
+    )
+    return model, learned
+
+
+def batch(n: int = 8, size: int = 16):
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(n, 3, size, size, generator=generator), torch.arange(n) % 5
+
+
+def touched(module: torch.nn.Module) -> bool:
+    """Whether any parameter of ``module`` received a non-zero gradient."""
+    return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in module.parameters())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_loss_reaches_only_what_the_method_trains(method):
+    inputs, targets = batch()
+    generator = torch.Generator().manual_seed(0)
+
+    # The trial's objective on the backbone's batch: the backbone only (mask detached).
+    model, learned = learned_pair(method)
+    step = learned.mixing(model, inputs, targets, generator)
+    objective("dm_ce", eta=1.0)(step.logits, step.batch).backward()
+    assert touched(model)
+    assert all(p.grad is None for p in learned.mix_block.parameters())
+    assert all(p.grad is None for p in learned.encoder.parameters())
+
+    # The Mix Block's loss, through the encoder's frozen copy: the Mix Block only.
+    model, learned = learned_pair(method, clean_loss_weight=0.0)
+    learned.mixing(model, inputs, targets, generator).auxiliary.backward()
+    assert touched(learned.mix_block)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.grad is None for p in learned.encoder.parameters())
+
+    # With OpenMixup's clean-batch cross-entropy (head_one_q, weight 1) the backbone takes it.
+    model, learned = learned_pair(method, clean_loss_weight=1.0)
+    learned.mixing(model, inputs, targets, generator).auxiliary.backward()
+    assert touched(learned.mix_block) and touched(model)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_backbone_batch_is_mixed_by_a_mask_whose_share_is_lambda(method):
+    model, learned = learned_pair(method)
+    inputs, targets = batch()
+    step = learned.mixing(model, inputs, targets, torch.Generator().manual_seed(1))
+    mixed, perm, lam = step.batch.inputs, step.batch.perm, step.batch.lam
+    # Every pixel is m * x_a + (1 - m) * x_b with one m in [0, 1] for the three channels.
+    a, b = inputs, inputs[perm]
+    moved = (a - b).abs() > 1e-3
+    mask = torch.where(moved, (mixed - b) / (a - b), torch.nan)
+    m = mask.nanmean(dim=1, keepdim=True)
+    assert float(m.nan_to_num(0.5).min()) >= -1e-4 and float(m.nan_to_num(0.5).max()) <= 1 + 1e-4
+    paired = perm != torch.arange(len(perm))  # a sample mixed with itself shows no mask
+    assert int(paired.sum()) >= 4
+    share = m.nan_to_num(0.0).flatten(1).sum(1) / (~m.isnan()).flatten(1).sum(1)
+    torch.testing.assert_close(share[paired], lam[paired], atol=2e-3, rtol=0)
+    assert step.batch.policy == method
+
+
+def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
+    x = torch.randn(2, 3, 32, 32)
+
+    # ResNet-18 (CIFAR stem): layer3's output, 256 channels at 8 x 8 (OpenMixup's mask_layer=2,
+    # in_channels=256 of configs/classification/cifar100/automix/basic/r18_*.py).
+    resnet = build_backbone("resnet18_cifar", 10, 32)
+    learned = LearnedMixing(
+        "automix", resnet, image_size=32, alpha=2.0, lambda_mode="batch", total_steps=1
+    ).eval()
+    m = learned.encoder.module.model
+    with torch.no_grad():
+        expected = m.layer3(m.layer2(m.layer1(m.maxpool(m.act1(m.bn1(m.conv1(x)))))))
+    torch.testing.assert_close(learned.features(x), expected)
+    assert learned.mix_block.config.in_channels == 256
+
+    # WRN-28-2: group 2 (mask_layer=1): 32 * 2 channels at 16 x 16.
+    wrn = build_backbone("wrn28_2", 10, 32)
+    learned = LearnedMixing(
+        "samix", wrn, image_size=32, alpha=2.0, lambda_mode="batch", total_steps=1
+    ).eval()
+    w = learned.encoder.module
+    with torch.no_grad():
+        expected = w.groups[1](w.groups[0](w.stem(x)))
+    torch.testing.assert_close(learned.features(x), expected)
+    assert learned.mix_block.config.in_channels == 64
+    assert learned.settings.lr == 0.03 and learned.settings.sgd_momentum == 0.0  # WRN config
+
+    # DeiT: the patch tokens after block 6 of 12, as timm's own intermediate feature map.
+    deit = build_backbone("deit_tiny_patch16_224", 10, 64)
+    learned = LearnedMixing(
+        "automix", deit, image_size=64, alpha=2.0, lambda_mode="batch", total_steps=1
+    ).eval()
+    image = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        (expected,) = learned.encoder.module.model.forward_intermediates(
+            image, indices=[5], output_fmt="NCHW", intermediates_only=True
+        )
+    torch.testing.assert_close(learned.features(image), expected)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_step_moves_the_encoder_by_its_schedule_and_the_mix_block_by_its_own(method):
+    trial = build_trial(
+        synthetic_trial(
+            data={"synthetic_images": {"train": 64, "test": 32}},
+            mixing={"method": method, "alpha": 2.0},
+            epochs=1,
+        )
+    )
+    learned = trial.learned
+    assert learned is not None and trial.total_steps == 2  # 64 images, batches of 32
+    before = {n: p.detach().clone() for n, p in learned.encoder.module.named_parameters()}
+    block_before = [p.detach().clone() for p in learned.mix_block.parameters()]
+    images, labels = trial.train_set.read(torch.arange(32)), trial.train_set.labels[:32]
+    train_step(trial, images, labels)
+
+    m = learned.settings.momentum(0, 2)
+    assert m == 0.999  # before 10 % of the run: the base momentum
+    for name, p in trial.model.named_parameters():
+        expected = before[name] * m + p.detach() * (1 - m)
+        torch.testing.assert_close(
+            learned.encoder.module.get_parameter(name), expected, rtol=0, atol=1e-6
+        )
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(block_before, learned.mix_block.parameters(), strict=True)
+    )
+    # Cosine from lr to min_lr over the trial's steps: halfway after one of two.
+    settings = learned.settings
+    half = settings.min_lr + (settings.lr - settings.min_lr) * (1 + math.cos(math.pi / 2)) / 2
+    assert learned.optimizer.param_groups[0]["lr"] == pytest.approx(half)
+
+
+LOSSES = [
+    {"name": "mce"},
+    {"name": "dm_ce", "eta": 1.0},
+    {"name": "mbce"},
+    {"name": "dm_bce", "xi": 0.8, "t": 1.0},
+]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("loss", LOSSES, ids=[loss["name"] for loss in LOSSES])
+def test_trains_on_cifar10_with_each_loss(cifar10_jpg, method, loss):
+    """Two steps of smallnet on real 32-pixel photos (OpenMixup's CIFAR settings)."""
+    trial = TrainConfig.model_validate(
+        {
+            "data": {
+                "name": "cifar10",
+                "source": "imagefolder",
+                "root": str(cifar10_jpg),
+                "subset": 40,
+                "test_subset": 20,
+                "loader_workers": 0,
+            },
+            "backbone": {"name": "smallnet"},
+            "mixing": {"method": method, "alpha": 2.0},
+            "loss": loss,
+            "recipe": "cifar",
+            "epochs": 1,
+            "batch_size": 20,
+            "eval": {"mixed_batch": 20},
+            "seed": 0,
+        }
+    )
+    final = run(trial, Recorder())
+    assert 0 < final["train_loss"] < float("inf")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resumes_bitwise_with_its_mix_block_encoder_and_optimiser(tmp_path, method):
+    torch.use_deterministic_algorithms(True)
+    try:
+        trial = synthetic_trial(
+            data={"synthetic_images": {"train": 64, "test": 32}},
+            mixing={"method": method, "alpha": 2.0},
+            epochs=2,
+            checkpoint_every=1,
+        )
+        whole, _, resumed = whole_interrupted_resumed(trial, tmp_path, stop_after=1)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert whole.metrics[1]["train_loss"] == resumed.metrics[0]["train_loss"]
+    expected = load_checkpoint(whole.checkpoints[-1])
+    got = load_checkpoint(resumed.checkpoints[-1])
+    for part in ("model",):
+        for key in expected[part]:
+            assert torch.equal(expected[part][key], got[part][key]), key
+    learned_expected, learned_got = expected["learned"], got["learned"]
+    for key, value in learned_expected["modules"].items():
+        assert torch.equal(value, learned_got["modules"][key]), key
+    momenta = learned_expected["optimizer"]["state"], learned_got["optimizer"]["state"]
+    for index, state in momenta[0].items():
+        assert torch.equal(state["momentum_buffer"], momenta[1][index]["momentum_buffer"])
+    assert learned_expected["scheduler"] == learned_got["scheduler"]
+
+
+def test_samix_balance_is_samix_alone():
+    model = build_backbone("smallnet", 5, 16)
+    with pytest.raises(ValueError, match="samix_balance is SAMix's"):
+        LearnedMixing(
+            "automix",
+            model,
+            image_size=16,
+            alpha=2.0,
+            lambda_mode="batch",
+            total_steps=1,
+            samix_balance=0.3,
+        )
+    learned = LearnedMixing(
+        "samix",
+        model,
+        image_size=16,
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=1,
+        samix_balance=0.3,
+    )
+    assert learned.settings.samix_balance == 0.3
+    assert default_settings("samix", 16).samix_balance == 0.5  # neg_weight of the CIFAR config
+    assert default_settings("samix", 224).samix_balance == 1.0  # ImageNet R-50 config
+
+
+# --------------------------------------------------------------------------- torch.distributed
+
+
+def _two_rank_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        trial = build_trial(
+            synthetic_trial(
+                data={"synthetic_images": {"train": 64, "test": 32}},
+                mixing={"method": "samix", "alpha": 2.0},
+                batch_size=32,
+                epochs=1,
+            )
+        )
+        assert trial.learned is not None
+        # Each rank its own images: the Mix Block's gradients differ until averaged.
+        for step in range(2):
+            index = torch.arange(16) + 16 * (2 * step + rank)
+            train_step(trial, trial.train_set.read(index), trial.train_set.labels[index])
+        state = {
+            "mix_block": {k: v.clone() for k, v in trial.learned.mix_block.state_dict().items()},
+            "model": {k: v.clone() for k, v in trial.model.state_dict().items()},
+        }
+        torch.save(state, Path(out) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_keep_one_mix_block(tmp_path):
+    mp.spawn(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    for key, value in rank0["mix_block"].items():
+        if "running" in key or "num_batches" in key:
+            continue  # norms' statistics are each rank's until the epoch's end averages them
+        assert torch.equal(value, rank1["mix_block"][key]), key
+    for key, value in rank0["model"].items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.equal(value, rank1["model"][key]), key

@@ -1,0 +1,310 @@
+"""AutoMix and SAMix in the training loop: the learned policy as one module with a step of its own.
+
+The seam between the loop and a policy that learns (:class:`LearnedMixing`, an ``nn.Module``):
+
+* ``mixing(model, inputs, targets, generator)`` runs one step's forward (:class:`LearnedStep`):
+  the momentum encoder's features of the clean batch, the two mixed batches of
+  :func:`~trainers.mixing.mix_block.automix_batches`, the backbone's logits on its batch, and
+  the losses the trial's objective does not compute (the Mix Block's, the clean batch's);
+* ``step(scaler, model, step, total_steps, ranks)`` runs after the backbone's optimiser: it
+  averages the Mix Block's gradients over the ranks, steps its own optimiser and schedule
+  (through the trial's ``GradScaler``, which unscales and skips a step with inf gradients as
+  it does for the backbone) and moves the momentum encoder toward the backbone;
+* ``checkpoint()`` / ``restore(state)``: Mix Block, encoder, optimiser and schedule, so a
+  resumed trial continues bitwise (the random draws come from the trial's own generator).
+
+One backward of ``objective + auxiliary`` trains both: the backbone's mixed batch is built with
+the mask detached and the Mix Block's batch is classified by the encoder, whose parameters take
+no gradient, so the objective reaches only the backbone and the Mix Block loss only the Mix
+Block (``AutoMixup.forward_train`` of OpenMixup, openmixup/models/classifiers/automix.py).
+
+The backbone's loss is the trial's objective (MCE, DM(CE), MBCE or DM(BCE)) on its batch, with
+lambda the mask's actual share, plus OpenMixup's clean-batch cross-entropy (``head_one_q``,
+weight 1 in every AutoMix and SAMix config). The backbone follows the trial's recipe like every
+other method (Table 10); the Mix Block keeps its config's optimiser (:class:`LearnedSettings`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainers.backbones import FeatureTap, mix_block_tap
+from trainers.distributed import Ranks, all_sum
+from trainers.mixing.base import LambdaMode, MixedBatch
+from trainers.mixing.mix_block import (
+    AUTOMIX_R18,
+    SAMIX_R18,
+    MixBlock,
+    MixBlockConfig,
+    MomentumEncoder,
+    MomentumSchedule,
+    automix_batches,
+    mix_block_loss,
+)
+
+LEARNED_POLICIES = ("automix", "samix")
+# Images up to this side are the small-scale data sets (CIFAR, Tiny-ImageNet), whose configs
+# differ from ImageNet's (no lambda embedding in AutoMix, SAMix's k = 0.25, slower momentum end).
+SMALL_SCALE_MAX_SIZE = 64
+
+
+@dataclass(frozen=True)
+class LearnedSettings:
+    """A learned policy's settings: its Mix Block, momentum schedule, optimiser and losses.
+
+    ``block.in_channels`` is a placeholder: :class:`LearnedMixing` sets it from the features
+    it reads. The Mix Block's optimiser is SGD with ``lr`` decayed by a cosine to ``min_lr``
+    over the trial's steps (OpenMixup's ``mix_block`` parameter group and its
+    ``addtional_scheduler``, or the one schedule of the CIFAR configs, "mlr5e_2").
+    ``samix_balance``: SAMix's eta (``neg_weight`` of ``head_mix_k``), not DM's; None for
+    AutoMix, whose Mix Block loss is plain mixup cross-entropy. ``clean_loss_weight``:
+    ``head_one_q``'s weight on the backbone's clean batch.
+    """
+
+    block: MixBlockConfig
+    momentum: MomentumSchedule
+    lr: float
+    min_lr: float
+    sgd_momentum: float
+    weight_decay: float
+    samix_balance: float | None
+    clean_loss_weight: float
+    source: str
+
+
+_CIFAR = "configs/classification/cifar100"
+_IMAGENET = "configs/classification/imagenet"
+# CIFAR-100 ResNet-18 / ResNeXt-50 (one SGD for all: lr 0.1, momentum 0.9, wd 1e-4, cosine to
+# 0.05; momentum 0.999 -> 0.999999).
+AUTOMIX_SMALL = LearnedSettings(
+    block=AUTOMIX_R18,
+    momentum=MomentumSchedule(0.999, 0.999999),
+    lr=0.1,
+    min_lr=0.05,
+    sgd_momentum=0.9,
+    weight_decay=1e-4,
+    samix_balance=None,
+    clean_loss_weight=1.0,
+    source=f"{_CIFAR}/automix/basic/r18_l2_a2_near_L1_01_mlr5e_2.py",
+)
+SAMIX_SMALL = dataclasses.replace(
+    AUTOMIX_SMALL,
+    block=SAMIX_R18,
+    samix_balance=0.5,
+    source=f"{_CIFAR}/samix/basic/r18_l2_a2_bili_val_dp0_mul_x_cat_L1_var_01_mlr5e_2.py",
+)
+# WRN-28-8 on CIFAR-100: lr 0.03 and wd 1e-3 for all, the Mix Block without momentum ("momentum=0
+# performs better in 400ep"), cosine to 1e-3.
+WRN_SOURCE = f"{_CIFAR}/automix/basic/wrn28_8_l1_a2_near_L1_01_mlr1e_3.py"
+# ImageNet ResNet-50: AutoMix embeds lambda (lam_concat), SAMix uses k = -1 ("-1 for large
+# datasets") and eta 1; the Mix Block's group lr 0.1 -> 0.001; momentum 0.999 -> 0.99999.
+AUTOMIX_LARGE = dataclasses.replace(
+    AUTOMIX_SMALL,
+    block=dataclasses.replace(AUTOMIX_R18, lam_concat=True),
+    momentum=MomentumSchedule(0.999, 0.99999),
+    min_lr=1e-3,
+    source=f"{_IMAGENET}/automix/basic/r50_l2_a2_near_lam_cat_mb_mlr1e_3_bb_mlr0.py",
+)
+SAMIX_LARGE = dataclasses.replace(
+    AUTOMIX_LARGE,
+    block=dataclasses.replace(SAMIX_R18, lam_mul_k=-1.0),
+    samix_balance=1.0,
+    source=(
+        f"{_IMAGENET}/samix/basic/r50/unsampling_modebilinear/"
+        "r50_l2_a2_bili_val_dp01_mul_mb_mlr1e_3_m09_bb_mlr0_4xb64_ep300.py"
+    ),
+)
+
+
+def default_settings(method: str, image_size: int, *, wide_resnet: bool = False) -> LearnedSettings:
+    """OpenMixup's settings of ``method`` for the scale of the data (and WRN's optimiser).
+
+    Two departures from the ImageNet configs, both kept simple on purpose: the SAMix value
+    network has no dropout (``with_last_dropout=0.1`` there) and its mask loss weight stays 0.1
+    (annealed to 0 there by a ``CustomCosineAnnealingHook``). DeiT and Swin use the ImageNet
+    ResNet settings with their own feature tap (their configs train the Mix Block with AdamW
+    and switch it off for 80 % of the steps, neither done here).
+    """
+    if method not in LEARNED_POLICIES:
+        raise ValueError(f"unknown learned policy {method!r}; allowed: automix, samix")
+    small = image_size <= SMALL_SCALE_MAX_SIZE
+    settings = {
+        ("automix", True): AUTOMIX_SMALL,
+        ("samix", True): SAMIX_SMALL,
+        ("automix", False): AUTOMIX_LARGE,
+        ("samix", False): SAMIX_LARGE,
+    }[method, small]
+    if wide_resnet:
+        settings = dataclasses.replace(
+            settings, lr=0.03, min_lr=1e-3, sgd_momentum=0.0, weight_decay=1e-3, source=WRN_SOURCE
+        )
+    return settings
+
+
+@dataclass(frozen=True)
+class LearnedStep:
+    """One step's forward: the backbone's logits and batch, and the loss the objective lacks.
+
+    ``auxiliary``: the Mix Block loss (it reaches only the Mix Block) plus the weighted
+    clean-batch cross-entropy (it reaches only the backbone).
+    """
+
+    logits: Tensor
+    batch: MixedBatch
+    auxiliary: Tensor
+
+
+class LearnedMixing(nn.Module):
+    """AutoMix's or SAMix's Mix Block, its momentum encoder and its optimiser, for one trial.
+
+    Build it after the model (the encoder starts as its copy) and before the first step.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        model: nn.Module,
+        *,
+        image_size: int,
+        alpha: float,
+        lambda_mode: LambdaMode,
+        total_steps: int,
+        settings: LearnedSettings | None = None,
+        samix_balance: float | None = None,
+    ) -> None:
+        """Build the Mix Block for ``model``'s features, the encoder and the optimiser.
+
+        ``settings``: None picks OpenMixup's (:func:`default_settings`); ``samix_balance``
+        replaces SAMix's eta there (refused for AutoMix, whose loss has none).
+        """
+        super().__init__()
+        if total_steps < 1:
+            raise ValueError(f"total_steps must be >= 1; got {total_steps}")
+        from trainers.backbones import WideResNet  # the one backbone with its own optimiser
+
+        self.method = method
+        self.settings = settings or default_settings(
+            method, image_size, wide_resnet=isinstance(model, WideResNet)
+        )
+        if samix_balance is not None:
+            if method != "samix":
+                raise ValueError(f"samix_balance is SAMix's; method {method!r} has none")
+            self.settings = dataclasses.replace(self.settings, samix_balance=samix_balance)
+        self.alpha, self.lambda_mode, self.total_steps = alpha, lambda_mode, total_steps
+        self.tap: FeatureTap = mix_block_tap(model)
+        self.prefix_tokens = int(getattr(getattr(model, "model", model), "num_prefix_tokens", 0))
+        self.encoder = MomentumEncoder(model, self.settings.momentum)
+        channels = self._probe_channels(image_size, next(model.parameters()).device)
+        block = dataclasses.replace(self.settings.block, in_channels=channels)
+        self.mix_block = MixBlock(block).to(next(model.parameters()).device)
+        self.optimizer = torch.optim.SGD(
+            self.mix_block.parameters(),
+            lr=self.settings.lr,
+            momentum=self.settings.sgd_momentum,
+            weight_decay=self.settings.weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=total_steps, eta_min=self.settings.min_lr
+        )
+
+    @torch.no_grad()
+    def _probe_channels(self, image_size: int, device: torch.device) -> int:
+        """The tapped features' channels, from one image through the encoder in eval mode."""
+        was_training = self.encoder.training
+        self.encoder.eval()
+        try:
+            image = torch.zeros(1, 3, image_size, image_size, device=device)
+            return int(self.features(image).shape[1])
+        finally:
+            self.encoder.train(was_training)
+
+    def features(self, inputs: Tensor) -> Tensor:
+        """The momentum encoder's feature map of ``inputs`` at the tap, (N, C, h, w), no graph."""
+        seen: list[Tensor] = []
+        module = self.encoder.module.get_submodule(self.tap.module)
+        hook = module.register_forward_hook(lambda _m, _i, output: seen.append(output))
+        try:
+            with torch.no_grad():
+                self.encoder(inputs)
+        finally:
+            hook.remove()
+        return self.tap.feature_map(seen[0], self.prefix_tokens).float()
+
+    def mixing(
+        self, model: nn.Module, inputs: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> LearnedStep:
+        """The step's forward: both mixed batches, the backbone's logits, the auxiliary loss."""
+        batches = automix_batches(
+            self.mix_block,
+            self.features(inputs),
+            inputs,
+            targets,
+            alpha=self.alpha,
+            generator=generator,
+            lambda_mode=self.lambda_mode,
+            policy=self.method,
+        )
+        # The Mix Block's batch through the encoder: its parameters take no gradient, so the
+        # loss flows back through the mixed image to the mask alone.
+        encoder_logits = self.encoder(batches.mix_block_inputs)
+        block_loss = mix_block_loss(
+            encoder_logits.float(),
+            targets,
+            targets[batches.mix_block_perm],
+            batches.mix_block_lam,
+            batches.mix_block_mask,
+            self.mix_block.config,
+            samix_balance=self.settings.samix_balance,
+        )
+        auxiliary = block_loss
+        if self.settings.clean_loss_weight > 0:
+            clean = F.cross_entropy(model(inputs).float(), targets)
+            auxiliary = auxiliary + self.settings.clean_loss_weight * clean
+        return LearnedStep(model(batches.backbone.inputs), batches.backbone, auxiliary)
+
+    def step(
+        self,
+        scaler: torch.amp.GradScaler,
+        model: nn.Module,
+        step: int,
+        total_steps: int,
+        ranks: Ranks,
+    ) -> None:
+        """After the backbone's step: sync and step the Mix Block, then move the encoder.
+
+        ``step`` is the 0-based index of the step just taken. Under ``torch.distributed`` the
+        Mix Block's gradients are averaged over the ranks first (it is not wrapped in DDP), so
+        its parameters stay equal everywhere; the encoder follows the backbone, which DDP keeps
+        equal, and its batch-norm statistics are averaged with the model's each epoch.
+        """
+        parameters = list(self.mix_block.parameters())
+        if ranks.world_size > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+            flat = all_sum(torch.cat([g.reshape(-1) for g in grads]), ranks)
+            flat.div_(ranks.world_size)
+            pieces = flat.split([p.numel() for p in parameters])
+            for p, averaged in zip(parameters, pieces, strict=True):
+                p.grad = averaged.view_as(p)
+        scaler.step(self.optimizer)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.encoder.update(model, step, total_steps)
+
+    def checkpoint(self) -> dict[str, object]:
+        """What a resumed trial needs: modules, optimiser, schedule."""
+        return {
+            "modules": self.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def restore(self, state: dict[str, object]) -> None:
+        """Load what :meth:`checkpoint` saved."""
+        self.load_state_dict(state["modules"])  # type: ignore[arg-type]
+        self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
+        self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[arg-type]
