@@ -159,8 +159,7 @@ BASELINE_ALPHA_BACKBONE: dict[tuple[str, str, str], float] = {
     for method in ("cutmix", "saliencymix", "fmix", "resizemix")
 }
 
-# Every method a trial can run and the dynamic policies still to come (their defaults are
-# known before they are), each once.
+# Every method a trial can run (the dynamic policies among them), each once.
 KNOWN_METHODS = (*METHODS, *(m for m in DYNAMIC_POLICIES if m not in METHODS))
 
 

@@ -21,7 +21,6 @@ from pydantic import (
 )
 
 from service.spec.cells import AXES, Cell, applies, expand, grid_cells, train_config
-from service.spec.defaults import DYNAMIC
 from service.spec.search import MAX_LIST, MAX_TRIALS, Search
 from trainers.backbones import DMSWEEP_BACKBONES
 from trainers.config import BackboneSettings, DataSettings, EvalConfig, MixingSettings
@@ -92,9 +91,7 @@ def _check_backbone(name: str) -> str:
 
 def _check_method(name: str) -> str:
     if name not in METHODS:
-        # AutoMix and SAMix: the paper's dynamic policies still to come (issue 16).
-        later = " (a dynamic policy not implemented yet)" if name in DYNAMIC else ""
-        raise ValueError(f"unknown method {name!r}{later}; allowed: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
     return name
 
 
