@@ -18,10 +18,10 @@ import yaml
 
 from service.results.paper import PAPER_RESULTS, load_paper_results
 from service.results.pivot import pivot
-from service.spec import defaults
 from service.spec.cells import expand, summary, train_config, trials
 from service.spec.reading import load_spec, spec_from_dict
 from tests.support.paper import table_rows
+from tests.support.real_data import paper_lines
 from trainers.config import METHODS
 from trainers.recipes import get_recipe
 
@@ -32,32 +32,32 @@ STATIC = ["mixup", "cutmix", "manifoldmix", "saliencymix", "fmix", "resizemix"]
 
 # spec file -> (table, recipe, epochs the paper trains, cells, datasets, backbones)
 NEW_SPECS: dict[str, tuple[str, str, int, int, set[str], set[str]]] = {
-    # Sec. 4.1 (a): 100 epochs; 3 backbones x (6 methods x MCE / DM(CE) + vanilla / CE).
+    # Sec. 4.1 (a): 100 epochs; 3 backbones x (9 methods x MCE / DM(CE) + vanilla / CE).
     "imagenet_table2": (
         "2",
         "imagenet_pytorch",
         100,
-        39,
+        57,
         {"imagenet"},
         {"resnet18", "resnet34", "resnet50"},
     ),
-    # Sec. 4.1 (c): 100 epochs; ResNet-50, (RSB + 6 methods) x 4 losses.
-    "imagenet_table3_rsb_a3": ("3", "rsb_a3", 100, 28, {"imagenet"}, {"resnet50"}),
-    # Sec. 4.1 (b): 300 epochs; DeiT-S and Swin-T, (DeiT + 5 methods) x 2 losses.
+    # Sec. 4.1 (c): 100 epochs; ResNet-50, (RSB + 9 methods) x 4 losses.
+    "imagenet_table3_rsb_a3": ("3", "rsb_a3", 100, 40, {"imagenet"}, {"resnet50"}),
+    # Sec. 4.1 (b): 300 epochs; DeiT-S and Swin-T, (DeiT + 8 methods) x 2 losses.
     "imagenet_table4_vit": (
         "4",
         "deit",
         300,
-        24,
+        36,
         {"imagenet"},
         {"deit_small_patch16_224", "swin_tiny_patch4_window7_224"},
     ),
-    # Sec. 4.1 fine-grained: 200 epochs; 2 data sets x 2 backbones x 6 methods x 2 losses.
+    # Sec. 4.1 fine-grained: 200 epochs; 2 data sets x 2 backbones x 8 methods x 2 losses.
     "finegrained_table5": (
         "5",
         "finegrained",
         200,
-        48,
+        64,
         {"cub200", "aircraft"},
         {"resnet18", "resnext50_32x4d"},
     ),
@@ -122,9 +122,7 @@ def test_spec_cells_and_trials(name: str) -> None:
     assert info["trials"] == 3 * cells == len(trials(spec))
     assert info["recipe"] == recipe and not info["search"]
     assert set(info["datasets"]) == datasets and set(info["backbones"]) == backbones
-    # Only implemented methods; the dynamic ones are left out until they exist.
     assert set(info["methods"]) <= set(METHODS)
-    assert not set(info["methods"]) & defaults.DYNAMIC
     # The header says which table it is and how to validate the file.
     header = path.read_text(encoding="utf-8").split("\nname:")[0]
     assert header.startswith(f"# Table {table}")
@@ -134,6 +132,101 @@ def test_spec_cells_and_trials(name: str) -> None:
         config = train_config(spec, cell, 0)
         assert config.recipe == recipe
         assert (config.epochs or get_recipe(recipe, config.recipe_overrides).epochs) == epochs
+
+
+# Every paper-table spec, the table its cells reproduce and the data sets it has numbers for.
+PAPER_SPECS = {
+    "cifar100_table1": ("1", {"cifar100"}),
+    "tiny_imagenet_table1": ("1", {"tiny_imagenet"}),
+    "imagenet_table2": ("2", {"imagenet"}),
+    "imagenet_table3_rsb_a3": ("3", {"imagenet"}),
+    "imagenet_table4_vit": ("4", {"imagenet"}),
+    "finegrained_table5": ("5", {"cub200"}),
+    "robustness_table8": ("8", {"cifar100", "tiny_imagenet"}),
+}
+# Appendix A.3's dynamic methods: "PuzzleMix, AutoMix, and SAMix".
+DYNAMIC = {"puzzlemix", "automix", "samix"}
+Cell4 = tuple[str, str, str, str]
+
+
+def table_cells(table: str) -> set[Cell4]:
+    """The (dataset, backbone, method, loss) cells a table's CSV has a number for."""
+    with (PAPER_RESULTS / f"table{table}.csv").open(newline="") as handle:
+        return {
+            (r["dataset"], r["backbone"], r["method"], r["loss"]) for r in csv.DictReader(handle)
+        }
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_SPECS))
+def test_dynamic_cells_are_the_tables_dynamic_rows(name: str) -> None:
+    table, datasets = PAPER_SPECS[name]
+    spec_cells = {
+        (c.dataset, c.backbone, c.method, c.loss) for c in expand(load_spec(SPECS / f"{name}.yaml"))
+    }
+    paper = {c for c in table_cells(table) if c[0] in datasets and c[2] in DYNAMIC}
+    assert paper, f"Table {table} has dynamic rows"
+    ours = {c for c in spec_cells if c[2] in DYNAMIC}
+    # Exactly the paper's dynamic cells where the table has numbers ...
+    assert {c for c in ours if c[0] in datasets} == paper
+    # ... and, on a data set the extracted table lacks (Table 5's Aircraft), the same rows.
+    for dataset in {c[0] for c in ours} - datasets:
+        assert {c[1:] for c in ours if c[0] == dataset} == {c[1:] for c in paper}
+    # Every cell of the spec has a number in the table, static or dynamic (Aircraft aside).
+    assert {c for c in spec_cells if c[0] in datasets} <= table_cells(table)
+
+
+def test_table5_and_table8_leave_out_the_rows_the_paper_lacks() -> None:
+    # Table 5 has no PuzzleMix row, Table 8 no SAMix row (the paper's tables).
+    t5 = {m for m, _ in table_rows("5")}
+    assert {"automix", "samix"} <= t5 and "puzzlemix" not in t5
+    for name, missing in (("finegrained_table5", "puzzlemix"), ("robustness_table8", "samix")):
+        methods = {c.method for c in expand(load_spec(SPECS / f"{name}.yaml"))}
+        assert missing not in methods and DYNAMIC - {missing} <= methods
+
+
+def _a3_text() -> str:
+    return next(line for line in paper_lines() if line.startswith("Hyper-parameter settings."))
+
+
+def test_dynamic_cells_take_appendix_a3s_dm_settings() -> None:
+    # A.3, spelled out from the paper: "we use alpha = 0.2 and alpha = 2 for the static and
+    # dynamic methods when use the proposed DM"; "dynamic methods use eta = 1" on every data set.
+    text = _a3_text()
+    assert "$\\alpha = 0.2$ and $\\alpha = 2$ for the *static* and *dynamic* methods" in text
+    assert text.count("*dynamic* methods use $\\eta = 1$") == 2
+    assert "*cutting-based* methods use $t = 1$ and $\\xi = 0.8$" in text
+    seen = set()
+    for name in PAPER_SPECS:
+        for cell in expand(load_spec(SPECS / f"{name}.yaml")):
+            if cell.method not in DYNAMIC or not cell.loss.startswith("dm_"):
+                continue
+            expected: dict[str, float] = {"alpha": 2.0}
+            # DM(CE)'s eta; DM(BCE)'s t and xi of the cutting-based methods (all but Mixup and
+            # ManifoldMix, A.3).
+            expected.update({"eta": 1.0} if cell.loss == "dm_ce" else {"t": 1.0, "xi": 0.8})
+            assert cell.hyperparameters == expected, (name, cell.cell_id)
+            seen.add(cell.loss)
+    assert seen == {"dm_ce", "dm_bce"}
+
+
+# OpenMixup's benchmark pages, the "Beta alpha" column of each method (A.3: the paper follows
+# OpenMixup's alphas), for the MCE / MBCE baselines: PuzzleMix 1, AutoMix and SAMix 2 on
+# Mixup_cifar.md, Mixup_imagenet.md (PyTorch-style, RSB A3, DeiT, Tiny-ImageNet) and
+# Mixup_downstream.md alike.
+OPENMIXUP_ALPHA = {"puzzlemix": 1.0, "automix": 2.0, "samix": 2.0}
+
+
+def test_dynamic_baselines_take_openmixups_alphas() -> None:
+    seen = set()
+    for name in PAPER_SPECS:
+        for cell in expand(load_spec(SPECS / f"{name}.yaml")):
+            if cell.method in DYNAMIC and cell.loss in ("mce", "mbce"):
+                assert cell.hyperparameters == {"alpha": OPENMIXUP_ALPHA[cell.method]}, (
+                    name,
+                    cell.cell_id,
+                )
+                seen.add((name, cell.method))
+    assert {n for n, _ in seen} == set(PAPER_SPECS)
 
 
 def test_table2_vanilla_takes_plain_ce_and_openmixup_alphas() -> None:
