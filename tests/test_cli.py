@@ -84,7 +84,11 @@ def test_train_names_what_is_wrong_with_a_trial(tmp_path):
     trial = yaml.safe_load((REPO / "search_spaces/trials/synthetic_smoke.yaml").read_text())
     cases = [
         ({"loss": {"name": "dm_ce"}}, "loss: Value error, loss 'dm_ce' takes eta: missing eta"),
-        ({"mixing": {"method": "automix", "alpha": 1}}, "unknown method 'automix'"),
+        ({"mixing": {"method": "autoMix", "alpha": 1}}, "unknown method 'autoMix'"),
+        (
+            {"mixing": {"method": "samix", "alpha": 2, "samix_balance": 2}},
+            "mixing.samix_balance: Input should be less than or equal to 1",
+        ),
         ({"loss": {"name": "dm_bce", "xi": 0, "t": 1}}, "loss.xi: Input should be greater than 0"),
         ({"recipe": "imagenet"}, "unknown recipe 'imagenet'"),
         ({"recipe_overrides": {"lrr": 0.1}}, "lrr"),

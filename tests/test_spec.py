@@ -251,6 +251,13 @@ def test_saliencymix_on_the_spectral_residual_is_not_comparable() -> None:
     assert verdicts == {"saliencymix": False, "cutmix": True}
 
 
+def test_a_samix_balance_other_than_its_configs_is_not_comparable() -> None:
+    raw = make(method=["samix", "automix"], mixing={"samix_balance": 0.2})
+    spec = spec_from_dict(raw)
+    verdicts = {cell.method: comparable(spec, cell) for cell in expand(spec)}
+    assert verdicts == {"samix": False, "automix": True}
+
+
 def test_settings_with_a_cited_source_keep_cells_comparable() -> None:
     def verdicts(**changes: Any) -> dict[str, bool]:
         spec = spec_from_dict(make(**changes))
