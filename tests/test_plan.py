@@ -120,6 +120,13 @@ def test_a_dynamic_policy_costs_the_passes_of_its_step():
     assert hours["automix"] == hours["samix"] == pytest.approx(2.0 * 3)
     notes = {cell.cell.split("/")[2]: cell.notes for cell in made.cells}
     assert notes["mixup"] == []
+    figures = {cell.cell.split("/")[2]: cell.figure for cell in made.cells}
+    assert figures == {
+        "mixup": "measured",
+        "puzzlemix": "assumed",
+        "automix": "assumed",
+        "samix": "assumed",
+    }
     assert any("saliency pass" in note for note in notes["puzzlemix"])
     assert any("momentum encoder" in note for note in notes["samix"])
 

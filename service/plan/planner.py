@@ -262,12 +262,14 @@ def plan_spec(
         notes = [work.approximate] if work.approximate else []
         hours = None
         images_per_s = None
+        status = figure.status if figure is not None else "none"
         if figure is not None:
             notes += figure.notes
             # Calibration times a static step; a dynamic policy's step does more passes.
             step_work, why = method_step_work(work.method)
             images_per_s = figure.images_per_s / step_work
             if why is not None:
+                status = "assumed" if status == "measured" else status
                 notes.append(
                     f"{work.method}: {why}, counted as {step_work:.3g} static steps (assumed "
                     "from the passes of the backbone, not measured)"
@@ -292,7 +294,7 @@ def plan_spec(
                 images_per_epoch=work.images_per_epoch,
                 batch_size=need.batch_size,
                 trials=trials,
-                figure=figure.status if figure is not None else "none",
+                figure=status,
                 extrapolated=figure is not None and figure.status == "extrapolated",
                 images_per_s=images_per_s,
                 notes=notes,
