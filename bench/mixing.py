@@ -95,6 +95,7 @@ def learned_step(
     learned = LearnedMixing(
         method,
         model,
+        dataset="synthetic",  # by image size: CIFAR's settings at 32 px, ImageNet's at 224
         image_size=images.shape[-1],
         alpha=2.0,
         lambda_mode="batch",

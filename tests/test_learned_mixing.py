@@ -36,11 +36,12 @@ def learned_pair(method: str, *, clean_loss_weight: float = 1.0, size: int = 16)
     torch.manual_seed(0)
     model = build_backbone("smallnet", 5, size)
     settings = dataclasses.replace(
-        default_settings(method, size), clean_loss_weight=clean_loss_weight
+        default_settings(method, "synthetic", size), clean_loss_weight=clean_loss_weight
     )
     learned = LearnedMixing(
         method,
         model,
+        dataset="synthetic",
         image_size=size,
         alpha=2.0,
         lambda_mode="batch",
@@ -112,7 +113,13 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
     # in_channels=256 of configs/classification/cifar100/automix/basic/r18_*.py).
     resnet = build_backbone("resnet18_cifar", 10, 32)
     learned = LearnedMixing(
-        "automix", resnet, image_size=32, alpha=2.0, lambda_mode="batch", total_steps=1
+        "automix",
+        resnet,
+        dataset="cifar100",
+        image_size=32,
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=1,
     ).eval()
     m = learned.encoder.module.model
     with torch.no_grad():
@@ -123,7 +130,13 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
     # WRN-28-2: group 2 (mask_layer=1): 32 * 2 channels at 16 x 16.
     wrn = build_backbone("wrn28_2", 10, 32)
     learned = LearnedMixing(
-        "samix", wrn, image_size=32, alpha=2.0, lambda_mode="batch", total_steps=1
+        "samix",
+        wrn,
+        dataset="cifar100",
+        image_size=32,
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=1,
     ).eval()
     w = learned.encoder.module
     with torch.no_grad():
@@ -131,11 +144,18 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
     torch.testing.assert_close(learned.features(x), expected)
     assert learned.mix_block.config.in_channels == 64
     assert learned.settings.lr == 0.03 and learned.settings.sgd_momentum == 0.0  # WRN config
+    assert learned.mix_block.config.value_hidden == 32  # SAMix's value net: half the features
 
     # DeiT: the patch tokens after block 6 of 12, as timm's own intermediate feature map.
     deit = build_backbone("deit_tiny_patch16_224", 10, 64)
     learned = LearnedMixing(
-        "automix", deit, image_size=64, alpha=2.0, lambda_mode="batch", total_steps=1
+        "automix",
+        deit,
+        dataset="synthetic",
+        image_size=64,
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=1,
     ).eval()
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -248,6 +268,7 @@ def test_samix_balance_is_samix_alone():
         LearnedMixing(
             "automix",
             model,
+            dataset="synthetic",
             image_size=16,
             alpha=2.0,
             lambda_mode="batch",
@@ -257,6 +278,7 @@ def test_samix_balance_is_samix_alone():
     learned = LearnedMixing(
         "samix",
         model,
+        dataset="synthetic",
         image_size=16,
         alpha=2.0,
         lambda_mode="batch",
@@ -264,8 +286,24 @@ def test_samix_balance_is_samix_alone():
         samix_balance=0.3,
     )
     assert learned.settings.samix_balance == 0.3
-    assert default_settings("samix", 16).samix_balance == 0.5  # neg_weight of the CIFAR config
-    assert default_settings("samix", 224).samix_balance == 1.0  # ImageNet R-50 config
+    assert default_settings("samix", "cifar100", 32).samix_balance == 0.5  # neg_weight=0.5
+    assert default_settings("samix", "imagenet", 224).samix_balance == 1.0  # the default 1
+
+
+def test_each_data_set_takes_its_openmixup_configs_settings():
+    # (lr, min_lr, weight decay, end momentum, lambda embedding) of the Mix Block, as the configs
+    # named in trainers/mixing/learned.py write them.
+    def of(method: str, dataset: str, size: int):
+        s = default_settings(method, dataset, size)
+        return s.lr, s.min_lr, s.weight_decay, s.momentum.end, s.block.lam_concat
+
+    assert of("automix", "cifar100", 32) == (0.1, 0.05, 1e-4, 0.999999, False)  # mlr5e_2
+    assert of("automix", "tiny_imagenet", 64) == (0.1, 1e-3, 1e-4, 0.999999, False)  # mb_mlr1e_3
+    assert of("automix", "imagenet", 224) == (0.1, 1e-3, 1e-4, 0.99999, True)  # lam_cat
+    assert of("automix", "cub200", 224) == (0.01, 5e-4, 5e-4, 0.99999, True)  # mlr5e_4
+    k = {d: default_settings("samix", d, 32).block.lam_mul_k for d in ("cifar100", "tiny_imagenet")}
+    assert k == {"cifar100": 0.25, "tiny_imagenet": -1.0}
+    assert default_settings("samix", "aircraft", 224).block.lam_mul_k == 1.0  # "mult + k=1"
 
 
 # --------------------------------------------------------------------------- torch.distributed

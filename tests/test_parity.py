@@ -106,6 +106,8 @@ def ours() -> dict[Key, dict[str, str]]:
                 "batch_size": str(config.batch_size or recipe.batch_size),
                 "augmentation": augmentation(recipe),
             }
+            if recipe.min_lr:  # the paper's recipes decay to 0; a config may end above it
+                values["min_lr"] = number(recipe.min_lr)
             if cell.method == "mixup_cutmix" and config.mixing.alpha is None:
                 assert recipe.mixup_alpha is not None and recipe.cutmix_alpha is not None
                 values["alpha"] = f"{number(recipe.mixup_alpha)}/{number(recipe.cutmix_alpha)}"

@@ -283,6 +283,18 @@ def test_schedule_without_warmup_starts_at_peak_and_step_decay():
     assert lrs[18] == pytest.approx(0.002)
 
 
+def test_cosine_ends_at_the_recipes_min_lr_ratio_as_mmcv_cosine_annealing():
+    # OpenMixup's AutoMix CIFAR-100 configs: lr 0.1, CosineAnnealing with min_lr 0.05, by
+    # iteration: lr_s = min_lr + (lr - min_lr) * (1 + cos(pi * s / total)) / 2 (mmcv).
+    recipe = get_recipe("cifar", {"min_lr": 0.05})  # the cifar recipe's lr is 0.1
+    lrs, _, optimizer = run_schedule(recipe, 10, 5, 50)  # peak 2.0 in run_schedule
+    for s in range(50):
+        assert lrs[s] == pytest.approx(1.0 + 1.0 * (1 + math.cos(math.pi * s / 50)) / 2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)  # 0.5 x peak after the last
+    with pytest.raises(ValueError, match=r"min_lr must be below lr \(0.1\); got 0.1"):
+        get_recipe("cifar", {"min_lr": 0.1})
+
+
 def test_schedule_resumes_from_its_state_dict():
     recipe = RECIPES["rsb_a3"]
     full, _, _ = run_schedule(recipe, 3, 10, 30)

@@ -233,6 +233,7 @@ def build_trial(config: TrainConfig) -> Trial:
         learned = LearnedMixing(
             config.mixing.method,
             model,
+            dataset=config.data.name,
             image_size=train_set.image_size,
             alpha=config.mixing.alpha,
             lambda_mode=config.mixing.lambda_mode,

@@ -67,8 +67,10 @@ class StepSchedule:
 
     * ``step < warmup_steps``: ``(step + 1) / (warmup_steps + 1)``, linear from ~0 and reaching
       1 at ``step == warmup_steps``.
-    * cosine: ``0.5 * (1 + cos(pi * (step - warmup_steps) / (total_steps - warmup_steps)))``,
-      1 right after warm-up, exactly 0 at ``step == total_steps``.
+    * cosine: ``floor + (1 - floor) * 0.5 * (1 + cos(pi * (step - warmup_steps) /
+      (total_steps - warmup_steps)))``, 1 right after warm-up, exactly ``floor`` (a recipe's
+      ``min_lr / lr``, 0 in the paper's) at ``step == total_steps``: mmcv's ``CosineAnnealing``
+      with ``min_lr = floor * lr``, as OpenMixup's configs use it.
     * step: ``gamma ** (number of milestone steps <= step)``.
 
     A callable object rather than a closure, so that ``LambdaLR.state_dict()`` saves its fields
@@ -80,6 +82,7 @@ class StepSchedule:
     kind: str = "cosine"
     milestones: tuple[int, ...] = ()
     gamma: float = 0.1
+    floor: float = 0.0
 
     def __call__(self, step: int) -> float:
         """The factor applied to the peak lr at optimiser step ``step``."""
@@ -89,7 +92,7 @@ class StepSchedule:
             return self.gamma ** sum(step >= m for m in self.milestones)
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def build_scheduler(
@@ -119,6 +122,7 @@ def build_scheduler(
         kind=recipe.schedule,
         milestones=tuple(round(m * epochs) * steps_per_epoch for m in recipe.lr_milestones),
         gamma=recipe.lr_gamma,
+        floor=recipe.min_lr / recipe.lr,  # both scale with the batch size alike
     )
     return LambdaLR(optimizer, schedule)
 

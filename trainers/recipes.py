@@ -69,6 +69,13 @@ class Recipe(StrictModel):
     )
     lr_gamma: float = Field(0.1, gt=0, le=1, description="step schedule only: decay factor")
     warmup_epochs: float = Field(0, ge=0, description="linear warm-up from ~0 to the peak lr")
+    min_lr: float = Field(
+        0.0,
+        ge=0,
+        description="cosine only: the lr the decay ends at, at the reference batch_size (scaled "
+        "with lr; below lr). 0, every recipe of the paper; OpenMixup's AutoMix and SAMix "
+        "configs on CIFAR and Tiny-ImageNet end at 0.05",
+    )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing epsilon")
     drop_path: float = Field(0.0, ge=0, lt=1, description="stochastic depth rate")
     repeated_aug: bool = Field(False, description="repeated augmentation (timm RepeatAugSampler)")
@@ -158,6 +165,8 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"optimizer {self.optimizer!r} needs betas and no momentum (set momentum to null)"
             )
+        if self.min_lr >= self.lr:
+            raise ValueError(f"min_lr must be below lr ({self.lr:g}); got {self.min_lr:g}")
         return self
 
 

@@ -48,22 +48,19 @@ from trainers.mixing.mix_block import (
 )
 
 LEARNED_POLICIES = ("automix", "samix")
-# Images up to this side are the small-scale data sets (CIFAR, Tiny-ImageNet), whose configs
-# differ from ImageNet's (no lambda embedding in AutoMix, SAMix's k = 0.25, slower momentum end).
-SMALL_SCALE_MAX_SIZE = 64
 
 
 @dataclass(frozen=True)
 class LearnedSettings:
     """A learned policy's settings: its Mix Block, momentum schedule, optimiser and losses.
 
-    ``block.in_channels`` is a placeholder: :class:`LearnedMixing` sets it from the features
-    it reads. The Mix Block's optimiser is SGD with ``lr`` decayed by a cosine to ``min_lr``
-    over the trial's steps (OpenMixup's ``mix_block`` parameter group and its
-    ``addtional_scheduler``, or the one schedule of the CIFAR configs, "mlr5e_2").
-    ``samix_balance``: SAMix's eta (``neg_weight`` of ``head_mix_k``), not DM's; None for
-    AutoMix, whose Mix Block loss is plain mixup cross-entropy. ``clean_loss_weight``:
-    ``head_one_q``'s weight on the backbone's clean batch.
+    ``block.in_channels`` (and the SAMix value network's width, half of it) is a placeholder:
+    :class:`LearnedMixing` sets it from the features it reads. The Mix Block's optimiser is SGD
+    with ``lr`` decayed by a cosine to ``min_lr`` over the trial's steps (OpenMixup's
+    ``mix_block`` parameter group and its ``addtional_scheduler``, or the one schedule of the
+    CIFAR configs). ``samix_balance``: SAMix's eta (``neg_weight`` of ``head_mix_k``), not
+    DM's; None for AutoMix, whose Mix Block loss is plain mixup cross-entropy.
+    ``clean_loss_weight``: ``head_one_q``'s weight on the backbone's clean batch.
     """
 
     block: MixBlockConfig
@@ -77,11 +74,10 @@ class LearnedSettings:
     source: str
 
 
-_CIFAR = "configs/classification/cifar100"
-_IMAGENET = "configs/classification/imagenet"
-# CIFAR-100 ResNet-18 / ResNeXt-50 (one SGD for all: lr 0.1, momentum 0.9, wd 1e-4, cosine to
-# 0.05; momentum 0.999 -> 0.999999).
-AUTOMIX_SMALL = LearnedSettings(
+_CONFIGS = "configs/classification"
+# CIFAR-100, ResNet-18 / ResNeXt-50: one SGD for everything (lr 0.1, momentum 0.9, wd 1e-4,
+# cosine to min_lr 0.05, "mlr5e_2"); momentum 0.999 -> 0.999999; SAMix k = 0.25, eta 0.5.
+AUTOMIX_CIFAR = LearnedSettings(
     block=AUTOMIX_R18,
     momentum=MomentumSchedule(0.999, 0.999999),
     lr=0.1,
@@ -90,55 +86,101 @@ AUTOMIX_SMALL = LearnedSettings(
     weight_decay=1e-4,
     samix_balance=None,
     clean_loss_weight=1.0,
-    source=f"{_CIFAR}/automix/basic/r18_l2_a2_near_L1_01_mlr5e_2.py",
+    source=f"{_CONFIGS}/cifar100/automix/basic/r18_l2_a2_near_L1_01_mlr5e_2.py",
 )
-SAMIX_SMALL = dataclasses.replace(
-    AUTOMIX_SMALL,
+SAMIX_CIFAR = dataclasses.replace(
+    AUTOMIX_CIFAR,
     block=SAMIX_R18,
     samix_balance=0.5,
-    source=f"{_CIFAR}/samix/basic/r18_l2_a2_bili_val_dp0_mul_x_cat_L1_var_01_mlr5e_2.py",
+    source=f"{_CONFIGS}/cifar100/samix/basic/r18_l2_a2_bili_val_dp0_mul_x_cat_L1_var_01_mlr5e_2.py",
 )
-# WRN-28-8 on CIFAR-100: lr 0.03 and wd 1e-3 for all, the Mix Block without momentum ("momentum=0
-# performs better in 400ep"), cosine to 1e-3.
-WRN_SOURCE = f"{_CIFAR}/automix/basic/wrn28_8_l1_a2_near_L1_01_mlr1e_3.py"
-# ImageNet ResNet-50: AutoMix embeds lambda (lam_concat), SAMix uses k = -1 ("-1 for large
-# datasets") and eta 1; the Mix Block's group lr 0.1 -> 0.001; momentum 0.999 -> 0.99999.
-AUTOMIX_LARGE = dataclasses.replace(
-    AUTOMIX_SMALL,
+# Tiny-ImageNet: the Mix Block's own group, lr 0.1 cosine to 1e-3 ("mb_mlr1e_3"); SAMix k = -1.
+AUTOMIX_TINY = dataclasses.replace(
+    AUTOMIX_CIFAR,
+    min_lr=1e-3,
+    source=f"{_CONFIGS}/tiny_imagenet/automix/basic/r18_l2_a2_near_mb_mlr1e_3_bb_mlr5e_2.py",
+)
+SAMIX_TINY = dataclasses.replace(
+    SAMIX_CIFAR,
+    block=dataclasses.replace(SAMIX_R18, lam_mul_k=-1.0),
+    min_lr=1e-3,
+    source=f"{_CONFIGS}/tiny_imagenet/samix/basic/r18_l2_a2_bili_val_dp0_mul_mb_mlr1e_3_bb_mlr5e_2.py",
+)
+# ImageNet ResNet-50: AutoMix embeds lambda (lam_concat), SAMix k = -1 and eta 1 (the head's
+# default neg_weight); the Mix Block's group lr 0.1 -> 0.001; momentum 0.999 -> 0.99999.
+AUTOMIX_IMAGENET = dataclasses.replace(
+    AUTOMIX_CIFAR,
     block=dataclasses.replace(AUTOMIX_R18, lam_concat=True),
     momentum=MomentumSchedule(0.999, 0.99999),
     min_lr=1e-3,
-    source=f"{_IMAGENET}/automix/basic/r50_l2_a2_near_lam_cat_mb_mlr1e_3_bb_mlr0.py",
+    source=f"{_CONFIGS}/imagenet/automix/basic/r50_l2_a2_near_lam_cat_mb_mlr1e_3_bb_mlr0.py",
 )
-SAMIX_LARGE = dataclasses.replace(
-    AUTOMIX_LARGE,
+SAMIX_IMAGENET = dataclasses.replace(
+    AUTOMIX_IMAGENET,
     block=dataclasses.replace(SAMIX_R18, lam_mul_k=-1.0),
     samix_balance=1.0,
     source=(
-        f"{_IMAGENET}/samix/basic/r50/unsampling_modebilinear/"
+        f"{_CONFIGS}/imagenet/samix/basic/r50/unsampling_modebilinear/"
         "r50_l2_a2_bili_val_dp01_mul_mb_mlr1e_3_m09_bb_mlr0_4xb64_ep300.py"
     ),
 )
+# CUB-200, FGVC-Aircraft (and Stanford Cars): fine-tuning from ImageNet weights; the Mix Block's
+# group lr 0.01 -> 5e-4, wd 5e-4; AutoMix embeds lambda, SAMix k = 1 and eta 1.
+AUTOMIX_FINEGRAINED = dataclasses.replace(
+    AUTOMIX_IMAGENET,
+    lr=0.01,
+    min_lr=5e-4,
+    weight_decay=5e-4,
+    source=f"{_CONFIGS}/cub200/automix/r18_l2_a2_near_lam_cat_mb_mlr5e_4_1xb16_ep200.py",
+)
+SAMIX_FINEGRAINED = dataclasses.replace(
+    AUTOMIX_FINEGRAINED,
+    block=dataclasses.replace(SAMIX_R18, lam_mul_k=1.0),
+    samix_balance=1.0,
+    source=f"{_CONFIGS}/cub200/samix/r18_l2_a2_bili_val_dp01_mb_mlr5e_4_1xb16_ep200.py",
+)
+WRN_SOURCE = f"{_CONFIGS}/cifar100/automix/basic/wrn28_8_l1_a2_near_L1_01_mlr1e_3.py"
+
+PRESETS: dict[str, dict[str, LearnedSettings]] = {
+    "cifar": {"automix": AUTOMIX_CIFAR, "samix": SAMIX_CIFAR},
+    "tiny_imagenet": {"automix": AUTOMIX_TINY, "samix": SAMIX_TINY},
+    "imagenet": {"automix": AUTOMIX_IMAGENET, "samix": SAMIX_IMAGENET},
+    "finegrained": {"automix": AUTOMIX_FINEGRAINED, "samix": SAMIX_FINEGRAINED},
+}
+_PRESET_OF_DATASET = {
+    "cifar10": "cifar",
+    "cifar100": "cifar",
+    "tiny_imagenet": "tiny_imagenet",
+    "imagenet": "imagenet",
+    "cub200": "finegrained",
+    "aircraft": "finegrained",
+    "cars": "finegrained",
+}
 
 
-def default_settings(method: str, image_size: int, *, wide_resnet: bool = False) -> LearnedSettings:
-    """OpenMixup's settings of ``method`` for the scale of the data (and WRN's optimiser).
+def preset_name(dataset: str, image_size: int) -> str:
+    """Whose configs a data set trains with; one OpenMixup has none for goes by its image size."""
+    if dataset in _PRESET_OF_DATASET:
+        return _PRESET_OF_DATASET[dataset]
+    return "cifar" if image_size <= 32 else "tiny_imagenet" if image_size <= 64 else "imagenet"
 
-    Two departures from the ImageNet configs, both kept simple on purpose: the SAMix value
-    network has no dropout (``with_last_dropout=0.1`` there) and its mask loss weight stays 0.1
-    (annealed to 0 there by a ``CustomCosineAnnealingHook``). DeiT and Swin use the ImageNet
-    ResNet settings with their own feature tap (their configs train the Mix Block with AdamW
-    and switch it off for 80 % of the steps, neither done here).
+
+def default_settings(
+    method: str, dataset: str, image_size: int, *, wide_resnet: bool = False
+) -> LearnedSettings:
+    """OpenMixup's settings of ``method`` for the data set (:data:`PRESETS`).
+
+    WRN-28-8 on CIFAR-100 has its own optimiser: lr 0.03 and wd 1e-3, the Mix Block without
+    momentum ("momentum=0 performs better in 400ep"), cosine to 1e-3. Departures, kept simple on
+    purpose: SAMix's value network has no dropout (``with_last_dropout=0.1`` on ImageNet and
+    CUB) and its mask loss weight stays 0.1 (annealed to 0 there by a
+    ``CustomCosineAnnealingHook``); DeiT and Swin use the ImageNet settings with their own
+    feature tap (their configs train the Mix Block with AdamW and switch it off for 80 % of
+    the steps).
     """
     if method not in LEARNED_POLICIES:
         raise ValueError(f"unknown learned policy {method!r}; allowed: automix, samix")
-    small = image_size <= SMALL_SCALE_MAX_SIZE
-    settings = {
-        ("automix", True): AUTOMIX_SMALL,
-        ("samix", True): SAMIX_SMALL,
-        ("automix", False): AUTOMIX_LARGE,
-        ("samix", False): SAMIX_LARGE,
-    }[method, small]
+    settings = PRESETS[preset_name(dataset, image_size)][method]
     if wide_resnet:
         settings = dataclasses.replace(
             settings, lr=0.03, min_lr=1e-3, sgd_momentum=0.0, weight_decay=1e-3, source=WRN_SOURCE
@@ -170,6 +212,7 @@ class LearnedMixing(nn.Module):
         method: str,
         model: nn.Module,
         *,
+        dataset: str,
         image_size: int,
         alpha: float,
         lambda_mode: LambdaMode,
@@ -189,7 +232,7 @@ class LearnedMixing(nn.Module):
 
         self.method = method
         self.settings = settings or default_settings(
-            method, image_size, wide_resnet=isinstance(model, WideResNet)
+            method, dataset, image_size, wide_resnet=isinstance(model, WideResNet)
         )
         if samix_balance is not None:
             if method != "samix":
@@ -200,7 +243,10 @@ class LearnedMixing(nn.Module):
         self.prefix_tokens = int(getattr(getattr(model, "model", model), "num_prefix_tokens", 0))
         self.encoder = MomentumEncoder(model, self.settings.momentum)
         channels = self._probe_channels(image_size, next(model.parameters()).device)
-        block = dataclasses.replace(self.settings.block, in_channels=channels)
+        block = self.settings.block
+        # SAMix's value network is half as wide as the features (128 of 256, 512 of 1024).
+        hidden = channels // 2 if block.value_hidden is not None else None
+        block = dataclasses.replace(block, in_channels=channels, value_hidden=hidden)
         self.mix_block = MixBlock(block).to(next(model.parameters()).device)
         self.optimizer = torch.optim.SGD(
             self.mix_block.parameters(),
