@@ -23,7 +23,7 @@ from torch import Tensor
 
 from trainers.vocabulary import BOUNDS
 
-__all__ = ["ce", "dm_bce", "dm_ce", "mbce", "mce", "rescale_lambda"]
+__all__ = ["as_dm_ce", "ce", "dm_bce", "dm_ce", "mbce", "mce", "rescale_lambda"]
 
 Lambda = float | Tensor
 
@@ -250,6 +250,55 @@ class _DecoupledMixupCE(torch.autograd.Function):
 
 
 # --------------------------------------------------------------------------- binary losses
+
+
+def as_dm_ce(logits: Tensor, y_a: Tensor, v_b: Tensor, lam: Lambda, *, eta: float) -> Tensor:
+    """DM(CE) of the asymmetric strategy, Sec. 3.2: a labelled sample mixed with an unlabelled one.
+
+    Sample ``n`` holds the labelled class ``a = y_a[n]`` with share ``lam[n]`` (AS keeps it at
+    most 1/2) and an unlabelled image whose label is the host algorithm's ``v_b[n]``: class
+    probabilities (N, C) (e.g. MixMatch's sharpened guess), or classes (N,) (e.g. FixMatch's
+    pseudo-labels). The loss is
+
+        -[lam * log p_a + (1 - lam) * sum_c v_b[c] log p_c]  +  eta * (-log phi(a; without b))
+
+    the mixup cross-entropy of ``y = lam e_a + (1 - lam) v_b``, and the paper's
+    ``L^_DM(CE) = y_a^T log(phi(z)) y_b`` as a negative log-likelihood (the sign of ``dm_ce``):
+    only the labelled class's term, with ``b = argmax v_b`` left out of its softmax
+    ``phi(a; without b) = exp(z_a) / sum_{c != b} exp(z_c)``. That term is off where the sample
+    holds one class: ``a == b``, or ``min(lam, 1 - lam) <= TWO_CLASS_MIN_SHARE`` (not mixed),
+    as in ``dm_ce``. With classes for ``v_b`` it equals ``dm_ce``'s per-sample loss with the
+    unlabelled side's decoupled weight set to 0. Batch mean; logits of any float dtype,
+    computed in at least float32.
+    """
+    _check_nonnegative(eta, "eta")
+    _check_logits(logits)
+    y_a = _check_classes(y_a, "y_a", logits)
+    lam = _as_lambda(lam, logits)
+    n, classes = logits.shape
+    if classes < 2:
+        raise ValueError(f"as_dm_ce needs at least 2 classes; logits have {classes}")
+    if v_b.dim() == 1:
+        b = _check_classes(v_b, "v_b", logits)
+        target_b = F.one_hot(b, classes).to(lam.dtype)
+    elif v_b.shape == (n, classes) and v_b.is_floating_point():
+        target_b = v_b.detach().to(lam.dtype)
+        b = target_b.argmax(dim=1)
+    else:
+        raise ValueError(
+            f"v_b must be classes of shape ({n},) or probabilities of shape ({n}, {classes}); "
+            f"got {tuple(v_b.shape)} {v_b.dtype}"
+        )
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        z = logits.to(lam.dtype)
+        log_p = F.log_softmax(z, dim=1)
+        mixed_ce = -(lam * log_p.gather(1, y_a[:, None]).squeeze(1))
+        mixed_ce = mixed_ce - (1 - lam) * (target_b * log_p).sum(1)
+        lse_without_b = torch.logsumexp(z.scatter(1, b[:, None], float("-inf")), dim=1)
+        neg_log_phi_a = lse_without_b - z.gather(1, y_a[:, None]).squeeze(1)
+        decoupled = (y_a != b) & (torch.minimum(lam, 1 - lam) > TWO_CLASS_MIN_SHARE)
+        per_sample = mixed_ce + float(eta) * torch.where(decoupled, neg_log_phi_a, 0.0)
+        return per_sample.mean()
 
 
 def _mixed_bce(

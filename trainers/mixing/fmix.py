@@ -45,17 +45,24 @@ def low_frequency_noise(
     return torch.fft.irfft2(torch.complex(real, imag) * amplitude, s=(height, width))
 
 
+def top_count_mask(scores: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row of ``scores`` (N, P): True at its ``keep[n]`` highest entries.
+
+    Returns the mask and the exact fraction of True entries per row.
+    """
+    pixels = scores.shape[1]
+    order = scores.argsort(dim=1, descending=True)
+    ranks_kept = torch.arange(pixels, device=scores.device)[None, :] < keep[:, None]
+    mask = torch.zeros_like(ranks_kept).scatter_(1, order, ranks_kept)
+    return mask, keep.double() / pixels
+
+
 def top_fraction_mask(scores: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
     """Per row of ``scores`` (N, P): True at its ``round(lam * P)`` highest entries.
 
     Returns the mask and the exact fraction of True entries per row.
     """
-    pixels = scores.shape[1]
-    keep = torch.round(lam * pixels).long()
-    order = scores.argsort(dim=1, descending=True)
-    ranks_kept = torch.arange(pixels, device=scores.device)[None, :] < keep[:, None]
-    mask = torch.zeros_like(ranks_kept).scatter_(1, order, ranks_kept)
-    return mask, keep.double() / pixels
+    return top_count_mask(scores, torch.round(lam * scores.shape[1]).long())
 
 
 def fmix(

@@ -26,7 +26,7 @@ from trainers.mixing.base import (
 SCALE_RANGE = (0.1, 0.8)
 
 
-def _resize_into_boxes(images: Tensor, box: boxes.Boxes) -> Tensor:
+def resize_into_boxes(images: Tensor, box: boxes.Boxes) -> Tensor:
     """Each image bilinearly resized to fill its box; values outside the boxes are unspecified.
 
     ``box`` holds one box per image, or one box for them all.
@@ -75,6 +75,6 @@ def resizemix(
     left = (draw_uniform(draws, generator, device) * (width - box_w + 1)).long()
     perm = draw_permutation(n, generator, device)
     box = (top, top + box_h, left, left + box_w)
-    patches = _resize_into_boxes(inputs[perm], box)
+    patches = resize_into_boxes(inputs[perm], box)
     mixed = boxes.paste(inputs, patches, boxes.box_mask(box, height, width))
     return mixed_batch(mixed, targets, boxes.share_outside(box, height, width), perm)
