@@ -209,3 +209,28 @@ def test_puzzlemix_resumes_bitwise(tmp_path):
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+
+
+def test_graph_cuts_in_a_process_pool_train_the_same_weights(tmp_path):
+    """The labellings are solved by two processes or in the trial's own: the same run."""
+    from trainers.mixing.graph_cut import _pool
+
+    pools_before = _pool.cache_info().misses + _pool.cache_info().hits
+    torch.use_deterministic_algorithms(True)
+    try:
+        states = []
+        for workers in (0, 2):
+            recorder = Recorder(keep=tmp_path / str(workers))
+            trial = synthetic_trial(
+                data={"synthetic_images": {"train": 64, "test": 32}},
+                mixing={"method": "puzzlemix", "alpha": 1.0, "puzzlemix_workers": workers},
+                epochs=1,
+                checkpoint_every=1,
+            )
+            run(trial, recorder)
+            states.append(load_checkpoint(recorder.checkpoints[-1])["model"])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert _pool.cache_info().misses + _pool.cache_info().hits > pools_before  # the pool ran
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key

@@ -137,6 +137,14 @@ class MixingSettings(StrictModel):
         description="saliencymix only: fine_grained (OpenCV's, as SaliencyMix) or "
         "spectral_residual",
     )
+    puzzlemix_workers: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="puzzlemix only: processes solving its graph cuts, in parallel across "
+        "samples; 0: in the training process; default: the CPUs less one, at most 8 (the "
+        "labellings are the same whatever the count)",
+    )
     samix_balance: Annotated[float, Field(ge=0, le=1)] | None = Field(
         None,
         description="samix only: SAMix's eta, the weight of the classes outside the pair in "

@@ -184,6 +184,14 @@ def _sample_loader(
     )
 
 
+def _puzzlemix_workers(config: TrainConfig) -> int:
+    """Graph-cut processes of a PuzzleMix trial: the setting, else the CPUs less one (0 else)."""
+    if config.mixing.method != "puzzlemix":
+        return 0
+    workers = config.mixing.puzzlemix_workers
+    return default_loader_workers() if workers is None else workers
+
+
 def build_trial(config: TrainConfig) -> Trial:
     """Open the data, build model, optimiser, schedule and streams for ``config``."""
     ranks = current_ranks(config.device)
@@ -278,6 +286,7 @@ def build_trial(config: TrainConfig) -> Trial:
             saliency_detector=config.mixing.saliency_detector,
             mean=mean,
             std=std,
+            puzzlemix_workers=_puzzlemix_workers(config),
         ),
         generator=generator,
         choices=torch.Generator().manual_seed(stream_seed),
