@@ -254,7 +254,9 @@ def test_policies_on_cuda_are_reproducible_and_true_on_non_square_images(name):
 # --------------------------------------------------------------------------- the training loop
 
 
-@pytest.mark.parametrize("method", ["cutmix", "mixup", "fmix", "saliencymix", "manifoldmix"])
+@pytest.mark.parametrize(
+    "method", ["cutmix", "mixup", "fmix", "saliencymix", "manifoldmix", "automix", "samix"]
+)
 def test_a_training_step_on_cuda_does_not_synchronise(cuda, method):
     from trainers.loop import build_trial, train_step
 
@@ -300,6 +302,21 @@ def test_amp_training_on_cuda_resumes_from_its_checkpoint(tmp_path):
         if expected[key].is_floating_point()
     }
     assert max(diffs.values()) < 1e-3, diffs
+
+
+@pytest.mark.parametrize("method", ["automix", "samix"])
+def test_the_learned_policies_train_under_fp16_with_one_grad_scaler(method):
+    # Two optimisers share the trial's GradScaler: a step with inf gradients is skipped for both.
+    from trainers.loop import run
+
+    trial = synthetic_trial(
+        device="cuda",
+        mixing={"method": method, "alpha": 2.0},
+        recipe_overrides={"amp": True},
+        epochs=2,
+    )
+    final = run(trial, Recorder())
+    assert torch.isfinite(torch.tensor(final["train_loss"])) and final["train_loss"] > 0
 
 
 @pytest.mark.parametrize(
