@@ -42,7 +42,6 @@ from rich.console import Console
 from rich.table import Table
 
 from trainers.backbones import StagedResNet
-from trainers.distributed import Ranks
 from trainers.mixing import POLICIES
 from trainers.mixing.learned import LEARNED_POLICIES, LearnedMixing
 from trainers.mixing.methods import input_saliency
@@ -104,14 +103,13 @@ def learned_step(
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler(images.device.type, enabled=False)
     generator = torch.Generator(device=images.device).manual_seed(0)
-    ranks = Ranks(0, 1, images.device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        mixed = learned.mixing(model, images, labels, generator)
+        mixed = learned.mixing(model, images, labels, generator, mce)
         (mce(mixed.logits, mixed.batch) + mixed.auxiliary).backward()
         optimizer.step()
-        learned.step(scaler, model, 0, 1000, ranks)
+        learned.step(scaler, model, 0)
 
     return step
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+import torch.nn.functional as F
 
 from tests.support.ports import free_port
 from tests.support.training import Recorder, synthetic_trial, whole_interrupted_resumed
@@ -30,6 +31,7 @@ from trainers.objectives import objective
 torch.set_num_threads(1)
 
 METHODS = ("automix", "samix")
+MCE = objective("mce")
 
 
 def learned_pair(method: str, *, clean_loss_weight: float = 1.0, size: int = 16):
@@ -68,7 +70,7 @@ def test_each_loss_reaches_only_what_the_method_trains(method):
 
     # The trial's objective on the backbone's batch: the backbone only (mask detached).
     model, learned = learned_pair(method)
-    step = learned.mixing(model, inputs, targets, generator)
+    step = learned.mixing(model, inputs, targets, generator, MCE)
     objective("dm_ce", eta=1.0)(step.logits, step.batch).backward()
     assert touched(model)
     assert all(p.grad is None for p in learned.mix_block.parameters())
@@ -76,22 +78,49 @@ def test_each_loss_reaches_only_what_the_method_trains(method):
 
     # The Mix Block's loss, through the encoder's frozen copy: the Mix Block only.
     model, learned = learned_pair(method, clean_loss_weight=0.0)
-    learned.mixing(model, inputs, targets, generator).auxiliary.backward()
+    learned.mixing(model, inputs, targets, generator, MCE).auxiliary.backward()
     assert touched(learned.mix_block)
     assert all(p.grad is None for p in model.parameters())
     assert all(p.grad is None for p in learned.encoder.parameters())
 
-    # With OpenMixup's clean-batch cross-entropy (head_one_q, weight 1) the backbone takes it.
+    # With the objective on the clean batch (OpenMixup's head_one_q, weight 1) the backbone
+    # takes it.
     model, learned = learned_pair(method, clean_loss_weight=1.0)
-    learned.mixing(model, inputs, targets, generator).auxiliary.backward()
+    learned.mixing(model, inputs, targets, generator, MCE).auxiliary.backward()
     assert touched(learned.mix_block) and touched(model)
 
 
+def test_the_clean_batch_takes_the_trials_objective_unmixed():
+    # With and without the clean batch's loss (weight 1 and 0), the same Mix Block and draws:
+    # the difference is that loss, which must be the trial's objective at lambda 1, label
+    # smoothing and BCE alike (OpenMixup's head_one_q, here through the one classifier).
+    inputs, targets = batch()
+    cases = [
+        (
+            objective("mce", label_smoothing=0.1),
+            lambda z: F.cross_entropy(z, targets, label_smoothing=0.1),
+        ),
+        (
+            objective("mbce"),
+            lambda z: F.binary_cross_entropy_with_logits(z, F.one_hot(targets, 5).float()),
+        ),
+    ]
+    for loss, expected in cases:
+        model, with_clean = learned_pair("automix", clean_loss_weight=1.0)
+        _, without = learned_pair("automix", clean_loss_weight=0.0)
+        without.load_state_dict(with_clean.state_dict())
+        a = with_clean.mixing(model, inputs, targets, torch.Generator().manual_seed(4), loss)
+        b = without.mixing(model, inputs, targets, torch.Generator().manual_seed(4), loss)
+        with torch.no_grad():
+            clean = expected(model(inputs)).item()
+        assert (a.auxiliary - b.auxiliary).item() == pytest.approx(clean, rel=1e-4)
+
+
 @pytest.mark.parametrize("method", METHODS)
-def test_the_backbone_batch_is_mixed_by_a_mask_whose_share_is_lambda(method):
+def test_the_backbone_batch_is_mixed_pixel_by_pixel_by_a_mask_in_the_unit_interval(method):
     model, learned = learned_pair(method)
     inputs, targets = batch()
-    step = learned.mixing(model, inputs, targets, torch.Generator().manual_seed(1))
+    step = learned.mixing(model, inputs, targets, torch.Generator().manual_seed(1), MCE)
     mixed, perm, lam = step.batch.inputs, step.batch.perm, step.batch.lam
     # Every pixel is m * x_a + (1 - m) * x_b with one m in [0, 1] for the three channels.
     a, b = inputs, inputs[perm]
@@ -166,36 +195,66 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_step_moves_the_encoder_by_its_schedule_and_the_mix_block_by_its_own(method):
+def test_steps_move_the_encoder_by_its_schedule_and_the_mix_block_by_its_own(method):
+    # 64 images in batches of 32 for 10 epochs: 20 steps. OpenMixup's CosineScheduleHook
+    # (adjust_scope [0.1, 1], constant warm-up): momentum 0.999 for steps 0 and 1 (below
+    # int(0.1 * 20) = 2), then end - (end - base) * (cos(pi * s / 20) + 1) / 2 toward 0.999999.
     trial = build_trial(
         synthetic_trial(
             data={"synthetic_images": {"train": 64, "test": 32}},
             mixing={"method": method, "alpha": 2.0},
-            epochs=1,
+            epochs=10,
         )
     )
     learned = trial.learned
-    assert learned is not None and trial.total_steps == 2  # 64 images, batches of 32
-    before = {n: p.detach().clone() for n, p in learned.encoder.module.named_parameters()}
+    assert learned is not None and learned.total_steps == 20
+    base, end = 0.999, 0.999999
+    momenta = [base, base, end - (end - base) * (math.cos(math.pi * 2 / 20) + 1) / 2]
     block_before = [p.detach().clone() for p in learned.mix_block.parameters()]
     images, labels = trial.train_set.read(torch.arange(32)), trial.train_set.labels[:32]
-    train_step(trial, images, labels)
-
-    m = learned.settings.momentum(0, 2)
-    assert m == 0.999  # before 10 % of the run: the base momentum
-    for name, p in trial.model.named_parameters():
-        expected = before[name] * m + p.detach() * (1 - m)
-        torch.testing.assert_close(
-            learned.encoder.module.get_parameter(name), expected, rtol=0, atol=1e-6
-        )
+    for m in momenta:
+        before = {n: p.detach().clone() for n, p in learned.encoder.module.named_parameters()}
+        train_step(trial, images, labels)
+        for name, p in trial.model.named_parameters():
+            expected = before[name] * m + p.detach() * (1 - m)
+            torch.testing.assert_close(
+                learned.encoder.module.get_parameter(name), expected, rtol=0, atol=1e-6
+            )
     assert any(
         not torch.equal(a, b)
         for a, b in zip(block_before, learned.mix_block.parameters(), strict=True)
     )
-    # Cosine from lr to min_lr over the trial's steps: halfway after one of two.
+    # The Mix Block's own cosine, from lr to min_lr over the trial's 20 steps: after 3.
     settings = learned.settings
-    half = settings.min_lr + (settings.lr - settings.min_lr) * (1 + math.cos(math.pi / 2)) / 2
-    assert learned.optimizer.param_groups[0]["lr"] == pytest.approx(half)
+    after_3 = (
+        settings.min_lr + (settings.lr - settings.min_lr) * (1 + math.cos(math.pi * 3 / 20)) / 2
+    )
+    assert learned.optimizer.param_groups[0]["lr"] == pytest.approx(after_3)
+
+
+# A skipped first step makes torch warn that the schedule stepped before the optimiser: true.
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)`")
+def test_the_trials_grad_scaler_skips_a_mix_block_step_with_inf_gradients():
+    # fp16 training shares one GradScaler between the two optimisers: inf in the Mix Block's
+    # gradients skips its step (and halves the scale) but not the encoder's update.
+    model, learned = learned_pair("samix")
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    scaler.scale(torch.ones(()))  # the scale is made by the step's first scale()
+    for p in learned.mix_block.parameters():
+        p.grad = torch.ones_like(p)
+    next(iter(learned.mix_block.parameters())).grad.view(-1)[0] = float("inf")
+    block_before = [p.detach().clone() for p in learned.mix_block.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the backbone moved: the encoder must follow
+    learned.step(scaler, model, 0)
+    scaler.update()
+    assert all(
+        torch.equal(a, b) for a, b in zip(block_before, learned.mix_block.parameters(), strict=True)
+    )
+    assert scaler.get_scale() == 4.0
+    encoder = dict(learned.encoder.module.named_parameters())
+    assert any(not torch.equal(encoder[n], p - 1.0) for n, p in model.named_parameters())
 
 
 LOSSES = [
@@ -323,12 +382,15 @@ def _two_rank_worker(rank: int, port: int, out: str) -> None:
             )
         )
         assert trial.learned is not None
+        initial = {k: v.clone() for k, v in trial.learned.mix_block.state_dict().items()}
         # Each rank its own images: the Mix Block's gradients differ until averaged.
         for step in range(2):
             index = torch.arange(16) + 16 * (2 * step + rank)
             train_step(trial, trial.train_set.read(index), trial.train_set.labels[index])
         state = {
             "mix_block": {k: v.clone() for k, v in trial.learned.mix_block.state_dict().items()},
+            "initial": initial,
+            "encoder": {k: v.clone() for k, v in trial.learned.encoder.module.state_dict().items()},
             "model": {k: v.clone() for k, v in trial.model.state_dict().items()},
         }
         torch.save(state, Path(out) / f"rank{rank}.pt")
@@ -339,10 +401,16 @@ def _two_rank_worker(rank: int, port: int, out: str) -> None:
 def test_two_ranks_keep_one_mix_block(tmp_path):
     mp.spawn(_two_rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    moved = False
     for key, value in rank0["mix_block"].items():
         if "running" in key or "num_batches" in key:
             continue  # norms' statistics are each rank's until the epoch's end averages them
         assert torch.equal(value, rank1["mix_block"][key]), key
+        moved |= not torch.equal(value, rank0["initial"][key])
+    assert moved  # the Mix Block did train
+    for key, value in rank0["encoder"].items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.equal(value, rank1["encoder"][key]), key
     for key, value in rank0["model"].items():
         if value.is_floating_point() and "running" not in key:
             assert torch.equal(value, rank1["model"][key]), key

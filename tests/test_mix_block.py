@@ -246,6 +246,11 @@ def test_mask_regulariser_by_hand() -> None:
     assert mask_regulariser(split, torch.tensor([0.5, 0.5]), SAMIX_R18).item() == pytest.approx(
         -0.5
     )
+    # Per-sample lambdas: shares 0.2 and 0.8 against 0.8 and 0.2 miss by 0.6 each, 0.5 past
+    # the margin; the two gaps must not cancel.
+    shares = torch.stack((torch.full((1, 4, 4), 0.2), torch.full((1, 4, 4), 0.8)))
+    lam = torch.tensor([0.8, 0.2])
+    assert mask_regulariser(shares, lam, AUTOMIX_R18).item() == pytest.approx(0.5)
 
 
 def test_samix_balanced_loss() -> None:

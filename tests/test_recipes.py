@@ -293,6 +293,8 @@ def test_cosine_ends_at_the_recipes_min_lr_ratio_as_mmcv_cosine_annealing():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1.0)  # 0.5 x peak after the last
     with pytest.raises(ValueError, match=r"min_lr must be below lr \(0.1\); got 0.1"):
         get_recipe("cifar", {"min_lr": 0.1})
+    with pytest.raises(ValueError, match="schedule 'step' has none"):
+        get_recipe("cifar", {"min_lr": 0.01, "schedule": "step"})
 
 
 def test_schedule_resumes_from_its_state_dict():

@@ -103,7 +103,6 @@ class Trial:
     loader: SampleLoader | None = None
     # AutoMix / SAMix: the Mix Block, its optimiser and the momentum encoder; None otherwise.
     learned: LearnedMixing | None = None
-    total_steps: int = 0
 
     def epoch_indices(self, epoch: int) -> Tensor:
         """Labelled training images of this rank for ``epoch``, in training order."""
@@ -294,7 +293,6 @@ def build_trial(config: TrainConfig) -> Trial:
         std=std,
         loader=_sample_loader(config, recipe, train_set, stream_seed, ranks),
         learned=learned,
-        total_steps=steps_per_epoch * epochs,
     )
 
 
@@ -322,19 +320,30 @@ def train_step(
             loss = trial.loss_fn(logits, batch)
             optimised = loss
         else:
-            learned = trial.learned.mixing(trial.train_model, inputs, targets, trial.generator)
-            loss = trial.loss_fn(learned.logits, learned.batch)
+            learned = trial.learned.mixing(
+                trial.train_model, inputs, targets, trial.generator, trial.loss_fn
+            )
+            objective_loss = trial.loss_fn(learned.logits, learned.batch)
             # One backward trains both: the objective reaches only the backbone, the Mix
             # Block's loss only the Mix Block (trainers.mixing.learned).
-            optimised = loss + learned.auxiliary
+            optimised = objective_loss + learned.auxiliary
+            # The objective is what the run reports; 0 x a non-finite auxiliary loss is NaN,
+            # so the finite check stops a run whose Mix Block diverged as well.
+            loss = objective_loss + 0.0 * learned.auxiliary.detach()
     trial.optimizer.zero_grad(set_to_none=True)
     trial.scaler.scale(optimised).backward()
+    if trial.learned is not None:
+        trial.learned.average_gradients(trial.ranks)
     if trial.recipe.grad_clip:
         trial.scaler.unscale_(trial.optimizer)
-        nn.utils.clip_grad_norm_(trial.model.parameters(), trial.recipe.grad_clip)
+        clipped = list(trial.model.parameters())
+        if trial.learned is not None:
+            trial.scaler.unscale_(trial.learned.optimizer)
+            clipped += trial.learned.mix_block.parameters()
+        nn.utils.clip_grad_norm_(clipped, trial.recipe.grad_clip)
     trial.scaler.step(trial.optimizer)
     if trial.learned is not None:
-        trial.learned.step(trial.scaler, trial.model, trial.step, trial.total_steps, trial.ranks)
+        trial.learned.step(trial.scaler, trial.model, trial.step)
     trial.scaler.update()
     trial.scheduler.step()
     trial.step += 1

@@ -165,6 +165,11 @@ class Recipe(StrictModel):
             raise ValueError(
                 f"optimizer {self.optimizer!r} needs betas and no momentum (set momentum to null)"
             )
+        if self.min_lr and self.schedule != "cosine":
+            raise ValueError(
+                f"min_lr is where the cosine schedule ends; schedule {self.schedule!r} has none "
+                "(set min_lr to 0)"
+            )
         if self.min_lr >= self.lr:
             raise ValueError(f"min_lr must be below lr ({self.lr:g}); got {self.min_lr:g}")
         return self

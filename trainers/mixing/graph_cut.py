@@ -22,6 +22,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from multiprocessing import get_context
+from multiprocessing.util import Finalize
 
 import numpy as np
 import numpy.typing as npt
@@ -336,8 +337,16 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     """One process pool per worker count, kept for the life of the process.
 
     Started by ``spawn``: a forked child of a process holding CUDA or OpenMP threads can hang.
+    Shut down by a multiprocessing finalizer: in a process that multiprocessing started itself
+    (a rank of ``torch.multiprocessing.spawn``), exiting joins the children before the
+    interpreter's own shutdown of executors runs, so an open pool would wait for work forever
+    and the process would never end (Python 3.11's ``multiprocessing.util._exit_function``).
     """
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+    # Before the finalizers (priority 10) that close the pool's own queues: the shutdown
+    # still has to send its workers their stop signal through them.
+    Finalize(pool, pool.shutdown, exitpriority=100)
+    return pool
 
 
 def solve_all(problems: Sequence[LabellingProblem], workers: int | Executor = 0) -> list[IntArray]:

@@ -2,14 +2,17 @@
 
 The seam between the loop and a policy that learns (:class:`LearnedMixing`, an ``nn.Module``):
 
-* ``mixing(model, inputs, targets, generator)`` runs one step's forward (:class:`LearnedStep`):
-  the momentum encoder's features of the clean batch, the two mixed batches of
-  :func:`~trainers.mixing.mix_block.automix_batches`, the backbone's logits on its batch, and
-  the losses the trial's objective does not compute (the Mix Block's, the clean batch's);
-* ``step(scaler, model, step, total_steps, ranks)`` runs after the backbone's optimiser: it
-  averages the Mix Block's gradients over the ranks, steps its own optimiser and schedule
-  (through the trial's ``GradScaler``, which unscales and skips a step with inf gradients as
-  it does for the backbone) and moves the momentum encoder toward the backbone;
+* ``mixing(model, inputs, targets, generator, objective)`` runs one step's forward
+  (:class:`LearnedStep`): the momentum encoder's features of the clean batch, the two mixed
+  batches of :func:`~trainers.mixing.mix_block.automix_batches`, the backbone's logits on its
+  batch, and the losses besides the objective on that batch (the Mix Block's, and the
+  objective on the clean batch);
+* ``average_gradients(ranks)`` after the backward, before clipping: the Mix Block's gradients
+  averaged over the ranks;
+* ``step(scaler, model, step)`` after the backbone's optimiser: the Mix Block's own optimiser
+  and schedule, stepped through the trial's ``GradScaler`` (which unscales and skips a step
+  with inf gradients as it does for the backbone's), then the momentum encoder moved toward
+  the backbone;
 * ``checkpoint()`` / ``restore(state)``: Mix Block, encoder, optimiser and schedule, so a
   resumed trial continues bitwise (the random draws come from the trial's own generator).
 
@@ -19,9 +22,12 @@ no gradient, so the objective reaches only the backbone and the Mix Block loss o
 Block (``AutoMixup.forward_train`` of OpenMixup, openmixup/models/classifiers/automix.py).
 
 The backbone's loss is the trial's objective (MCE, DM(CE), MBCE or DM(BCE)) on its batch, with
-lambda the mask's actual share, plus OpenMixup's clean-batch cross-entropy (``head_one_q``,
-weight 1 in every AutoMix and SAMix config). The backbone follows the trial's recipe like every
-other method (Table 10); the Mix Block keeps its config's optimiser (:class:`LearnedSettings`).
+lambda the mask's actual share, plus the objective on the clean batch (OpenMixup's
+``head_one_q``, weight 1 in every AutoMix and SAMix config; see :meth:`LearnedMixing.mixing`).
+Where the recipe clips gradients, one norm covers the backbone and the Mix Block, as mmcv's
+``OptimizerHook`` clips every parameter of OpenMixup's model. The backbone follows the trial's
+recipe like every other method (Table 10); the Mix Block keeps its config's optimiser
+(:class:`LearnedSettings`).
 """
 
 from __future__ import annotations
@@ -30,12 +36,11 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.backbones import FeatureTap, mix_block_tap
 from trainers.distributed import Ranks, all_sum
-from trainers.mixing.base import LambdaMode, MixedBatch
+from trainers.mixing.base import LambdaMode, MixedBatch, mixed_batch
 from trainers.mixing.mix_block import (
     AUTOMIX_R18,
     SAMIX_R18,
@@ -46,6 +51,7 @@ from trainers.mixing.mix_block import (
     automix_batches,
     mix_block_loss,
 )
+from trainers.objectives import Objective
 
 LEARNED_POLICIES = ("automix", "samix")
 
@@ -124,8 +130,8 @@ SAMIX_IMAGENET = dataclasses.replace(
         "r50_l2_a2_bili_val_dp01_mul_mb_mlr1e_3_m09_bb_mlr0_4xb64_ep300.py"
     ),
 )
-# CUB-200, FGVC-Aircraft (and Stanford Cars): fine-tuning from ImageNet weights; the Mix Block's
-# group lr 0.01 -> 5e-4, wd 5e-4; AutoMix embeds lambda, SAMix k = 1 and eta 1.
+# CUB-200 and FGVC-Aircraft: fine-tuning from ImageNet weights; the Mix Block's group lr
+# 0.01 -> 5e-4, wd 5e-4; AutoMix embeds lambda, SAMix k = 1 and eta 1.
 AUTOMIX_FINEGRAINED = dataclasses.replace(
     AUTOMIX_IMAGENET,
     lr=0.01,
@@ -139,6 +145,14 @@ SAMIX_FINEGRAINED = dataclasses.replace(
     samix_balance=1.0,
     source=f"{_CONFIGS}/cub200/samix/r18_l2_a2_bili_val_dp01_mb_mlr5e_4_1xb16_ep200.py",
 )
+# Stanford Cars: AutoMix's Mix Block at lr 0.1 -> 0.001; OpenMixup has no SAMix Cars config, so
+# SAMix takes CUB-200's.
+AUTOMIX_CARS = dataclasses.replace(
+    AUTOMIX_FINEGRAINED,
+    lr=0.1,
+    min_lr=1e-3,
+    source=f"{_CONFIGS}/cars/automix/basic/r18_automix_nearest.py",
+)
 WRN_SOURCE = f"{_CONFIGS}/cifar100/automix/basic/wrn28_8_l1_a2_near_L1_01_mlr1e_3.py"
 
 PRESETS: dict[str, dict[str, LearnedSettings]] = {
@@ -146,6 +160,7 @@ PRESETS: dict[str, dict[str, LearnedSettings]] = {
     "tiny_imagenet": {"automix": AUTOMIX_TINY, "samix": SAMIX_TINY},
     "imagenet": {"automix": AUTOMIX_IMAGENET, "samix": SAMIX_IMAGENET},
     "finegrained": {"automix": AUTOMIX_FINEGRAINED, "samix": SAMIX_FINEGRAINED},
+    "cars": {"automix": AUTOMIX_CARS, "samix": SAMIX_FINEGRAINED},
 }
 _PRESET_OF_DATASET = {
     "cifar10": "cifar",
@@ -154,7 +169,7 @@ _PRESET_OF_DATASET = {
     "imagenet": "imagenet",
     "cub200": "finegrained",
     "aircraft": "finegrained",
-    "cars": "finegrained",
+    "cars": "cars",
 }
 
 
@@ -172,11 +187,16 @@ def default_settings(
 
     WRN-28-8 on CIFAR-100 has its own optimiser: lr 0.03 and wd 1e-3, the Mix Block without
     momentum ("momentum=0 performs better in 400ep"), cosine to 1e-3. Departures, kept simple on
-    purpose: SAMix's value network has no dropout (``with_last_dropout=0.1`` on ImageNet and
-    CUB) and its mask loss weight stays 0.1 (annealed to 0 there by a
-    ``CustomCosineAnnealingHook``); DeiT and Swin use the ImageNet settings with their own
-    feature tap (their configs train the Mix Block with AdamW and switch it off for 80 % of
-    the steps).
+    purpose:
+
+    * SAMix's value network has no dropout (``with_last_dropout=0.1`` on ImageNet and CUB);
+    * the mask loss weight stays 0.1, where the ImageNet, CUB and Cars configs of both anneal it
+      to 0 (``CustomCosineAnnealingHook``);
+    * the schedules step per iteration, where OpenMixup's ``CosineAnnealing`` steps per epoch;
+    * DeiT and Swin take the ImageNet ResNet settings with their own feature tap: their configs
+      train the Mix Block with AdamW, switch it off for 80 % of the steps, start the momentum's
+      cosine at 25 % of the run and smooth the clean head's labels (the recipe's smoothing
+      applies here, through the objective).
     """
     if method not in LEARNED_POLICIES:
         raise ValueError(f"unknown learned policy {method!r}; allowed: automix, samix")
@@ -186,6 +206,14 @@ def default_settings(
             settings, lr=0.03, min_lr=1e-3, sgd_momentum=0.0, weight_decay=1e-3, source=WRN_SOURCE
         )
     return settings
+
+
+class _Tapped(Exception):  # noqa: N818 - a signal, not an error
+    """Carries the tapped features out of the encoder's forward, ending it there."""
+
+    def __init__(self, output: Tensor) -> None:
+        super().__init__("features tapped")
+        self.output = output
 
 
 @dataclass(frozen=True)
@@ -270,21 +298,43 @@ class LearnedMixing(nn.Module):
             self.encoder.train(was_training)
 
     def features(self, inputs: Tensor) -> Tensor:
-        """The momentum encoder's feature map of ``inputs`` at the tap, (N, C, h, w), no graph."""
-        seen: list[Tensor] = []
+        """The momentum encoder's feature map of ``inputs`` at the tap, (N, C, h, w), no graph.
+
+        The forward stops at the tap (the hook raises :class:`_Tapped`): the layers after it
+        would only move the encoder's own batch-norm statistics, which it never uses (it runs
+        in training mode, on batch statistics, as OpenMixup's does).
+        """
+
+        def stop(_module: nn.Module, _inputs: object, output: Tensor) -> None:
+            raise _Tapped(output)
+
         module = self.encoder.module.get_submodule(self.tap.module)
-        hook = module.register_forward_hook(lambda _m, _i, output: seen.append(output))
+        hook = module.register_forward_hook(stop)
         try:
             with torch.no_grad():
                 self.encoder(inputs)
+        except _Tapped as tapped:
+            return self.tap.feature_map(tapped.output, self.prefix_tokens).float()
         finally:
             hook.remove()
-        return self.tap.feature_map(seen[0], self.prefix_tokens).float()
+        raise RuntimeError(f"the encoder's forward never reached {self.tap.module}")
 
     def mixing(
-        self, model: nn.Module, inputs: Tensor, targets: Tensor, generator: torch.Generator
+        self,
+        model: nn.Module,
+        inputs: Tensor,
+        targets: Tensor,
+        generator: torch.Generator,
+        objective: Objective,
     ) -> LearnedStep:
-        """The step's forward: both mixed batches, the backbone's logits, the auxiliary loss."""
+        """The step's forward: both mixed batches, the backbone's logits, the auxiliary loss.
+
+        ``objective`` is the trial's loss; the clean batch takes it too, unmixed (lambda 1, each
+        sample its own partner: no decoupled term, the recipe's label smoothing as it is).
+        OpenMixup gives the clean batch a head of its own (``head_one_q``, plain or
+        label-smoothed CE) beside the mixed batch's (``head_mix_q``); here the one classifier
+        of the backbone takes both losses, so a BCE trial (RSB A3) stays BCE throughout.
+        """
         batches = automix_batches(
             self.mix_block,
             self.features(inputs),
@@ -309,37 +359,42 @@ class LearnedMixing(nn.Module):
         )
         auxiliary = block_loss
         if self.settings.clean_loss_weight > 0:
-            clean = F.cross_entropy(model(inputs).float(), targets)
+            itself = torch.arange(len(targets), device=targets.device)
+            unmixed = mixed_batch(
+                inputs, targets, torch.ones(len(targets), device=targets.device), itself
+            )
+            clean = objective(model(inputs), unmixed)
             auxiliary = auxiliary + self.settings.clean_loss_weight * clean
         return LearnedStep(model(batches.backbone.inputs), batches.backbone, auxiliary)
 
-    def step(
-        self,
-        scaler: torch.amp.GradScaler,
-        model: nn.Module,
-        step: int,
-        total_steps: int,
-        ranks: Ranks,
-    ) -> None:
-        """After the backbone's step: sync and step the Mix Block, then move the encoder.
+    def average_gradients(self, ranks: Ranks) -> None:
+        """Average the Mix Block's gradients over the ranks (it is not wrapped in DDP).
 
-        ``step`` is the 0-based index of the step just taken. Under ``torch.distributed`` the
-        Mix Block's gradients are averaged over the ranks first (it is not wrapped in DDP), so
-        its parameters stay equal everywhere; the encoder follows the backbone, which DDP keeps
-        equal, and its batch-norm statistics are averaged with the model's each epoch.
+        Call after the backward and before any clipping, so every rank clips and steps the same
+        gradients and the Mix Block stays one. A rank whose Mix Block got no gradient sends
+        zeros.
         """
+        if ranks.world_size == 1:
+            return
         parameters = list(self.mix_block.parameters())
-        if ranks.world_size > 1:
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-            flat = all_sum(torch.cat([g.reshape(-1) for g in grads]), ranks)
-            flat.div_(ranks.world_size)
-            pieces = flat.split([p.numel() for p in parameters])
-            for p, averaged in zip(parameters, pieces, strict=True):
-                p.grad = averaged.view_as(p)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+        flat = all_sum(torch.cat([g.reshape(-1) for g in grads]), ranks)
+        flat.div_(ranks.world_size)
+        pieces = flat.split([p.numel() for p in parameters])
+        for p, averaged in zip(parameters, pieces, strict=True):
+            p.grad = averaged.view_as(p)
+
+    def step(self, scaler: torch.amp.GradScaler, model: nn.Module, step: int) -> None:
+        """After the backbone's step: step the Mix Block, then move the encoder toward ``model``.
+
+        ``step`` is the 0-based index of the step just taken, of ``total_steps``. The trial's
+        ``GradScaler`` steps the Mix Block's optimiser as it does the backbone's: unscaled, and
+        skipped where its gradients are not finite.
+        """
         scaler.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.encoder.update(model, step, total_steps)
+        self.encoder.update(model, step, self.total_steps)
 
     def checkpoint(self) -> dict[str, object]:
         """What a resumed trial needs: modules, optimiser, schedule."""
@@ -349,8 +404,12 @@ class LearnedMixing(nn.Module):
             "scheduler": self.scheduler.state_dict(),
         }
 
-    def restore(self, state: dict[str, object]) -> None:
+    def restore(self, state: dict[str, object] | None) -> None:
         """Load what :meth:`checkpoint` saved."""
+        if state is None:
+            raise ValueError(
+                f"the checkpoint holds no Mix Block: it was not written by a {self.method} trial"
+            )
         self.load_state_dict(state["modules"])  # type: ignore[arg-type]
         self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[arg-type]
         self.scheduler.load_state_dict(state["scheduler"])  # type: ignore[arg-type]

@@ -265,9 +265,10 @@ def mask_regulariser(mask_a: Tensor, lam: Tensor, config: MixBlockConfig = AUTOM
 
     ``L1`` (AutoMix, "L1_01" in the config name): ``max(|mean(m_a) - lambda| - margin, 0)``
     pulls the mask's share of the a side to within ``margin`` (0.1) of the drawn lambda.
-    OpenMixup takes ``mean(m_a)`` over the whole batch against its one lambda; with one lambda
-    per batch that is what is computed here, and with per-sample lambdas the batch mean of the
-    differences ``mean(m_a[n]) - lambda[n]`` stands in (the same value when all are equal).
+    OpenMixup takes ``mean(m_a)`` over the whole batch against its one lambda. Here each
+    sample's share meets its own lambda and the hinge is averaged over the batch; with one
+    lambda per batch (``batch`` mode) that is OpenMixup's value whenever every sample's gap has
+    the same sign, and with per-sample lambdas no sample's gap cancels another's.
 
     ``L1+Variance`` (SAMix, "L1_var_01"): the L1 term minus twice the variance of the mask
     about its batch mean, over all samples and pixels, which rewards masks that commit (pixels
@@ -275,8 +276,7 @@ def mask_regulariser(mask_a: Tensor, lam: Tensor, config: MixBlockConfig = AUTOM
     """
     n = mask_a.shape[0]
     share = mask_a.float().reshape(n, -1).mean(1)
-    gap = (share - lam.float()).mean()
-    loss = (gap.abs() - config.mask_loss_margin).clamp(min=0)
+    loss = ((share - lam.float()).abs() - config.mask_loss_margin).clamp(min=0).mean()
     if config.mask_loss_mode == "L1+Variance":
         centred = mask_a.float() - mask_a.float().mean()
         loss = loss - 2 * centred.pow(2).mean().clamp(min=0)
