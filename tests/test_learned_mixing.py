@@ -135,21 +135,26 @@ def test_the_backbone_batch_is_mixed_pixel_by_pixel_by_a_mask_in_the_unit_interv
     assert step.batch.policy == method
 
 
+def evaluating(method: str, model: torch.nn.Module, dataset: str, size: int) -> LearnedMixing:
+    """The learned policy of ``model`` in eval mode (its encoder's norms on running statistics)."""
+    return LearnedMixing(
+        method,
+        model,
+        dataset=dataset,
+        image_size=size,
+        alpha=2.0,
+        lambda_mode="batch",
+        total_steps=1,
+    ).eval()
+
+
 def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
     x = torch.randn(2, 3, 32, 32)
 
     # ResNet-18 (CIFAR stem): layer3's output, 256 channels at 8 x 8 (OpenMixup's mask_layer=2,
     # in_channels=256 of configs/classification/cifar100/automix/basic/r18_*.py).
     resnet = build_backbone("resnet18_cifar", 10, 32)
-    learned = LearnedMixing(
-        "automix",
-        resnet,
-        dataset="cifar100",
-        image_size=32,
-        alpha=2.0,
-        lambda_mode="batch",
-        total_steps=1,
-    ).eval()
+    learned = evaluating("automix", resnet, "cifar100", 32)
     m = learned.encoder.module.model
     with torch.no_grad():
         expected = m.layer3(m.layer2(m.layer1(m.maxpool(m.act1(m.bn1(m.conv1(x)))))))
@@ -158,15 +163,7 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
 
     # WRN-28-2: group 2 (mask_layer=1): 32 * 2 channels at 16 x 16.
     wrn = build_backbone("wrn28_2", 10, 32)
-    learned = LearnedMixing(
-        "samix",
-        wrn,
-        dataset="cifar100",
-        image_size=32,
-        alpha=2.0,
-        lambda_mode="batch",
-        total_steps=1,
-    ).eval()
+    learned = evaluating("samix", wrn, "cifar100", 32)
     w = learned.encoder.module
     with torch.no_grad():
         expected = w.groups[1](w.groups[0](w.stem(x)))
@@ -177,15 +174,7 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
 
     # DeiT: the patch tokens after block 6 of 12, as timm's own intermediate feature map.
     deit = build_backbone("deit_tiny_patch16_224", 10, 64)
-    learned = LearnedMixing(
-        "automix",
-        deit,
-        dataset="synthetic",
-        image_size=64,
-        alpha=2.0,
-        lambda_mode="batch",
-        total_steps=1,
-    ).eval()
+    learned = evaluating("automix", deit, "synthetic", 64)
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         (expected,) = learned.encoder.module.model.forward_intermediates(

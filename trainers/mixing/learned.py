@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from trainers.backbones import FeatureTap, mix_block_tap
 from trainers.distributed import Ranks, all_sum
+from trainers.feature_taps import FeatureTap, mix_block_tap
 from trainers.mixing.base import LambdaMode, MixedBatch, mixed_batch
 from trainers.mixing.mix_block import (
     AUTOMIX_R18,
