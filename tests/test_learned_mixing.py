@@ -21,9 +21,14 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from tests.support.ports import free_port
-from tests.support.training import Recorder, synthetic_trial, whole_interrupted_resumed
+from tests.support.training import (
+    EVERY_LOSS,
+    Recorder,
+    cifar10_jpg_trial,
+    synthetic_trial,
+    whole_interrupted_resumed,
+)
 from trainers.backbones import build_backbone
-from trainers.config import TrainConfig
 from trainers.loop import build_trial, load_checkpoint, run, train_step
 from trainers.mixing.learned import LearnedMixing, default_settings
 from trainers.objectives import objective
@@ -34,23 +39,23 @@ METHODS = ("automix", "samix")
 MCE = objective("mce")
 
 
+def learned_for(
+    method: str, model: torch.nn.Module, *, dataset: str = "synthetic", size: int = 16, **options
+) -> LearnedMixing:
+    """The learned policy of ``method`` for ``model``: alpha 2, one lambda per batch."""
+    options.setdefault("total_steps", 1)
+    return LearnedMixing(
+        method, model, dataset=dataset, image_size=size, alpha=2.0, lambda_mode="batch", **options
+    )
+
+
 def learned_pair(method: str, *, clean_loss_weight: float = 1.0, size: int = 16):
     torch.manual_seed(0)
     model = build_backbone("smallnet", 5, size)
     settings = dataclasses.replace(
         default_settings(method, "synthetic", size), clean_loss_weight=clean_loss_weight
     )
-    learned = LearnedMixing(
-        method,
-        model,
-        dataset="synthetic",
-        image_size=size,
-        alpha=2.0,
-        lambda_mode="batch",
-        total_steps=10,
-        settings=settings,
-    )
-    return model, learned
+    return model, learned_for(method, model, size=size, total_steps=10, settings=settings)
 
 
 def batch(n: int = 8, size: int = 16):
@@ -135,26 +140,13 @@ def test_the_backbone_batch_is_mixed_pixel_by_pixel_by_a_mask_in_the_unit_interv
     assert step.batch.policy == method
 
 
-def evaluating(method: str, model: torch.nn.Module, dataset: str, size: int) -> LearnedMixing:
-    """The learned policy of ``model`` in eval mode (its encoder's norms on running statistics)."""
-    return LearnedMixing(
-        method,
-        model,
-        dataset=dataset,
-        image_size=size,
-        alpha=2.0,
-        lambda_mode="batch",
-        total_steps=1,
-    ).eval()
-
-
 def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
     x = torch.randn(2, 3, 32, 32)
 
     # ResNet-18 (CIFAR stem): layer3's output, 256 channels at 8 x 8 (OpenMixup's mask_layer=2,
     # in_channels=256 of configs/classification/cifar100/automix/basic/r18_*.py).
     resnet = build_backbone("resnet18_cifar", 10, 32)
-    learned = evaluating("automix", resnet, "cifar100", 32)
+    learned = learned_for("automix", resnet, dataset="cifar100", size=32).eval()
     m = learned.encoder.module.model
     with torch.no_grad():
         expected = m.layer3(m.layer2(m.layer1(m.maxpool(m.act1(m.bn1(m.conv1(x)))))))
@@ -163,7 +155,7 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
 
     # WRN-28-2: group 2 (mask_layer=1): 32 * 2 channels at 16 x 16.
     wrn = build_backbone("wrn28_2", 10, 32)
-    learned = evaluating("samix", wrn, "cifar100", 32)
+    learned = learned_for("samix", wrn, dataset="cifar100", size=32).eval()
     w = learned.encoder.module
     with torch.no_grad():
         expected = w.groups[1](w.groups[0](w.stem(x)))
@@ -174,7 +166,7 @@ def test_the_mix_block_reads_the_configured_stage_of_each_backbone():
 
     # DeiT: the patch tokens after block 6 of 12, as timm's own intermediate feature map.
     deit = build_backbone("deit_tiny_patch16_224", 10, 64)
-    learned = evaluating("automix", deit, "synthetic", 64)
+    learned = learned_for("automix", deit, dataset="synthetic", size=64).eval()
     image = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         (expected,) = learned.encoder.module.model.forward_intermediates(
@@ -246,38 +238,11 @@ def test_the_trials_grad_scaler_skips_a_mix_block_step_with_inf_gradients():
     assert any(not torch.equal(encoder[n], p - 1.0) for n, p in model.named_parameters())
 
 
-LOSSES = [
-    {"name": "mce"},
-    {"name": "dm_ce", "eta": 1.0},
-    {"name": "mbce"},
-    {"name": "dm_bce", "xi": 0.8, "t": 1.0},
-]
-
-
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("loss", LOSSES, ids=[loss["name"] for loss in LOSSES])
+@pytest.mark.parametrize("loss", EVERY_LOSS, ids=[loss["name"] for loss in EVERY_LOSS])
 def test_trains_on_cifar10_with_each_loss(cifar10_jpg, method, loss):
     """Two steps of smallnet on real 32-pixel photos (OpenMixup's CIFAR settings)."""
-    trial = TrainConfig.model_validate(
-        {
-            "data": {
-                "name": "cifar10",
-                "source": "imagefolder",
-                "root": str(cifar10_jpg),
-                "subset": 40,
-                "test_subset": 20,
-                "loader_workers": 0,
-            },
-            "backbone": {"name": "smallnet"},
-            "mixing": {"method": method, "alpha": 2.0},
-            "loss": loss,
-            "recipe": "cifar",
-            "epochs": 1,
-            "batch_size": 20,
-            "eval": {"mixed_batch": 20},
-            "seed": 0,
-        }
-    )
+    trial = cifar10_jpg_trial(cifar10_jpg, method, loss)
     final = run(trial, Recorder())
     assert 0 < final["train_loss"] < float("inf")
 
@@ -313,26 +278,8 @@ def test_resumes_bitwise_with_its_mix_block_encoder_and_optimiser(tmp_path, meth
 def test_samix_balance_is_samix_alone():
     model = build_backbone("smallnet", 5, 16)
     with pytest.raises(ValueError, match="samix_balance is SAMix's"):
-        LearnedMixing(
-            "automix",
-            model,
-            dataset="synthetic",
-            image_size=16,
-            alpha=2.0,
-            lambda_mode="batch",
-            total_steps=1,
-            samix_balance=0.3,
-        )
-    learned = LearnedMixing(
-        "samix",
-        model,
-        dataset="synthetic",
-        image_size=16,
-        alpha=2.0,
-        lambda_mode="batch",
-        total_steps=1,
-        samix_balance=0.3,
-    )
+        learned_for("automix", model, samix_balance=0.3)
+    learned = learned_for("samix", model, samix_balance=0.3)
     assert learned.settings.samix_balance == 0.3
     assert default_settings("samix", "cifar100", 32).samix_balance == 0.5  # neg_weight=0.5
     assert default_settings("samix", "imagenet", 224).samix_balance == 1.0  # the default 1

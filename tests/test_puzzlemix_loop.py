@@ -15,8 +15,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from tests.support.training import Recorder, synthetic_trial, whole_interrupted_resumed
-from trainers.config import TrainConfig
+from tests.support.training import (
+    EVERY_LOSS,
+    Recorder,
+    cifar10_jpg_trial,
+    synthetic_trial,
+    whole_interrupted_resumed,
+)
 from trainers.loop import load_checkpoint, run
 from trainers.mixing.methods import MethodMixer, input_saliency
 from trainers.mixing.puzzlemix import CIFAR_MEAN_STD, puzzlemix
@@ -153,37 +158,10 @@ def test_puzzlemix_needs_the_normalisation():
         MethodMixer("puzzlemix", 1.0)
 
 
-LOSSES = [
-    {"name": "mce"},
-    {"name": "dm_ce", "eta": 1.0},
-    {"name": "mbce"},
-    {"name": "dm_bce", "xi": 0.8, "t": 1.0},
-]
-
-
-@pytest.mark.parametrize("loss", LOSSES, ids=[loss["name"] for loss in LOSSES])
+@pytest.mark.parametrize("loss", EVERY_LOSS, ids=[loss["name"] for loss in EVERY_LOSS])
 def test_puzzlemix_trains_on_cifar10_with_each_loss(cifar10_jpg, loss):
     """Two steps of smallnet on real 32-pixel photos (OpenMixup's CIFAR settings)."""
-    trial = TrainConfig.model_validate(
-        {
-            "data": {
-                "name": "cifar10",
-                "source": "imagefolder",
-                "root": str(cifar10_jpg),
-                "subset": 40,
-                "test_subset": 20,
-                "loader_workers": 0,
-            },
-            "backbone": {"name": "smallnet"},
-            "mixing": {"method": "puzzlemix", "alpha": 2.0},
-            "loss": loss,
-            "recipe": "cifar",
-            "epochs": 1,
-            "batch_size": 20,
-            "eval": {"mixed_batch": 20},
-            "seed": 0,
-        }
-    )
+    trial = cifar10_jpg_trial(cifar10_jpg, "puzzlemix", loss)
     recorder = Recorder()
     final = run(trial, recorder)
     assert [m["epoch"] for m in recorder.metrics] == [1]

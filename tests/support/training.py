@@ -49,6 +49,39 @@ def synthetic_trial(**changes) -> TrainConfig:
     return TrainConfig.model_validate(trial)
 
 
+# Each loss of the grid with the settings it takes: MCE, DM(CE), MBCE and DM(BCE).
+EVERY_LOSS = [
+    {"name": "mce"},
+    {"name": "dm_ce", "eta": 1.0},
+    {"name": "mbce"},
+    {"name": "dm_bce", "xi": 0.8, "t": 1.0},
+]
+
+
+def cifar10_jpg_trial(root: Path, method: str, loss: dict) -> TrainConfig:
+    """One epoch of smallnet on 40 of the shared CIFAR-10 JPEGs (two steps), CIFAR recipe."""
+    return TrainConfig.model_validate(
+        {
+            "data": {
+                "name": "cifar10",
+                "source": "imagefolder",
+                "root": str(root),
+                "subset": 40,
+                "test_subset": 20,
+                "loader_workers": 0,
+            },
+            "backbone": {"name": "smallnet"},
+            "mixing": {"method": method, "alpha": 2.0},
+            "loss": loss,
+            "recipe": "cifar",
+            "epochs": 1,
+            "batch_size": 20,
+            "eval": {"mixed_batch": 20},
+            "seed": 0,
+        }
+    )
+
+
 class Recorder:
     """A report callback that keeps the metrics and copies every checkpoint it is handed."""
 
