@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from trainers.backbones import BACKBONE_OPTIONS, check_options
+from trainers.data.datasets import DATASETS, SYNTHETIC_IMAGES
 from trainers.limits import (
     MAX_BATCH_SIZE,
     MAX_CLASSES,
@@ -27,13 +28,25 @@ from trainers.limits import (
     MAX_IMAGE_SIZE,
     MAX_IMAGES,
     MAX_SEED,
+    MAX_STEPS,
     MAX_SYNTHETIC_IMAGES,
+    MAX_UNLABELLED_RATIO,
 )
 from trainers.mixing.base import LambdaMode, SaliencyDetector
 from trainers.objectives import objective
 from trainers.recipes import Recipe, get_recipe
 from trainers.validation import StrictModel, describe_errors
-from trainers.vocabulary import BOUNDS, LOSSES, METHODS, SOFTMAX_LOSSES, takes_alpha
+from trainers.vocabulary import (
+    ALGORITHMS,
+    BOUNDS,
+    LABELLED_ONLY,
+    LOSSES,
+    METHODS,
+    SEMI_SUPERVISED,
+    SEMI_SUPERVISED_CELLS,
+    SOFTMAX_LOSSES,
+    takes_alpha,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -205,6 +218,48 @@ class LossConfig(StrictModel):
         return {k: v for k, v in values.items() if v is not None}
 
 
+# TorchSSL's uratio per algorithm (config/<algorithm>/<algorithm>_cifar10_4000_0.yaml): the
+# unlabelled images of a step per labelled one.
+TORCHSSL_UNLABELLED_RATIO = {
+    LABELLED_ONLY: 0,  # no unlabelled images
+    "pseudo_label": 1,
+    "mixmatch": 1,
+    "remixmatch": 1,
+    "uda": 7,
+    "fixmatch": 7,
+    "flexmatch": 7,
+}
+
+
+class SemiSupervisedSettings(StrictModel):
+    """How a semi-supervised trial trains (Sec. 4.4; a sweep spec's ``semi_supervised``).
+
+    A semi-supervised run counts optimisation steps, as TorchSSL does: ``steps`` in all, an
+    evaluation every ``eval_every`` (one "epoch" of the metrics each trial reports is one such
+    interval; the last may be shorter). The recipe's epochs are not read.
+    """
+
+    steps: int = Field(2**20, ge=1, le=MAX_STEPS, description="optimisation steps (Sec. 4.4: 2^20)")
+    eval_every: int = Field(
+        5000,
+        ge=1,
+        le=MAX_STEPS,
+        description="steps between evaluations (TorchSSL's num_eval_iter); one interval is one "
+        "'epoch' of the reported metrics",
+    )
+    unlabelled_ratio: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_UNLABELLED_RATIO,
+        description="mu: unlabelled images per labelled one in a step; default: TorchSSL's for "
+        "the algorithm (7 for uda, fixmatch and flexmatch, 1 for the others)",
+    )
+
+    def intervals(self) -> int:
+        """Evaluations of the run: ``ceil(steps / eval_every)``."""
+        return -(-self.steps // self.eval_every)
+
+
 class EvalConfig(StrictModel):
     """What is measured besides accuracy."""
 
@@ -222,6 +277,12 @@ class TrainConfig(StrictModel):
     backbone: BackboneConfig
     mixing: MixingConfig
     loss: LossConfig
+    algorithm: str = Field(
+        "supervised",
+        description=f"one of {', '.join(ALGORITHMS)}: supervised, or a semi-supervised "
+        "algorithm of Table 7 (its labelled images: data.label_fraction)",
+    )
+    semi_supervised: SemiSupervisedSettings = Field(default_factory=SemiSupervisedSettings)
     recipe: str = "cifar"
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: the recipe's")
@@ -235,6 +296,9 @@ class TrainConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        self._check_label_count()
+        if self.algorithm != "supervised":
+            self._check_semi_supervised()
         if self.loss.name == "ce" and self.mixing.method != "vanilla":
             raise ValueError(
                 f"loss 'ce' ignores mixed labels; use it with method 'vanilla', or use "
@@ -267,12 +331,73 @@ class TrainConfig(StrictModel):
             )
         return self
 
+    def _check_label_count(self) -> None:
+        """A count of labels must not exceed the training images (known before any is read)."""
+        data = self.data
+        count = data.label_fraction
+        if count is None or count <= 1:
+            return
+        if data.subset is not None:
+            images, where = data.subset, "data.subset"
+        elif data.name == "synthetic":
+            images = (data.synthetic_images or {}).get("train", SYNTHETIC_IMAGES["train"])
+            where = "synthetic train images"
+        elif data.name in DATASETS:
+            images, where = DATASETS[data.name].train_images, f"{data.name}'s training images"
+        else:
+            return
+        if count > images:
+            raise ValueError(
+                f"data.label_fraction (the grid's labels) keeps {count:g} labels, more than the "
+                f"{images:,} images to train on ({where}): give a count <= {images:,} or a "
+                "fraction in (0, 1]"
+            )
+
+    def _check_semi_supervised(self) -> None:
+        """Refuse what a semi-supervised algorithm would not use, naming both fields."""
+        if self.algorithm not in SEMI_SUPERVISED_CELLS:
+            raise ValueError(
+                f"unknown algorithm {self.algorithm!r}; allowed: {', '.join(ALGORITHMS)}"
+            )
+        cells = SEMI_SUPERVISED_CELLS[self.algorithm]
+        if self.mixing.method not in cells:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} does not use mixing.method "
+                f"{self.mixing.method!r}; allowed with it: {', '.join(cells)}"
+            )
+        if self.loss.name not in cells[self.mixing.method]:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} with mixing.method {self.mixing.method!r} does "
+                f"not use loss {self.loss.name!r}; allowed: "
+                f"{', '.join(cells[self.mixing.method])}"
+            )
+        if self.algorithm in SEMI_SUPERVISED and self.data.label_fraction in (None, 1):
+            raise ValueError(
+                f"algorithm {self.algorithm!r} learns from unlabelled images, and "
+                "data.label_fraction (the grid's labels) keeps every label: give a count or a "
+                "fraction below 1"
+            )
+        if self.epochs is not None and self.epochs != self.semi_supervised.intervals():
+            raise ValueError(
+                f"algorithm {self.algorithm!r} counts steps: set semi_supervised.steps and "
+                f"eval_every, not epochs ({self.epochs})"
+            )
+
+    def unlabelled_ratio(self) -> int:
+        """The unlabelled ratio mu: the trial's own, else TorchSSL's for the algorithm."""
+        ratio = self.semi_supervised.unlabelled_ratio
+        if ratio is None or self.algorithm == LABELLED_ONLY:
+            return TORCHSSL_UNLABELLED_RATIO[self.algorithm]
+        return ratio
+
     def recipe_settings(self) -> Recipe:
         """The recipe with the trial's overrides applied."""
         return get_recipe(self.recipe, self.recipe_overrides)
 
     def epochs_to_train(self) -> int:
-        """The trial's epochs: its own, else its recipe's."""
+        """The trial's epochs: its own, else its recipe's; a semi-supervised trial's intervals."""
+        if self.algorithm != "supervised":
+            return self.semi_supervised.intervals()
         return self.epochs or self.recipe_settings().epochs
 
     def global_batch_size(self) -> int:

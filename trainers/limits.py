@@ -25,3 +25,6 @@ MAX_SEED = 2**31 - 1
 MAX_WORKERS_PER_TRIAL = 1_024
 MAX_CPUS_PER_WORKER = 1_024
 MAX_GPUS_PER_WORKER = 64
+# Semi-supervised runs count optimisation steps: 2^20 in Sec. 4.4, with room for longer ones.
+MAX_STEPS = 2**24
+MAX_UNLABELLED_RATIO = 64

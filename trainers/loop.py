@@ -21,7 +21,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,10 +31,11 @@ from trainers.augment import EvalTransform, TrainAugment, mean_std
 from trainers.backbones import build_backbone
 from trainers.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from trainers.config import TrainConfig
-from trainers.data import ImageSource, open_dataset, subset
-from trainers.data.loader import SampleLoader, default_loader_workers, eval_crops, in_memory
+from trainers.data import ImageSource
+from trainers.data.loader import SampleLoader, default_loader_workers, in_memory
 from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks, gather
 from trainers.evaluate import accuracy, fgsm_error_rate, fixed_mixed_batch, mixed_accuracy
+from trainers.finite import FINITE_CHECK_EVERY, NonFiniteLossError, check_finite
 from trainers.metrics import median_of_last
 from trainers.mixing import MixedBatch
 from trainers.mixing.learned import LEARNED_POLICIES, LearnedMixing
@@ -44,30 +44,13 @@ from trainers.objectives import Objective, objective
 from trainers.optim import build_ema, build_optimizer, build_scheduler
 from trainers.order import epoch_order
 from trainers.recipes import Recipe
-from trainers.transforms import eval_sample_transform, train_sample_transform
+from trainers.splits import open_splits
+from trainers.ssl.loop import run_semi_supervised
+from trainers.transforms import train_sample_transform
 
 __all__ = ["NonFiniteLossError", "Trial", "build_trial", "load_checkpoint", "run", "train_step"]
 
 Report = Callable[[dict[str, float], str | None], None]
-
-# Steps between checks of the loss for NaN / inf: each check is a host sync on an accelerator.
-FINITE_CHECK_EVERY = 25
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-def _check_finite(losses: list[Tensor], first_step: int, epoch: int) -> None:
-    if not losses:
-        return
-    finite = torch.isfinite(torch.stack(losses))
-    if not bool(finite.all()):
-        step = first_step + int((~finite).nonzero()[0])
-        raise NonFiniteLossError(
-            f"the training loss became {torch.stack(losses)[~finite][0].item()} at step {step} "
-            f"(epoch {epoch + 1}); lower the learning rate or check the data"
-        )
 
 
 @dataclass
@@ -132,36 +115,6 @@ def _rank_order(
     )
 
 
-def _open_data(config: TrainConfig, recipe: Recipe) -> tuple[ImageSource, ImageSource, bool]:
-    """Train and test splits, and whether the test images come already cropped for evaluation.
-
-    A test split that decodes per image (originals of varying size) is seen through Table 10's
-    evaluation transform (shorter side to size / crop_pct, centre crop), decoded once.
-    """
-    data = config.data
-    open_split = partial(
-        open_dataset,
-        data.name,
-        source=data.source,
-        root=data.root,
-        image_size=data.image_size,
-        seed=config.seed,
-        synthetic=(
-            {"num_classes": data.num_classes, "images": data.synthetic_images}
-            if data.name == "synthetic"
-            else None
-        ),
-    )
-    train = open_split("train", subset=data.subset, label_fraction=data.label_fraction)
-    test = open_split("test")
-    if data.test_subset is not None:
-        test = subset(test, data.test_subset, seed=config.seed)
-    if in_memory(test):
-        return train, test, False
-    size = train.image_size
-    return train, eval_crops(test, eval_sample_transform(size, recipe.test_crop), size), True
-
-
 def _sample_loader(
     config: TrainConfig, recipe: Recipe, train: ImageSource, seed: int, ranks: Ranks
 ) -> SampleLoader | None:
@@ -209,7 +162,7 @@ def build_trial(config: TrainConfig) -> Trial:
             f"{ranks.world_size} ranks"
         )
     rank_batch = batch_size // ranks.world_size
-    train_set, test_set, test_cropped = _open_data(config, recipe)
+    train_set, test_set, test_cropped = open_splits(config, recipe)
     labelled = (train_set.labels >= 0).nonzero().squeeze(1)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -365,11 +318,13 @@ def _train_epoch(trial: Trial, epoch: int) -> tuple[Tensor, int, float]:
         losses.append(train_step(trial, batch, targets, seed))
         images += len(targets)
         if len(losses) - checked >= FINITE_CHECK_EVERY:
-            _check_finite(losses[checked:], trial.step - len(losses) + checked + 1, epoch)
+            check_finite(
+                losses[checked:], trial.step - len(losses) + checked + 1, f" (epoch {epoch + 1})"
+            )
             checked = len(losses)
     if not losses:
         raise ValueError(f"epoch {epoch + 1} has no batch of 2 or more labelled images to train on")
-    _check_finite(losses[checked:], trial.step - len(losses) + checked + 1, epoch)
+    check_finite(losses[checked:], trial.step - len(losses) + checked + 1, f" (epoch {epoch + 1})")
     return torch.stack(losses), images, lr
 
 
@@ -455,6 +410,11 @@ def run(
         print(final["top1_median_last10"])
 
     """
+    if config.algorithm != "supervised":
+        # Semi-supervised training counts steps and has two streams: its own loop.
+        return run_semi_supervised(
+            config, report, None if resume_from is None else str(resume_from)
+        )
     trial = build_trial(config)
     ranks = trial.ranks
     fixed_mixed = fixed_mixed_batch(

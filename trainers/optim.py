@@ -32,8 +32,10 @@ def scaled_lr(recipe: Recipe, batch_size: int) -> float:
 def build_optimizer(model: nn.Module, recipe: Recipe, batch_size: int) -> torch.optim.Optimizer:
     """The recipe's optimiser at ``scaled_lr(recipe, batch_size)``, built by timm.
 
-    * sgd: ``torch.optim.SGD`` with momentum, ``nesterov=False`` (timm's "momentum"), weight
-      decay on every parameter, as the PyTorch-style and CIFAR recipes train.
+    * sgd: ``torch.optim.SGD`` with momentum (Nesterov's where the recipe says), weight decay
+      on every parameter as the PyTorch-style and CIFAR recipes train, or not on biases and
+      norm parameters (``bias_norm_decay=False``: the semi-supervised recipes, TorchSSL's
+      ``bn_wd_skip``).
     * adamw: ``torch.optim.AdamW``; lamb: ``timm.optim.Lamb``. Both put biases and norm
       parameters (every parameter of dimension <= 1, plus the model's ``no_weight_decay()``
       names) in a group without weight decay (timm's ``param_groups_weight_decay``), as DeiT
@@ -49,7 +51,8 @@ def build_optimizer(model: nn.Module, recipe: Recipe, batch_size: int) -> torch.
             lr=lr,
             weight_decay=recipe.weight_decay,
             momentum=recipe.momentum,
-            filter_bias_and_bn=False,
+            nesterov=recipe.nesterov,
+            filter_bias_and_bn=not recipe.bias_norm_decay,
         )
     return create_optimizer_v2(
         model,
@@ -72,6 +75,10 @@ class StepSchedule:
       ``min_lr / lr``, 0 in the paper's) at ``step == total_steps``: mmcv's ``CosineAnnealing``
       with ``min_lr = floor * lr``, as OpenMixup's configs use it.
     * step: ``gamma ** (number of milestone steps <= step)``.
+    * ssl_cosine: ``cos(7 pi (step - warmup_steps) / (16 (total_steps - warmup_steps)))``,
+      FixMatch's decay (Sohn et al., 2020, Sec. 4) as TorchSSL's
+      ``get_cosine_schedule_with_warmup`` computes it: 1 at the start, cos(7 pi / 16) ~ 0.195
+      at the end.
 
     A callable object rather than a closure, so that ``LambdaLR.state_dict()`` saves its fields
     with the scheduler's step count.
@@ -92,6 +99,8 @@ class StepSchedule:
             return self.gamma ** sum(step >= m for m in self.milestones)
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        if self.kind == "ssl_cosine":
+            return math.cos(7 * math.pi * progress / 16)
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

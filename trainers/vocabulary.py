@@ -143,3 +143,34 @@ SUMMARY_METRICS = ("top1_median_last10", "top1_best", "top1_ema_best", "fgsm_err
 PAPER_METRIC = "top1_median_last10"
 # The metric a search optimises by default: each epoch's validation top-1.
 DEFAULT_SEARCH_METRIC = "val_top1"
+
+# --- algorithms (Sec. 4.4, Table 7) ---------------------------------------------------------
+# The grid's `algorithm` axis: plain supervised training (every table but 6, 7 and 9) and the
+# semi-supervised algorithms of Table 7, in its row order.
+SEMI_SUPERVISED = ("pseudo_label", "mixmatch", "remixmatch", "uda", "fixmatch", "flexmatch")
+# The baseline of the semi-supervised tables: the labelled images alone, trained by the same
+# step-based loop (steps, schedule, EMA) as the algorithms (TorchSSL's fullysupervised, on the
+# labelled images only).
+LABELLED_ONLY = "labelled_only"
+STEP_BASED = (LABELLED_ONLY, *SEMI_SUPERVISED)
+ALGORITHMS = ("supervised", *STEP_BASED)
+# Where a semi-supervised algorithm reads the cell's method and loss. The pseudo-labelling
+# algorithms take the cell's policy for the asymmetric strategy's term (Sec. 3.2; FixMatch's
+# "+Mixup" row with mce, "+DM" with dm_ce), or none (vanilla / ce: the algorithm alone);
+# MixMatch and ReMixMatch mix with their own Mixup, so their cells say mixup, and MixMatch's
+# "+DM" row is dm_ce (AS's folding and the decoupled term). ReMixMatch has no +DM row.
+# The policies of the asymmetric strategy's term: every static policy that mixes input pixels
+# (ManifoldMix mixes hidden features, which the term's one forward of the mixed batch has not).
+AS_POLICIES = tuple(policy for policy in STATIC_POLICIES if policy != "manifoldmix")
+SEMI_SUPERVISED_CELLS: dict[str, dict[str, tuple[str, ...]]] = {
+    **{
+        name: {"vanilla": ("ce",), **{policy: ("mce", "dm_ce") for policy in AS_POLICIES}}
+        for name in ("pseudo_label", "uda", "fixmatch", "flexmatch")
+    },
+    LABELLED_ONLY: {"vanilla": ("ce",)},
+    "mixmatch": {"mixup": ("mce", "dm_ce")},
+    "remixmatch": {"mixup": ("mce",)},
+}
+# The metric of the semi-supervised tables: the best top-1 of the EMA model (Sec. 4 reports the
+# best top-1 for SSL; TorchSSL evaluates the EMA of the weights).
+SEMI_SUPERVISED_METRIC = "top1_ema_best"

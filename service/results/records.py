@@ -67,8 +67,9 @@ class Failure:
 # The record's own keys as stored; every other key is a setting (``hp.<name>``) or a metric.
 _IDENTITY = ("trial_id", "name", "cell", "dataset", "backbone", "method", "loss", "seed")
 _RUN_INFO = ("recipe", "epochs", "comparable")
-# Stored only when known: records written before lambda_mode was recorded read back the same.
-_SETTINGS = ("lambda_mode",)
+# Stored only when known: records written before these were recorded read back the same
+# (algorithm None: supervised; labels None: the data's).
+_SETTINGS = ("lambda_mode", "algorithm", "labels")
 _FAILURE = ("error", "traceback", "deterministic")
 HYPERPARAMETER_PREFIX = "hp."
 
@@ -79,9 +80,11 @@ class TrialRecord:
 
     Stored flat, one row of the results file: identity, ``status``, the cell's recipe, epochs,
     whether the paper's number compares and how lambda was drawn (``lambda_mode``: batch or
-    sample; None in records from before it was recorded), ``hp.<name>`` per hyperparameter (the
-    cell's, then the search's sampled setting), the metrics of its last epoch, and for a failure
-    the error, its traceback and whether a retry would repeat it (``deterministic``).
+    sample; None in records from before it was recorded), the training algorithm and the labels
+    kept (``algorithm``, ``labels``: Table 7's axes; None in older records), ``hp.<name>`` per
+    hyperparameter (the cell's, then the search's sampled setting), the metrics of its last
+    epoch, and for a failure the error, its traceback and whether a retry would repeat it
+    (``deterministic``).
     """
 
     trial_id: str
@@ -97,6 +100,8 @@ class TrialRecord:
     epochs: int | None = None
     comparable: bool = True
     lambda_mode: str | None = None
+    algorithm: str | None = None
+    labels: float | None = None
     hyperparameters: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None

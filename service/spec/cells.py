@@ -16,7 +16,7 @@ base loss at the DM cell's alpha. The paper compares MCE at its tuned alpha with
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from service.spec import defaults
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from service.spec.search import Range
 
 AXES = ("dataset", "backbone", "method", "loss")
+"""The grid's axes every spec has; ``algorithm`` and ``labels`` (semi-supervised, Table 7) are
+the other two, which keep the supervised cells' ids as they were."""
+SUPERVISED = "supervised"
 CONTROL = "control"
 """The last part of a control cell's id: ``<dataset>/<backbone>/<method>/<base loss>/control``."""
 CONTROL_LOSS = {dm: base for base, dm in GAIN_PAIRS}
@@ -74,15 +77,28 @@ class Cell:
     control: bool = False
     # The hyperparameters the spec sets for this cell; the others are the paper's defaults.
     given: frozenset[str] = field(default=frozenset(), compare=False)
+    # Supervised, or a semi-supervised algorithm of Table 7.
+    algorithm: str = SUPERVISED
+    # The labels kept (a count > 1 or a fraction <= 1; ``grid.labels``), or None: the data's.
+    labels: float | None = None
 
     @property
     def cell_id(self) -> str:
         """``dataset/backbone/method/loss``, e.g. ``cifar100/resnet18_cifar/mixup/dm_ce``.
 
         A control cell's ends in ``/control``: ``cifar100/resnet18_cifar/mixup/mce/control``.
+        The labels kept follow the data set after ``@`` and a semi-supervised algorithm comes
+        before the method: ``cifar10@4000/wrn28_2/fixmatch/mixup/dm_ce``.
         """
-        cell_id = "/".join((self.dataset, self.backbone, self.method, self.loss))
+        dataset = self.dataset if self.labels is None else f"{self.dataset}@{self.labels_text}"
+        algorithm = () if self.algorithm == SUPERVISED else (self.algorithm,)
+        cell_id = "/".join((dataset, self.backbone, *algorithm, self.method, self.loss))
         return f"{cell_id}/{CONTROL}" if self.control else cell_id
+
+    @property
+    def labels_text(self) -> str:
+        """The labels as the cell id shows them: ``4000``, ``0.15``; empty without."""
+        return "" if self.labels is None else labels_text(self.labels)
 
     @property
     def slug(self) -> str:
@@ -90,10 +106,25 @@ class Cell:
         return self.cell_id.replace("/", "__")
 
 
+def labels_text(labels: float) -> str:
+    """A label count or fraction as text: ``4000``, ``0.15``."""
+    return str(int(labels)) if float(labels).is_integer() else f"{labels:g}"
+
+
 def grid_cells(spec: SweepSpec) -> list[Cell]:
-    """Every cell of the grid's product, in grid order, before exclusions and settings."""
+    """Every cell of the grid's product, in grid order, before exclusions and settings.
+
+    The order: data set, its labels (``grid.labels``), backbone, algorithm, method, loss.
+    """
     g = spec.grid
-    return [Cell(*axes) for axes in itertools.product(g.dataset, g.backbone, g.method, g.loss)]
+    return [
+        Cell(dataset, backbone, method, loss, algorithm=algorithm, labels=labels)
+        for dataset in g.dataset
+        for labels in g.labels_of(dataset)
+        for backbone, algorithm, method, loss in itertools.product(
+            g.backbone, g.algorithm, g.method, g.loss
+        )
+    ]
 
 
 def resolve(spec: SweepSpec, bare: Cell) -> Cell:
@@ -114,12 +145,24 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
             departures["epochs"] = settings.source is None
         if settings.recipe_overrides and settings.source is None:
             departures["recipe_overrides"] = True
-    values = defaults.resolve_hyperparameters(bare.dataset, bare.backbone, bare.method, bare.loss)
+    if bare.algorithm == SUPERVISED:
+        values = defaults.resolve_hyperparameters(
+            bare.dataset, bare.backbone, bare.method, bare.loss
+        )
+    else:
+        values = defaults.semi_supervised_hyperparameters(bare.algorithm, bare.method, bare.loss)
     given = set(spec.hyperparameters.given())
     values.update(spec.hyperparameters.given())
     for settings in matching:
         values.update(settings.given())
         given |= set(settings.given())
+    if bare.algorithm != SUPERVISED:
+        # A semi-supervised run's epochs are its evaluation intervals; epochs set in the spec
+        # go through, for TrainConfig to refuse them naming the steps to set instead.
+        departures["semi_supervised"] = spec.semi_supervised != type(spec.semi_supervised)()
+        if epochs is None:
+            epochs = spec.semi_supervised.intervals()
+            departures["epochs"] = False
     cell = Cell(bare.dataset, bare.backbone, bare.method, bare.loss, {}, recipe_overrides, epochs)
     kept = {k: v for k, v in values.items() if applies(spec, k, cell)}
     return Cell(
@@ -133,6 +176,8 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
         MixingSettings.model_validate(mixing),
         tuple(name for name, departs in departures.items() if departs),
         given=frozenset(given & set(kept)),
+        algorithm=bare.algorithm,
+        labels=bare.labels,
     )
 
 
@@ -170,7 +215,7 @@ def control_cells(spec: SweepSpec, cells: list[Cell]) -> list[Cell]:
         base, alpha = CONTROL_LOSS.get(cell.loss), cell.hyperparameters.get("alpha")
         if base is None or alpha is None:
             continue
-        baseline = "/".join((cell.dataset, cell.backbone, cell.method, base))
+        baseline = replace(cell, loss=base).cell_id
         if baseline in alphas and alphas[baseline] == alpha:
             continue
         controls.append(
@@ -185,6 +230,8 @@ def control_cells(spec: SweepSpec, cells: list[Cell]) -> list[Cell]:
                 cell.mixing,
                 cell.departures,
                 control=True,
+                algorithm=cell.algorithm,
+                labels=cell.labels,
             )
         )
     return controls
@@ -208,9 +255,14 @@ def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
     hp = cell.hyperparameters
     data = spec.data.get(cell.dataset)
     backbone = spec.backbones.get(cell.backbone)
+    data_settings = data.model_dump() if data else {}
+    if cell.labels is not None:  # grid.labels takes over from data.<name>.label_fraction
+        data_settings["label_fraction"] = cell.labels
     return TrainConfig.model_validate(
         {
-            "data": {"name": cell.dataset, **(data.model_dump() if data else {})},
+            "data": {"name": cell.dataset, **data_settings},
+            "algorithm": cell.algorithm,
+            "semi_supervised": spec.semi_supervised.model_dump(),
             "backbone": {"name": cell.backbone, **(backbone.model_dump() if backbone else {})},
             "mixing": {"method": cell.method, "alpha": hp.get("alpha"), **cell.mixing.model_dump()},
             "loss": {
@@ -296,6 +348,7 @@ def summary(spec: SweepSpec) -> dict[str, Any]:
         "backbones": sorted({c.backbone for c in cells}, key=spec.grid.backbone.index),
         "methods": sorted({c.method for c in cells}, key=spec.grid.method.index),
         "losses": sorted({c.loss for c in cells}, key=spec.grid.loss.index),
+        "algorithms": sorted({c.algorithm for c in cells}, key=spec.grid.algorithm.index),
         "recipe": spec.recipe,
         "search": spec.search is not None,
     }

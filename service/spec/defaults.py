@@ -179,10 +179,30 @@ def dm_alpha(dataset: str, backbone: str, method: str) -> float:
     return DM_ALPHA_DYNAMIC if method in DYNAMIC else DM_ALPHA_STATIC
 
 
+# The asymmetric strategy in semi-supervised learning (Sec. 3.2) has no settings in the paper:
+# its alpha is the host algorithm's own Mixup alpha (TorchSSL's config/mixmatch/*.yaml 0.5,
+# config/remixmatch/*.yaml 0.75), Mixup's usual 1 for hosts without one (Pseudo-Label, UDA,
+# FixMatch, FlexMatch), for MCE and DM(CE) alike so that "+Mixup" and "+DM" differ in the loss
+# alone; eta is the static policies' 0.1 (A.3).
+SEMI_SUPERVISED_ALPHA = {"mixmatch": 0.5, "remixmatch": 0.75}
+SEMI_SUPERVISED_DEFAULT_ALPHA = 1.0
+SEMI_SUPERVISED_ETA = 0.1
+
+
+def semi_supervised_hyperparameters(algorithm: str, method: str, loss: str) -> dict[str, float]:
+    """AS's defaults for a semi-supervised cell: ``alpha`` where it mixes, ``eta`` for dm_ce."""
+    values: dict[str, float] = {}
+    if takes_alpha(method):
+        values["alpha"] = SEMI_SUPERVISED_ALPHA.get(algorithm, SEMI_SUPERVISED_DEFAULT_ALPHA)
+    if loss == "dm_ce":
+        values["eta"] = SEMI_SUPERVISED_ETA
+    return values
+
+
 def resolve_hyperparameters(
     dataset: str, backbone: str, method: str, loss: str
 ) -> dict[str, float]:
-    """The paper's defaults for one cell: a subset of ``alpha``, ``eta``, ``xi``, ``t``.
+    """The paper's defaults for one supervised cell: a subset of ``alpha``, ``eta``, ``xi``, ``t``.
 
     Only the keys that apply are returned: ``eta`` for dm_ce, ``xi`` and ``t`` for dm_bce
     (appendix A.3), ``alpha`` for methods that take one (``dm_alpha`` with DM losses, the data

@@ -20,10 +20,24 @@ from pydantic import (
     model_validator,
 )
 
-from service.spec.cells import AXES, Cell, applies, expand, grid_cells, train_config
+from service.spec.cells import (
+    AXES,
+    Cell,
+    applies,
+    expand,
+    grid_cells,
+    labels_text,
+    train_config,
+)
 from service.spec.search import MAX_LIST, MAX_TRIALS, Search
 from trainers.backbones import DMSWEEP_BACKBONES
-from trainers.config import BackboneSettings, DataSettings, EvalConfig, MixingSettings
+from trainers.config import (
+    BackboneSettings,
+    DataSettings,
+    EvalConfig,
+    MixingSettings,
+    SemiSupervisedSettings,
+)
 from trainers.data.buckets import is_bucket_uri, split_uri
 from trainers.data.datasets import DATASETS, ROOT_VARIABLE
 from trainers.limits import (
@@ -37,6 +51,7 @@ from trainers.limits import (
 from trainers.recipes import RECIPES, get_recipe
 from trainers.validation import Location, Problem, StrictModel, raise_problems
 from trainers.vocabulary import (
+    ALGORITHMS,
     BOUNDS,
     HYPERPARAMETERS,
     LOSSES,
@@ -44,6 +59,8 @@ from trainers.vocabulary import (
 )
 
 MAX_SEEDS = 100
+# What an override's or exclusion's match may name: the grid's axes.
+MATCH_AXES = (*AXES, "algorithm", "labels")
 # Override and exclude rules; Table 2's spec has three.
 MAX_RULES = 1_000
 # Shown when a cell fails TrainConfig validation; more would drown the first ones.
@@ -101,7 +118,23 @@ def _check_loss(name: str) -> str:
     return name
 
 
+def _check_algorithm(name: str) -> str:
+    if name not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {name!r}; allowed: {', '.join(ALGORITHMS)}")
+    return name
+
+
+def _check_labels(amount: float) -> float:
+    if isinstance(amount, bool) or not amount > 0:
+        raise ValueError(f"must be a fraction in (0, 1] or a whole count > 1; got {amount!r}")
+    if amount > 1 and not float(amount).is_integer():
+        raise ValueError(f"must be a fraction in (0, 1] or a whole count > 1; got {amount!r}")
+    return amount
+
+
 DatasetName = Annotated[str, AfterValidator(_check_dataset)]
+AlgorithmName = Annotated[str, AfterValidator(_check_algorithm)]
+LabelAmount = Annotated[float, AfterValidator(_check_labels)]
 BackboneName = Annotated[str, AfterValidator(_check_backbone)]
 MethodName = Annotated[str, AfterValidator(_check_method)]
 LossName = Annotated[str, AfterValidator(_check_loss)]
@@ -134,6 +167,29 @@ class Grid(StrictModel):
     loss: Annotated[list[LossName], AfterValidator(_unique)] = Field(
         min_length=1, max_length=MAX_LIST, description=f"losses: {', '.join(LOSSES)}"
     )
+    algorithm: Annotated[list[AlgorithmName], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["supervised"],
+        min_length=1,
+        max_length=MAX_LIST,
+        description=f"training algorithms: {', '.join(ALGORITHMS)} (default: supervised)",
+    )
+    labels: (
+        dict[
+            DatasetName,
+            Annotated[
+                list[LabelAmount],
+                Field(min_length=1, max_length=MAX_LIST),
+                AfterValidator(_unique),
+            ],
+        ]
+        | None
+    ) = Field(
+        None,
+        description="per data set, the labels kept: whole counts (> 1) or fractions in (0, 1], "
+        "each a cell (Table 7: cifar10: [250, 4000]); takes over from "
+        "data.<name>.label_fraction where both are given; a data set without an entry keeps "
+        "its data settings' labels",
+    )
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], AfterValidator(_unique)] = (
         Field(
             default_factory=lambda: [0],
@@ -143,9 +199,17 @@ class Grid(StrictModel):
         )
     )
 
+    def labels_of(self, dataset: str) -> list[float | None]:
+        """The labels ``dataset``'s cells keep: ``grid.labels``'s, or [None] (the data's)."""
+        given = (self.labels or {}).get(dataset)
+        return list(given) if given else [None]
+
     def size(self) -> int:
         """Cells of the axes' product, before exclusions."""
-        return len(self.dataset) * len(self.backbone) * len(self.method) * len(self.loss)
+        datasets = sum(len(self.labels_of(d)) for d in self.dataset)
+        return (
+            datasets * len(self.backbone) * len(self.algorithm) * len(self.method) * len(self.loss)
+        )
 
 
 class Hyperparameters(StrictModel):
@@ -190,17 +254,28 @@ class Match(StrictModel):
     loss: list[str] | None = Field(
         None, max_length=MAX_LIST, description="loss names (a name or a list)"
     )
+    algorithm: list[str] | None = Field(
+        None, max_length=MAX_LIST, description="algorithm names (a name or a list)"
+    )
+    labels: list[float] | None = Field(
+        None, max_length=MAX_LIST, description="labels kept, as in grid.labels (one or a list)"
+    )
 
-    @field_validator("dataset", "backbone", "method", "loss", mode="before")
+    @field_validator("dataset", "backbone", "method", "loss", "algorithm", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _listify_labels(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float)) else value
 
     def matches(self, cell: Cell) -> bool:
         """Whether ``cell`` holds one of the given values on every axis given."""
         return all(
             getattr(self, axis) is None or getattr(cell, axis) in getattr(self, axis)
-            for axis in AXES
+            for axis in MATCH_AXES
         )
 
 
@@ -281,6 +356,11 @@ class SweepSpec(StrictModel):
         description="how every cell's policy draws: lambda_mode (batch, as the paper's "
         "configurations, or sample), saliency_detector",
     )
+    semi_supervised: SemiSupervisedSettings = Field(
+        default_factory=SemiSupervisedSettings,
+        description="steps, evaluation interval and unlabelled ratio of the semi-supervised "
+        "cells (grid.algorithm other than supervised; Sec. 4.4)",
+    )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters,
         description="alpha / eta / xi / t for every cell they apply to (over the defaults)",
@@ -353,7 +433,15 @@ class SweepSpec(StrictModel):
         raise_problems(problems, "SweepSpec")  # the cells below need known names and a valid recipe
         if self.grid.size() > MAX_TRIALS:
             # Checked before any cell is built: the cost of expanding is bounded too.
-            axes = " x ".join(str(len(getattr(self.grid, axis))) for axis in AXES)
+            grid = self.grid
+            counts = [
+                sum(len(grid.labels_of(dataset)) for dataset in grid.dataset),
+                len(grid.backbone),
+                *([len(grid.algorithm)] if len(grid.algorithm) > 1 else []),
+                len(grid.method),
+                len(grid.loss),
+            ]
+            axes = " x ".join(map(str, counts))
             problems.append(
                 Problem(
                     ("grid",),
@@ -448,14 +536,21 @@ class SweepSpec(StrictModel):
     def _match_problems(self, match: Match, loc: Location) -> list[Problem]:
         # A value outside the grid is a typo: it would silently match nothing.
         problems: list[Problem] = []
-        for axis in AXES:
-            allowed = getattr(self.grid, axis)
+        for axis in MATCH_AXES:
+            if axis == "labels":
+                allowed = sorted(
+                    {v for values in (self.grid.labels or {}).values() for v in values}
+                )
+            else:
+                allowed = getattr(self.grid, axis)
+            show = labels_text if axis == "labels" else str
             for index, value in enumerate(getattr(match, axis) or []):
                 if value not in allowed:
                     problems.append(
                         Problem(
                             (*loc, axis, index),
-                            f"{value!r} is not in grid.{axis} ({', '.join(map(str, allowed))})",
+                            f"{show(value)} is not in grid.{axis} "
+                            f"({', '.join(map(show, allowed))})",
                         )
                     )
         return problems

@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from service.results.folder import SweepFolder
 from service.results.records import TrialRecord, TrialState, numbers
-from service.spec.cells import AXES, comparable, expand, train_config
+from service.spec.cells import AXES, comparable, expand, labels_text, train_config
 from service.spec.model import SweepSpec
 from service.storage.paths import as_path
 from service.sweep.worker import (
@@ -63,6 +63,8 @@ class CellRun:
     hyperparameters: dict[str, float]
     comparable: bool  # the paper's recipe as is: its number compares with ours
     lambda_mode: LambdaMode  # one lambda per batch (the paper's configurations) or per sample
+    algorithm: str = "supervised"  # or a semi-supervised algorithm of Table 7
+    labels: float | None = None  # the labels kept (grid.labels), or None: the data's
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ def trial_record(
         epochs=cell.epochs,
         comparable=cell.comparable,
         lambda_mode=cell.lambda_mode,
+        algorithm=cell.algorithm,
+        labels=cell.labels,
         hyperparameters={**cell.hyperparameters, **params},
         metrics=numbers(metrics or {}),
         error=error,
@@ -215,6 +219,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         "name": trial_name(cell_id, seed, params),
         "tags": {
             **{axis: str(getattr(cell, axis)) for axis in AXES},
+            "algorithm": cell.algorithm,
+            **({"labels": labels_text(cell.labels)} if cell.labels is not None else {}),
             "seed": str(seed),
             "cell": cell_id,
         },
@@ -313,6 +319,8 @@ def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None) 
             hyperparameters=dict(cell.hyperparameters),
             comparable=comparable(spec, cell),
             lambda_mode=cell.mixing.lambda_mode,
+            algorithm=cell.algorithm,
+            labels=cell.labels,
         )
     resources = spec.resources
     return SweepContext(

@@ -61,4 +61,5 @@ class SemiSupervisedAlgorithm(nn.Module):
     def forward(
         self, model: nn.Module, batch: SemiSupervisedBatch, generator: torch.Generator
     ) -> SemiSupervisedStep:
+        """One step's loss, its parts, and the pseudo-labels and mask of the unlabelled batch."""
         raise NotImplementedError

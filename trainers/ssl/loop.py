@@ -1,0 +1,360 @@
+"""The semi-supervised loop (Sec. 4.4, Table 7): step-based training with an EMA that is evaluated.
+
+As TorchSSL trains: each step draws ``B`` labelled images and ``mu * B`` unlabelled ones
+(:mod:`trainers.ssl.streams`), the algorithm computes the loss from their views
+(:mod:`trainers.ssl.views`, :mod:`trainers.ssl.base`), SGD steps, the lr follows the recipe's
+schedule per step, and an EMA of the weights follows the model. Every ``eval_every`` steps the
+model and its EMA are evaluated and ``report`` is called: one interval is one "epoch" of the
+metrics contract (``epoch``, ``train_loss``, ``val_top1``, ``val_top1_ema``, ``lr``, ...), plus
+the step, the parts of the loss, the mask rate (the mean of the algorithm's mask over the
+interval's unlabelled images: the share above the threshold for the thresholding algorithms)
+and the pseudo-label accuracy (the mask-weighted share of unlabelled images whose pseudo-label
+is their true label, which the run keeps for this and never trains on). The last interval adds
+``top1_best``, ``top1_ema_best`` (the number Table 7 is compared with: the paper reports the best
+top-1, TorchSSL evaluates the EMA) and ``top1_median_last10``.
+
+Labelled images: ``data.label_fraction`` of the train split, class-balanced and fixed by the
+seed (:func:`trainers.data.sampling.label_fraction`). Unlabelled images: the whole train split,
+labelled images included, as TorchSSL's data sets are built (``include_lb_to_ulb``).
+
+Under ``torch.distributed`` every rank takes its share of each step's global batches; gradients
+are averaged across ranks after the backward (the algorithms run several forwards a step, which
+DistributedDataParallel's hooks do not allow), and batch-norm statistics before each
+evaluation. Resuming continues the same run: both streams are functions of the step, and the
+generator, optimiser, schedule, EMA and algorithm state are in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from timm.utils import ModelEmaV3
+from torch import Tensor, nn
+
+from trainers.augment import EvalTransform, mean_std
+from trainers.backbones import build_backbone
+from trainers.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from trainers.config import TrainConfig
+from trainers.data import ImageSource
+from trainers.data.sampling import label_fraction
+from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks, gather
+from trainers.evaluate import accuracy
+from trainers.finite import FINITE_CHECK_EVERY, check_finite
+from trainers.metrics import median_of_last
+from trainers.optim import build_ema, build_optimizer, build_scheduler
+from trainers.recipes import Recipe
+from trainers.splits import open_splits
+from trainers.ssl.algorithms import build_algorithm
+from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch
+from trainers.ssl.streams import Stream
+from trainers.ssl.views import Views
+
+Report = Callable[[dict[str, float], str | None], None]
+
+# The EMA's decay when the recipe keeps none (TorchSSL's ema_m).
+DEFAULT_EMA_DECAY = 0.999
+
+
+@dataclass
+class SemiSupervisedTrial:
+    """Everything a semi-supervised run builds before its first step."""
+
+    config: TrainConfig
+    recipe: Recipe
+    ranks: Ranks
+    batch: int  # labelled images per rank and step
+    unlabelled_batch: int  # unlabelled images per rank and step
+    train_set: ImageSource  # every training image, labels as stored (for the metrics only)
+    labelled: Tensor  # indices of the labelled images
+    test_set: ImageSource
+    model: nn.Module
+    algorithm: SemiSupervisedAlgorithm
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: ModelEmaV3
+    views: Views
+    eval_transform: EvalTransform
+    generator: torch.Generator  # on the device: views and the algorithm's draws
+    labelled_stream: Stream
+    unlabelled_stream: Stream
+    step: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        """Steps of the whole run."""
+        return self.config.semi_supervised.steps
+
+    @property
+    def parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains: the model's and the algorithm's own (a rotation head)."""
+        return [*self.model.parameters(), *self.algorithm.parameters()]
+
+
+class _Trained(nn.Module):
+    """The model and the algorithm's own parameters, for one optimiser over both."""
+
+    def __init__(self, model: nn.Module, algorithm: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.algorithm = algorithm
+
+
+def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
+    """Open the data, draw the labelled images, build model, algorithm, optimiser and EMA."""
+    ranks = current_ranks(config.device)
+    recipe = config.recipe_settings()
+    batch_size = config.global_batch_size()
+    if batch_size < 2 * ranks.world_size:
+        raise ValueError(
+            f"batch_size {batch_size} leaves fewer than 2 labelled images for each of the "
+            f"{ranks.world_size} ranks"
+        )
+    train_set, test_set, test_cropped = open_splits(config, recipe, keep_labels=True)
+    fraction = config.data.label_fraction
+    kept = train_set if fraction is None else label_fraction(train_set, fraction, seed=config.seed)
+    labelled = (kept.labels >= 0).nonzero().squeeze(1)
+    classes = len(train_set.classes)
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = build_backbone(
+        config.backbone.name,
+        classes,
+        train_set.image_size,
+        weights=config.backbone.weights,
+        pretrained=config.backbone.pretrained,
+        **config.backbone.options,
+    ).to(ranks.device)
+    algorithm = build_algorithm(config, classes, len(train_set)).to(ranks.device)
+    optimizer = build_optimizer(_Trained(model, algorithm), recipe, batch_size)
+    steps = config.semi_supervised.steps
+    mean, std = mean_std(config.data.name)
+    stream_seed = config.seed * 1_000_003
+    rank_batch = batch_size // ranks.world_size
+    return SemiSupervisedTrial(
+        config=config,
+        recipe=recipe,
+        ranks=ranks,
+        batch=rank_batch,
+        unlabelled_batch=rank_batch * config.unlabelled_ratio(),
+        train_set=train_set,
+        labelled=labelled,
+        test_set=test_set,
+        model=model,
+        algorithm=algorithm,
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, recipe, steps, 1),
+        ema=build_ema(model, recipe) or ModelEmaV3(model, decay=DEFAULT_EMA_DECAY),
+        views=Views(train_set.image_size, mean, std),
+        eval_transform=EvalTransform(recipe, train_set.image_size, mean, std, cropped=test_cropped),
+        generator=torch.Generator(device=ranks.device).manual_seed(stream_seed + ranks.rank),
+        labelled_stream=Stream(len(labelled), stream_seed + 1),
+        unlabelled_stream=Stream(len(train_set), stream_seed + 2),
+    )
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step leaves for the interval's metrics, all detached on the device."""
+
+    loss: Tensor
+    supervised: Tensor
+    unsupervised: Tensor
+    masked: Tensor  # sum of the mask over the unlabelled images
+    correct: Tensor  # mask-weighted count of right pseudo-labels
+    unlabelled: int
+
+
+def _average_gradients(parameters: list[nn.Parameter], ranks: Ranks) -> None:
+    if ranks.world_size == 1:
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad.div_(ranks.world_size)
+
+
+def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
+    """One optimisation step: draw both batches, their views, the algorithm's loss, update."""
+    device, ranks = trial.ranks.device, trial.ranks
+    positions = trial.labelled_stream.batch(trial.step, trial.batch, ranks.rank, ranks.world_size)
+    labelled = trial.labelled[positions]
+    unlabelled = torch.empty(0, dtype=torch.long)
+    views: tuple[Tensor, ...] = ()
+    generator = trial.generator
+    labelled_images = trial.train_set.read(labelled).to(device, non_blocking=True)
+    if trial.unlabelled_batch:
+        unlabelled = trial.unlabelled_stream.batch(
+            trial.step, trial.unlabelled_batch, ranks.rank, ranks.world_size
+        )
+        unlabelled_images = trial.train_set.read(unlabelled).to(device, non_blocking=True)
+        views = tuple(trial.views(unlabelled_images, v, generator) for v in trial.algorithm.views)
+    batch = SemiSupervisedBatch(
+        labelled=trial.views.weak(labelled_images, generator),
+        targets=trial.train_set.labels[labelled].to(device, non_blocking=True),
+        unlabelled=views,
+        unlabelled_index=unlabelled.to(device, non_blocking=True),
+        step=trial.step,
+        total_steps=trial.total_steps,
+    )
+    trial.model.train()
+    trial.algorithm.train()
+    out = trial.algorithm(trial.model, batch, generator)
+    trial.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    _average_gradients(trial.parameters, ranks)
+    if trial.recipe.grad_clip:
+        nn.utils.clip_grad_norm_(trial.parameters, trial.recipe.grad_clip)
+    trial.optimizer.step()
+    trial.scheduler.step()
+    trial.step += 1
+    trial.ema.update(trial.model, step=trial.step)
+    truth = trial.train_set.labels[unlabelled].to(device, non_blocking=True)
+    mask = out.mask.detach().float()
+    return StepRecord(
+        loss=out.loss.detach().float(),
+        supervised=out.supervised.detach().float(),
+        unsupervised=out.unsupervised.detach().float(),
+        masked=mask.sum(),
+        correct=(mask * (out.pseudo_labels == truth).float()).sum(),
+        unlabelled=len(unlabelled),
+    )
+
+
+def _train_interval(trial: SemiSupervisedTrial, end: int) -> dict[str, float]:
+    """Steps up to ``end``; the interval's loss parts, mask rate and pseudo-label accuracy."""
+    records: list[StepRecord] = []
+    checked = 0
+    first = trial.step
+    while trial.step < end:
+        records.append(semi_supervised_step(trial))
+        if len(records) - checked >= FINITE_CHECK_EVERY:
+            check_finite([r.loss for r in records[checked:]], first + checked)
+            checked = len(records)
+    check_finite([r.loss for r in records[checked:]], first + checked)
+    device = trial.ranks.device
+    totals = torch.stack(
+        [
+            torch.stack([r.loss for r in records]).sum(),
+            torch.stack([r.supervised for r in records]).sum(),
+            torch.stack([r.unsupervised for r in records]).sum(),
+            torch.stack([r.masked for r in records]).sum(),
+            torch.stack([r.correct for r in records]).sum(),
+            torch.tensor(float(sum(r.unlabelled for r in records)), device=device),
+            torch.tensor(float(len(records)), device=device),
+        ]
+    )
+    loss, supervised, unsupervised, masked, correct, unlabelled, steps = all_sum(
+        totals, trial.ranks
+    ).tolist()
+    parts = {
+        "train_loss": loss / steps,
+        "supervised_loss": supervised / steps,
+        "unsupervised_loss": unsupervised / steps,
+    }
+    if unlabelled > 0:  # labelled_only draws none
+        parts["mask_rate"] = masked / unlabelled
+    if masked > 0:  # else no pseudo-label was used, and none can be right or wrong
+        parts["pseudo_label_acc"] = 100.0 * correct / masked
+    return parts
+
+
+def _state(trial: SemiSupervisedTrial, interval: int, history: dict[str, list[float]], rng):
+    return {
+        "model": trial.model.state_dict(),
+        "algorithm": trial.algorithm.state_dict(),
+        "optimizer": trial.optimizer.state_dict(),
+        "scheduler": trial.scheduler.state_dict(),
+        "ema": trial.ema.state_dict(),
+        "epoch": interval,
+        "step": trial.step,
+        "history": history,
+        "rng": rng,  # one entry per rank
+    }
+
+
+def _restore(trial: SemiSupervisedTrial, state: dict) -> tuple[int, dict[str, list[float]]]:
+    if len(state["rng"]) != trial.ranks.world_size:
+        raise ValueError(
+            f"the checkpoint was written by {len(state['rng'])} rank(s); resuming it on "
+            f"{trial.ranks.world_size} would not continue the same run"
+        )
+    trial.model.load_state_dict(state["model"])
+    trial.algorithm.load_state_dict(state["algorithm"])
+    trial.optimizer.load_state_dict(state["optimizer"])
+    trial.scheduler.load_state_dict(state["scheduler"])
+    trial.ema.load_state_dict(state["ema"])
+    trial.step = state["step"]
+    restore_rng(state["rng"][trial.ranks.rank], {"device": trial.generator})
+    return state["epoch"], {k: list(v) for k, v in state["history"].items()}
+
+
+def run_semi_supervised(
+    config: TrainConfig, report: Report, resume_from: str | None = None
+) -> dict[str, float]:
+    """Train one semi-supervised trial; the metrics of its last interval, with the summaries.
+
+    ``report(metrics, checkpoint_dir)`` as :func:`trainers.loop.run` calls it, once per
+    evaluation interval; ``resume_from`` a checkpoint folder it was given.
+    """
+    trial = build_semi_supervised_trial(config)
+    ranks = trial.ranks
+    every = config.semi_supervised.eval_every
+    intervals = config.semi_supervised.intervals()
+    start = 0
+    history: dict[str, list[float]] = {"top1": [], "ema": []}
+    if resume_from is not None:
+        start, history = _restore(trial, load_checkpoint(resume_from))
+    metrics: dict[str, float] = {}
+    eval_batch = max(trial.batch, 256)
+    for interval in range(start, intervals):
+        started = time.perf_counter()
+        lr = trial.optimizer.param_groups[0]["lr"]
+        parts = _train_interval(trial, min(trial.total_steps, (interval + 1) * every))
+        average_buffers(trial.model, ranks)
+        if ranks.device.type == "cuda":
+            torch.cuda.synchronize(ranks.device)
+        elapsed = time.perf_counter() - started
+        top1, top5 = accuracy(trial.model, trial.test_set, trial.eval_transform, ranks, eval_batch)
+        ema_top1, _ = accuracy(
+            trial.ema.module, trial.test_set, trial.eval_transform, ranks, eval_batch
+        )
+        history["top1"].append(top1)
+        history["ema"].append(ema_top1)
+        steps_done = trial.step - interval * every
+        metrics = {
+            "epoch": interval + 1,
+            "step": trial.step,
+            **parts,
+            "val_top1": top1,
+            "val_top5": top5,
+            "val_top1_ema": ema_top1,
+            "lr": lr,
+            "epoch_time_s": elapsed,
+            "images_per_s": steps_done
+            * (trial.batch + trial.unlabelled_batch)
+            * ranks.world_size
+            / elapsed,
+        }
+        last = interval + 1 == intervals
+        if last:
+            metrics["top1_median_last10"] = median_of_last(history["top1"], 10)
+            metrics["top1_best"] = max(history["top1"])
+            metrics["top1_ema_best"] = max(history["ema"])
+        checkpoint = None
+        if last or (interval + 1) % config.checkpoint_every == 0:
+            rng = gather(rng_state({"device": trial.generator}), ranks)
+            if ranks.is_main:
+                checkpoint = save_checkpoint(
+                    _state(trial, interval + 1, history, rng), config.model_dump(mode="json")
+                )
+        try:
+            report(metrics, checkpoint)
+        finally:
+            if checkpoint is not None:
+                shutil.rmtree(checkpoint, ignore_errors=True)
+    return metrics
