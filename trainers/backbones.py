@@ -94,8 +94,12 @@ BACKBONE_OPTIONS: dict[str, Callable[[Any], str | None]] = {
     "proj_drop_rate": _rate,
     "pos_drop_rate": _rate,
     "in_chans": _count,
-    # ... and SmallNet's width. The recipes in trainers/recipes.py set drop_path_rate only.
+    # ... SmallNet's width, and Wide-ResNet's activation slope and batch-norm momentum (TorchSSL's
+    # WRN, which Table 7's numbers were trained with: leaky ReLU 0.1, momentum 0.001). The
+    # recipes in trainers/recipes.py set drop_path_rate only.
     "width": _count,
+    "leaky_slope": _rate,
+    "bn_momentum": _rate,
 }
 """Backbone options a spec may set, each with the check of its value (None: fine, else what is
 allowed). Nothing else reaches a constructor: see the module's docstring for why."""
@@ -236,11 +240,20 @@ def _cifar_resnet(timm_name: str, num_classes: int, **options: Any) -> StagedRes
 class WideBasicBlock(nn.Module):
     """Pre-activation basic block of WRN: BN-ReLU-conv3x3, BN-ReLU-dropout-conv3x3, plus a skip."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, drop_rate: float) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int,
+        drop_rate: float,
+        leaky_slope: float = 0.0,
+        bn_momentum: float = 0.1,
+    ) -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.leaky_slope = leaky_slope
+        self.bn1 = nn.BatchNorm2d(in_channels, momentum=bn_momentum)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.bn2 = nn.BatchNorm2d(out_channels, momentum=bn_momentum)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.drop_rate = drop_rate
         self.shortcut = None
@@ -249,10 +262,10 @@ class WideBasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """The block's output, ``x`` plus the residual."""
-        out = F.relu(self.bn1(x))
+        out = F.leaky_relu(self.bn1(x), self.leaky_slope)
         # A projection shortcut takes the pre-activated input, as in the WRN reference code.
         shortcut = x if self.shortcut is None else self.shortcut(out)
-        out = F.relu(self.bn2(self.conv1(out)))
+        out = F.leaky_relu(self.bn2(self.conv1(out)), self.leaky_slope)
         out = F.dropout(out, p=self.drop_rate, training=self.training)
         return self.conv2(out) + shortcut
 
@@ -263,7 +276,10 @@ class WideResNet(nn.Module):
     A 3x3 conv with 16 channels, three groups of (depth - 4) / 6 pre-activation basic blocks
     with widths 16k, 32k, 64k and strides 1, 2, 2, a final BN-ReLU, global average pooling and
     a linear head. WRN-28-2 has 1.47M parameters, WRN-28-8 23.4M, WRN-28-10 36.5M. ManifoldMix
-    stages: 0 = input, 1 / 2 = output of group 1 / 2.
+    stages: 0 = input, 1 / 2 = output of group 1 / 2. ``leaky_slope`` and ``bn_momentum`` (ReLU
+    and PyTorch's 0.1 by default) give TorchSSL's variant (models/nets/wrn.py: leaky ReLU 0.1,
+    momentum 0.001), which also has conv biases, batch-norm eps 1e-3 and a Xavier-initialised
+    head that this one does not.
     """
 
     classifier_name = "fc"
@@ -276,8 +292,11 @@ class WideResNet(nn.Module):
         widen_factor: int = 2,
         drop_rate: float = 0.0,
         in_chans: int = 3,
+        leaky_slope: float = 0.0,
+        bn_momentum: float = 0.1,
     ) -> None:
         super().__init__()
+        self.leaky_slope = leaky_slope
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4 with n >= 1; got {depth}")
         blocks = (depth - 4) // 6
@@ -286,12 +305,18 @@ class WideResNet(nn.Module):
         self.stem = nn.Conv2d(in_chans, 16, 3, padding=1, bias=False)
         groups, in_channels = [], 16
         for width, stride in zip(widths, (1, 2, 2), strict=True):
-            first = WideBasicBlock(in_channels, width, stride, drop_rate)
-            rest = [WideBasicBlock(width, width, 1, drop_rate) for _ in range(blocks - 1)]
+            block = partial(
+                WideBasicBlock,
+                drop_rate=drop_rate,
+                leaky_slope=leaky_slope,
+                bn_momentum=bn_momentum,
+            )
+            first = block(in_channels, width, stride)
+            rest = [block(width, width, 1) for _ in range(blocks - 1)]
             groups.append(nn.Sequential(first, *rest))
             in_channels = width
         self.groups = nn.ModuleList(groups)
-        self.bn = nn.BatchNorm2d(widths[-1])
+        self.bn = nn.BatchNorm2d(widths[-1], momentum=bn_momentum)
         self.fc = nn.Linear(widths[-1], num_classes)
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -310,7 +335,7 @@ class WideResNet(nn.Module):
             x = group(x)
             if mix is not None and stage == mix_stage:
                 x = mix(x)
-        return self.fc(F.relu(self.bn(x)).mean(dim=(2, 3)))
+        return self.fc(F.leaky_relu(self.bn(x), self.leaky_slope).mean(dim=(2, 3)))
 
 
 # --- SmallNet ------------------------------------------------------------------------------
