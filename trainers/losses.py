@@ -15,7 +15,7 @@ policies produce them by construction).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -252,7 +252,15 @@ class _DecoupledMixupCE(torch.autograd.Function):
 # --------------------------------------------------------------------------- binary losses
 
 
-def as_dm_ce(logits: Tensor, y_a: Tensor, v_b: Tensor, lam: Lambda, *, eta: float) -> Tensor:
+def as_dm_ce(
+    logits: Tensor,
+    y_a: Tensor,
+    v_b: Tensor,
+    lam: Lambda,
+    *,
+    eta: float,
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
     """DM(CE) of the asymmetric strategy, Sec. 3.2: a labelled sample mixed with an unlabelled one.
 
     Sample ``n`` holds the labelled class ``a = y_a[n]`` with share ``lam[n]`` (AS keeps it at
@@ -268,10 +276,14 @@ def as_dm_ce(logits: Tensor, y_a: Tensor, v_b: Tensor, lam: Lambda, *, eta: floa
     ``phi(a; without b) = exp(z_a) / sum_{c != b} exp(z_c)``. That term is off where the sample
     holds one class: ``a == b``, or ``min(lam, 1 - lam) <= TWO_CLASS_MIN_SHARE`` (not mixed),
     as in ``dm_ce``. With classes for ``v_b`` it equals ``dm_ce``'s per-sample loss with the
-    unlabelled side's decoupled weight set to 0. Batch mean; logits of any float dtype,
-    computed in at least float32.
+    unlabelled side's decoupled weight set to 0. Batch mean (``reduction="mean"``), or the (N,)
+    per-sample losses (``"none"``) for a caller that weighs or masks samples (the semi-supervised
+    AS term counts only partners with a confident pseudo-label,
+    :mod:`trainers.ssl.asymmetric_term`); logits of any float dtype, computed in at least float32.
     """
     _check_nonnegative(eta, "eta")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}")
     _check_logits(logits)
     y_a = _check_classes(y_a, "y_a", logits)
     lam = _as_lambda(lam, logits)
@@ -298,7 +310,7 @@ def as_dm_ce(logits: Tensor, y_a: Tensor, v_b: Tensor, lam: Lambda, *, eta: floa
         neg_log_phi_a = lse_without_b - z.gather(1, y_a[:, None]).squeeze(1)
         decoupled = (y_a != b) & (torch.minimum(lam, 1 - lam) > TWO_CLASS_MIN_SHARE)
         per_sample = mixed_ce + float(eta) * torch.where(decoupled, neg_log_phi_a, 0.0)
-        return per_sample.mean()
+        return per_sample if reduction == "none" else per_sample.mean()
 
 
 def _mixed_bce(
