@@ -131,7 +131,8 @@ class FlexMatch(SemiSupervisedAlgorithm):
         Only predictions at least as confident as the fixed ``tau`` are remembered (FlexMatch's
         ``sigma_t(c)``; TorchSSL's ``select``), whatever the class's current threshold. The
         unconfident entries are written back unchanged rather than selected out, so shapes
-        stay static and nothing is read back to the host.
+        stay static and nothing is read back to the host. An image drawn twice in one batch
+        keeps one of its two writes, unspecified which (as with TorchSSL's indexed assignment).
         """
         index = index.to(self.memory.device)
         kept = torch.where(confident.to(self.memory.device), pseudo_labels, self.memory[index])

@@ -77,7 +77,10 @@ def learning_effect(memory: Tensor, num_classes: int, *, warmup: bool) -> Tensor
     ``max(max_c sigma_t(c), N - sum_c sigma_t(c))``: the unused images count as one more
     "class", so thresholds start low and rise as images get used. Where every count is zero
     (before any confident prediction) ``beta`` is 0 rather than 0 / 0, which is TorchSSL's
-    starting ``classwise_acc`` (models/flexmatch/flexmatch.py).
+    starting ``classwise_acc`` (models/flexmatch/flexmatch.py). TorchSSL also skips its update
+    while every entry of the memory is the same (all unused, or all one class), keeping the
+    previous values; here the formula holds there too (all one class: ``beta`` 1 for it, 0
+    for the rest), a case no real run reaches.
     """
     counts = torch.bincount(memory - UNUSED, minlength=num_classes + 1)[: num_classes + 1]
     unused, sigma = counts[0], counts[1:]
