@@ -17,10 +17,12 @@ host's confidence mask count: the per-pair loss is masked and averaged over the 
 The host adds the result with weight 1. Partners are drawn at random, with the step's generator,
 among the unlabelled batch's weak views (distinct partners where the unlabelled batch is at least
 as large as the labelled one, TorchSSL's ``uratio >= 1``), and the mixed batch takes its own
-forward. Defaults: Mixup, ``eta = 0.1`` (the brief's, Sec. 4.5's range for Mixup), ``alpha =
-1.0``: the host's mixup alpha would be the natural choice, and none of the pseudo-labelling
-algorithms (Pseudo-Label, FixMatch, FlexMatch, UDA) has one, so 1.0 (Beta(1, 1), uniform
-``lam``) stands in; pass the host's own (e.g. MixMatch's) where it has one.
+forward. Defaults: Mixup; ``eta = 0.1``, the paper's value for static policies (appendix A.3:
+CIFAR-100 and ImageNet; Sec. 4.5, Fig. 6 left); ``alpha = 1.0``: the host's mixup alpha would
+be the natural choice, and none of the pseudo-labelling algorithms (Pseudo-Label, FixMatch,
+FlexMatch, UDA) has one, so 1.0 (Beta(1, 1), uniform ``lam``) stands in; pass the host's own
+(e.g. MixMatch's) where it has one. Appendix A.3 says static policies with DM use ``alpha =
+0.2`` in the supervised experiments; the paper gives no alpha for Table 7's rows.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ class AsymmetricTerm(nn.Module):
     DEFAULT_POLICY = "mixup"
     # No pseudo-labelling host has a mixup alpha; Beta(1, 1) stands in (module docstring).
     DEFAULT_ALPHA = 1.0
-    # The weight of the decoupled term for Mixup (the brief; within Sec. 4.5's range).
+    # The weight of the decoupled term for static policies (appendix A.3; Sec. 4.5, Fig. 6).
     DEFAULT_ETA = 0.1
     # Sec. 3.2: AS mixes with lam < 0.5, the labelled class the minor one.
     DEFAULT_SIDE: Side = "labelled_minor"
