@@ -30,7 +30,6 @@ from trainers.ssl.pseudo_labels import (
 )
 from trainers.ssl.uda import UDA
 
-torch.set_num_threads(1)
 # The first assert_close imports its comparison machinery (about a second on a loaded machine):
 # paid here, at collection, rather than inside whichever test happens to run first.
 torch.testing.assert_close(torch.zeros(1), torch.zeros(1))
@@ -433,3 +432,15 @@ def test_pseudo_label_unlabelled_forward_leaves_running_statistics_alone():
     with running_statistics_frozen(model):
         model(unlabelled)
     torch.testing.assert_close(model.state_dict(), reference.state_dict())
+
+
+def test_frozen_statistics_leave_the_backward_of_both_forwards_possible():
+    # Batch norm's backward reads the running statistics its forward saw; restoring them must
+    # not count as an in-place change of a saved tensor (the AS term's backward came after).
+    model = Normed()
+    first = model(torch.randn(4, 1, 1, 1))
+    with running_statistics_frozen(model):
+        second = model(torch.randn(4, 1, 1, 1) + 5.0)
+    third = model(torch.randn(4, 1, 1, 1))
+    (first.sum() + second.sum() + third.sum()).backward()
+    assert model.norm.weight.grad is not None

@@ -255,6 +255,12 @@ class SemiSupervisedSettings(StrictModel):
         "the algorithm (7 for uda, fixmatch and flexmatch, 1 for the others)",
     )
 
+    as_side: Literal["labelled_minor", "labelled_major"] = Field(
+        "labelled_minor",
+        description="the asymmetric strategy's lambda: labelled_minor, lambda <= 0.5 (Sec. 3.2); "
+        "labelled_major, lambda >= 0.5 (Table 9's ablation)",
+    )
+
     def intervals(self) -> int:
         """Evaluations of the run: ``ceil(steps / eval_every)``."""
         return -(-self.steps // self.eval_every)

@@ -471,9 +471,9 @@ class SweepSpec(StrictModel):
         if self.search is not None and self.search.scheduler is not None:
             scheduler = self.search.scheduler
             if scheduler.max_t is None:
-                scheduler.max_t = (
-                    self.epochs or get_recipe(self.recipe, self.recipe_overrides).epochs
-                )
+                # The longest cell's epochs (a semi-supervised cell's: its intervals).
+                default = self.epochs or get_recipe(self.recipe, self.recipe_overrides).epochs
+                scheduler.max_t = max(cell.epochs or default for cell in cells)
             if scheduler.grace_period > scheduler.max_t:
                 problems.append(
                     Problem(

@@ -1,16 +1,53 @@
-"""The algorithm a semi-supervised trial trains with, built from its ``TrainConfig``."""
+"""The algorithm a semi-supervised trial trains with, built from its ``TrainConfig``.
+
+Each algorithm keeps its TorchSSL defaults (its module says which); the trial chooses the
+algorithm, and for the pseudo-labelling ones the asymmetric strategy's term from its mixing
+method and loss: ``vanilla`` / ``ce`` runs the algorithm alone, a static policy with ``mce`` or
+``dm_ce`` adds the term (Table 7's "+Mixup" and "+DM" rows) with the trial's ``alpha``, ``eta``,
+``lambda_mode`` and ``semi_supervised.as_side``.
+"""
 
 from __future__ import annotations
 
 from trainers.config import TrainConfig
+from trainers.ssl.asymmetric_term import AsymmetricTerm
 from trainers.ssl.base import SemiSupervisedAlgorithm
+from trainers.ssl.fixmatch import FixMatch
+from trainers.ssl.flexmatch import FlexMatch
 from trainers.ssl.labelled_only import LabelledOnly
+from trainers.ssl.pseudo_label import PseudoLabel
+from trainers.ssl.uda import UDA
+
+
+def asymmetric_term(config: TrainConfig) -> AsymmetricTerm | None:
+    """The AS term of a pseudo-labelling trial, or None where it runs the algorithm alone."""
+    if config.mixing.method == "vanilla":
+        return None
+    eta = config.loss.eta
+    return AsymmetricTerm(
+        policy=config.mixing.method,
+        alpha=config.mixing.alpha if config.mixing.alpha is not None else 1.0,
+        loss="dm_ce" if config.loss.name == "dm_ce" else "mce",
+        eta=eta if eta is not None else AsymmetricTerm.DEFAULT_ETA,
+        side=config.semi_supervised.as_side,
+        lambda_mode=config.mixing.lambda_mode,
+        saliency_detector=config.mixing.saliency_detector,
+    )
 
 
 def build_algorithm(
     config: TrainConfig, num_classes: int, unlabelled_images: int
 ) -> SemiSupervisedAlgorithm:
     """``config.algorithm`` with its settings; ``unlabelled_images``: the unlabelled set's size."""
-    if config.algorithm == "labelled_only":
+    name = config.algorithm
+    if name == "labelled_only":
         return LabelledOnly()
-    raise ValueError(f"algorithm {config.algorithm!r} is not a semi-supervised algorithm")
+    if name == "pseudo_label":
+        return PseudoLabel(asymmetric=asymmetric_term(config))
+    if name == "fixmatch":
+        return FixMatch(asymmetric=asymmetric_term(config))
+    if name == "flexmatch":
+        return FlexMatch(unlabelled_images, asymmetric=asymmetric_term(config))
+    if name == "uda":
+        return UDA(asymmetric=asymmetric_term(config))
+    raise ValueError(f"algorithm {name!r} is not a semi-supervised algorithm")

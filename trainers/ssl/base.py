@@ -57,6 +57,9 @@ class SemiSupervisedAlgorithm(nn.Module):
     """
 
     views: tuple[View, ...] = ("weak",)
+    # Buffers with one entry per unlabelled image (FlexMatch's memory): under torch.distributed
+    # the loop writes each rank's entries of the step into every rank's copy.
+    per_image_buffers: tuple[str, ...] = ()
 
     def forward(
         self, model: nn.Module, batch: SemiSupervisedBatch, generator: torch.Generator

@@ -11,8 +11,9 @@ it before the loss and then writes the batch's confident predictions into it (To
 models/flexmatch/flexmatch.py and flexmatch_utils.py). Distribution alignment (TorchSSL's
 ``use_DA``, off by default) is not implemented.
 
-Under data parallelism each replica updates its own memory from its own batch; keeping them
-equal (an all-gather of indices and predictions) is the loop's concern.
+Under data parallelism each replica updates its own memory from its own batch; the loop then
+writes every rank's entries of the step into each copy (``per_image_buffers``), so all ranks
+hold the same memory and thresholds.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class FlexMatch(SemiSupervisedAlgorithm):
     """
 
     views: tuple[View, ...] = ("weak", "strong")
+    per_image_buffers = ("memory",)
 
     # config/flexmatch/flexmatch_cifar10_4000_0.yaml and flexmatch_cifar100_2500_0.yaml:
     # p_cutoff 0.95, ulb_loss_ratio 1.0, hard_label True, T 0.5; flexmatch.py: --thresh_warmup

@@ -38,7 +38,9 @@ def running_statistics_frozen(model: nn.Module) -> Iterator[None]:
     try:
         yield
     finally:
-        with torch.no_grad():
-            for module, buffers in saved:
-                for name, value in buffers.items():
-                    getattr(module, name).copy_(value)
+        for module, buffers in saved:
+            for name, value in buffers.items():
+                # Through ``.data``, which has its own version counter: the forwards' graphs
+                # saved these buffers for batch norm's backward, and a tracked in-place write
+                # would make that backward refuse to run.
+                getattr(module, name).data.copy_(value)

@@ -178,6 +178,20 @@ def _average_gradients(parameters: list[nn.Parameter], ranks: Ranks) -> None:
             parameter.grad.div_(ranks.world_size)
 
 
+def _share_per_image_state(algorithm: SemiSupervisedAlgorithm, index: Tensor, ranks: Ranks) -> None:
+    """Each rank's entries of the step, written into every rank's per-image buffers."""
+    if ranks.world_size == 1 or not algorithm.per_image_buffers:
+        return
+    indices = [torch.empty_like(index) for _ in range(ranks.world_size)]
+    dist.all_gather(indices, index)
+    every = torch.cat(indices)
+    for name in algorithm.per_image_buffers:
+        buffer = getattr(algorithm, name)
+        values = [torch.empty_like(buffer[index]) for _ in range(ranks.world_size)]
+        dist.all_gather(values, buffer[index].contiguous())
+        buffer[every] = torch.cat(values)
+
+
 def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
     """One optimisation step: draw both batches, their views, the algorithm's loss, update."""
     device, ranks = trial.ranks.device, trial.ranks
@@ -211,6 +225,7 @@ def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
         nn.utils.clip_grad_norm_(trial.parameters, trial.recipe.grad_clip)
     trial.optimizer.step()
     trial.scheduler.step()
+    _share_per_image_state(trial.algorithm, batch.unlabelled_index, ranks)
     trial.step += 1
     trial.ema.update(trial.model, step=trial.step)
     truth = trial.train_set.labels[unlabelled].to(device, non_blocking=True)
