@@ -256,17 +256,30 @@ def test_penultimate_features_of_each_backbone(name: str, dim: int) -> None:
     torch.manual_seed(0)
     model = build_backbone(name, 5, 8).eval()
     assert feature_dim(model) == dim
-    x = torch.randn(2, 3, 8, 8)
+    x = torch.randn(1, 3, 8, 8)
     with torch.no_grad(), penultimate_features(model) as captured:
         logits = model(x)
     features = captured.get()
-    assert features.shape == (2, dim)
+    assert features.shape == (1, dim)
     # The classifier applied to the captured input gives the logits: it is that layer's input.
     torch.testing.assert_close(classifier_layer(model)(features), logits)
     # The hook is gone after the context.
     with torch.no_grad():
         model(x)
     assert not classifier_layer(model)._forward_pre_hooks
+
+
+def test_classifier_found_inside_a_compile_wrapper() -> None:
+    class Wrapper(nn.Module):  # what torch.compile's OptimizedModule exposes
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self._orig_mod(x)
+
+    net = FlatNet()
+    assert classifier_layer(Wrapper(net)) is net.fc
 
 
 def test_penultimate_features_needs_a_forward() -> None:

@@ -1,16 +1,17 @@
 """The penultimate features of a backbone, read by a forward pre-hook on its classifier.
 
-ReMixMatch (Berthelot et al. 2020, Sec. 3.3 "self-supervised rotation") predicts the rotation of
+ReMixMatch (Berthelot et al. 2020, its self-supervised rotation loss) predicts the rotation of
 an image from the features its classifier sees; TorchSSL and USB give their Wide-ResNet a second
 linear head (``rot_classifier``, 4 outputs) on the pooled features. Our backbones
 (:mod:`trainers.backbones`) return logits only, so the features are caught on their way into the
 classifier layer: a forward *pre*-hook sees the classifier's input, whatever the network does
 before it (pooling, timm's ``forward_head``), without changing any backbone.
 
-The classifier layer is found by, in order: timm's ``get_classifier()`` (the model itself, or the
-timm model a :class:`~trainers.backbones.TimmBackbone` wraps under ``.model``), then the
-``classifier_name`` attribute of dmsweep's own networks (``fc`` for Wide-ResNet, ``head`` for
-SmallNet), which ``trainers.backbones._classifier_prefixes`` reads as well.
+The classifier layer is found (inside a DDP or ``torch.compile`` wrapper) by, in order: timm's
+``get_classifier()`` (the model itself, or the timm model a
+:class:`~trainers.backbones.TimmBackbone` wraps under ``.model``), then the ``classifier_name``
+attribute of dmsweep's own networks (``fc`` for Wide-ResNet, ``head`` for SmallNet), which
+``trainers.backbones._classifier_prefixes`` reads as well.
 """
 
 from __future__ import annotations
@@ -26,8 +27,21 @@ from trainers.backbones import TimmBackbone
 __all__ = ["CapturedFeatures", "classifier_layer", "feature_dim", "penultimate_features"]
 
 
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            inner = model.module
+        else:
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
 def classifier_layer(model: nn.Module) -> nn.Module:
     """The layer that turns ``model``'s penultimate features into logits."""
+    model = _unwrapped(model)
     inner = model.model if isinstance(model, TimmBackbone) else model
     get_classifier = getattr(inner, "get_classifier", None)
     if callable(get_classifier):

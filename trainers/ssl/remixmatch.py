@@ -4,33 +4,34 @@ One step (ReMixMatch paper Algorithm 1; numbers from TorchSSL's
 ``config/remixmatch/remixmatch_cifar{10,100}_*.yaml``, identical for CIFAR-10 and CIFAR-100, and
 USB's ``config/classic_cv/remixmatch/*.yaml``):
 
-1. *Distribution alignment* (ReMixMatch Sec. 3.2, Eq. 1): the softmax ``q`` of the weak view is
-   replaced by ``Normalize(q * p(y) / p~(y))``: ``p(y)`` the labelled class distribution (uniform
-   for balanced CIFAR; TorchSSL reads it from ``data_statistics/<dataset>_<labels>.json``, USB's
-   ``p_target_type='gt'``), ``p~(y)`` the running mean of the model's predictions on unlabelled
-   data. The paper averages over the last 128 batches; TorchSSL and USB (``DistAlignEMAHook``)
-   keep an exponential moving average with momentum 0.999, started at the first batch's mean.
-   The EMA is the default here (the DM paper ran TorchSSL); ``alignment="window"`` gives the
-   paper's 128-batch window. :class:`DistributionAlignment` holds the state in buffers.
-2. *Augmentation anchoring* (Sec. 3.3): the guess comes from the weak view only, sharpened with
-   ``T = 0.5`` (TorchSSL ``T: 0.5``), and is the target of K strong views (TorchSSL and USB
-   K = 2; the paper 8). The views are ``("weak", "strong", "strong")``; the strong views are
-   what the loop gives (RandAugment then Cutout, :mod:`trainers.ssl.views`), not CTAugment:
-   TorchSSL and USB both train ReMixMatch with RandAugment.
+1. *Distribution alignment* (ReMixMatch, section "Distribution Alignment"): the softmax ``q`` of the
+   weak view is replaced by ``Normalize(q * p(y) / p~(y))``: ``p(y)`` the labelled class
+   distribution (uniform for balanced CIFAR; TorchSSL reads it from
+   ``data_statistics/<dataset>_<labels>.json``, USB's ``p_target_type='gt'``), ``p~(y)`` the running
+   mean of the model's predictions on unlabelled data. The paper averages over the last 128 batches;
+   TorchSSL and USB (``DistAlignEMAHook``) keep an exponential moving average with momentum 0.999,
+   started at the first batch's mean. The EMA is the default here (the DM paper ran TorchSSL);
+   ``alignment="window"`` gives the paper's 128-batch window. :class:`DistributionAlignment` holds
+   the state in buffers.
+2. *Augmentation anchoring* (section "Augmentation Anchoring"): the guess comes from the weak view
+   only, sharpened with ``T = 0.5`` (TorchSSL ``T: 0.5``), and is the target of K strong views
+   (TorchSSL and USB K = 2; the paper 8). The views are ``("weak", "strong", "strong")``; the strong
+   views are what the loop gives (RandAugment then Cutout, :mod:`trainers.ssl.views`), not
+   CTAugment: TorchSSL and USB both train ReMixMatch with RandAugment.
 3. *MixUp* as MixMatch's (:func:`trainers.ssl.mixmatch.mix_with_shuffled`, ``max`` fold) over the
-   concatenation of the labelled batch, the K strong views and the weak view (TorchSSL and USB
-   mix the weak view too), each unlabelled row with the guess; ``alpha = 0.75`` (TorchSSL
-   ``alpha: 0.75``, USB ``mixup_alpha: 0.75``; MixMatch's 0.5 is not ReMixMatch's).
-4. *Losses* (Algorithm 1 and Sec. 3.4): cross-entropy with soft targets for the labelled mixed
-   rows (weight 1) and the unlabelled mixed rows (``w_match = 1.5``, TorchSSL ``w_match: 1.5``,
-   USB ``ulb_loss_ratio: 1.5``; TorchSSL's ``ulb_loss_ratio: 1.0`` is unused by its ReMixMatch);
-   the pre-mixup loss, cross-entropy of the first strong view, unmixed, against the guess
-   (``w_kl = 0.5``, TorchSSL ``w_kl``, USB ``kl_loss_ratio``); the rotation loss (``w_rot =
-   0.5``): the first strong view rotated by a uniform multiple of 90 degrees, its rotation
-   predicted by a linear head on the backbone's penultimate features
-   (:mod:`trainers.ssl.features`), cross-entropy over the 4 rotations. ``w_match`` and ``w_kl``
-   grow linearly over the first ``warm_up = 1/64`` of training (TorchSSL ``warm_up: 0.015625``,
-   USB ``unsup_warm_up: 0.015625``); ``w_rot`` does not (neither codebase ramps it).
+   concatenation of the labelled batch, the K strong views and the weak view (TorchSSL and USB mix
+   the weak view too), each unlabelled row with the guess; ``alpha = 0.75`` (TorchSSL ``alpha:
+   0.75``, USB ``mixup_alpha: 0.75``; MixMatch's 0.5 is not ReMixMatch's).
+4. *Losses* (Algorithm 1, section "Putting It All Together"): cross-entropy with soft targets for
+   the labelled mixed rows (weight 1) and the unlabelled mixed rows (``w_match = 1.5``, TorchSSL
+   ``w_match: 1.5``, USB ``ulb_loss_ratio: 1.5``; TorchSSL's ``ulb_loss_ratio: 1.0`` is unused by
+   its ReMixMatch); the pre-mixup loss, cross-entropy of the first strong view, unmixed, against the
+   guess (``w_kl = 0.5``, TorchSSL ``w_kl``, USB ``kl_loss_ratio``); the rotation loss (``w_rot =
+   0.5``): the first strong view rotated by a uniform multiple of 90 degrees, its rotation predicted
+   by a linear head on the backbone's penultimate features (:mod:`trainers.ssl.features`),
+   cross-entropy over the 4 rotations. ``w_match`` and ``w_kl`` grow linearly over the first
+   ``warm_up = 1/64`` of training (TorchSSL ``warm_up: 0.015625``, USB ``unsup_warm_up: 0.015625``);
+   ``w_rot`` does not (neither codebase ramps it).
 
 Batch norm: the guess runs with the running statistics frozen, as in TorchSSL; the mixed batch
 goes through in one forward that updates them (TorchSSL's interleaved chunks approximate that
@@ -68,11 +69,11 @@ from trainers.ssl.mixmatch import (
 __all__ = ["AlignmentMode", "DistributionAlignment", "ReMixMatch", "rotate_quarters"]
 
 AlignmentMode = Literal["ema", "window"]
-ROTATIONS = 4  # 0, 90, 180 and 270 degrees (ReMixMatch Sec. 3.4; TorchSSL's rotate_v_list)
+ROTATIONS = 4  # 0, 90, 180 and 270 degrees (ReMixMatch's rotation loss; TorchSSL's rotate_v_list)
 
 
 class DistributionAlignment(nn.Module):
-    """ReMixMatch's distribution alignment (Sec. 3.2, Eq. 1), its running mean in buffers.
+    """ReMixMatch's distribution alignment, ``Normalize(q * p(y) / p~(y))``, state in buffers.
 
     ``forward(probs)`` first folds the batch's mean prediction into the running mean ``p~``,
     then returns ``Normalize(probs * target / p~)`` (the order of TorchSSL and USB).
