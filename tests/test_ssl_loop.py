@@ -28,6 +28,8 @@ ALGORITHM_CELLS = [
     ("flexmatch", {"method": "vanilla"}, {"name": "ce"}),
     ("uda", {"method": "vanilla"}, {"name": "ce"}),
     ("pseudo_label", {"method": "mixup", "alpha": 1.0}, {"name": "mce"}),
+    ("mixmatch", {"method": "mixup", "alpha": 0.5}, {"name": "dm_ce", "eta": 0.1}),
+    ("remixmatch", {"method": "mixup", "alpha": 0.75}, {"name": "mce"}),
 ]
 
 

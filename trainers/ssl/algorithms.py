@@ -9,13 +9,18 @@ method and loss: ``vanilla`` / ``ce`` runs the algorithm alone, a static policy 
 
 from __future__ import annotations
 
+from torch import nn
+
 from trainers.config import TrainConfig
 from trainers.ssl.asymmetric_term import AsymmetricTerm
 from trainers.ssl.base import SemiSupervisedAlgorithm
+from trainers.ssl.features import feature_dim
 from trainers.ssl.fixmatch import FixMatch
 from trainers.ssl.flexmatch import FlexMatch
 from trainers.ssl.labelled_only import LabelledOnly
+from trainers.ssl.mixmatch import MixMatch
 from trainers.ssl.pseudo_label import PseudoLabel
+from trainers.ssl.remixmatch import ReMixMatch
 from trainers.ssl.uda import UDA
 
 
@@ -36,10 +41,32 @@ def asymmetric_term(config: TrainConfig) -> AsymmetricTerm | None:
 
 
 def build_algorithm(
-    config: TrainConfig, num_classes: int, unlabelled_images: int
+    config: TrainConfig, model: nn.Module, num_classes: int, unlabelled_images: int
 ) -> SemiSupervisedAlgorithm:
-    """``config.algorithm`` with its settings; ``unlabelled_images``: the unlabelled set's size."""
+    """``config.algorithm`` with its settings, for ``model`` on ``num_classes`` classes.
+
+    ``unlabelled_images`` sizes FlexMatch's memory; ReMixMatch's rotation head reads the
+    model's feature size.
+
+    MixMatch and ReMixMatch mix with their own Mixup at the cell's ``alpha``; MixMatch with
+    ``dm_ce`` is Table 7's MixMatch+DM: AS's fold of lambda (``semi_supervised.as_side``) and
+    the decoupled term at ``eta``.
+    """
     name = config.algorithm
+    alpha = config.mixing.alpha
+    if name == "mixmatch":
+        assert alpha is not None  # MixingConfig requires it of mixup
+        decoupled = config.loss.name == "dm_ce"
+        labelled_minor = config.semi_supervised.as_side == "labelled_minor"
+        return MixMatch(
+            alpha=alpha,
+            decoupled=decoupled,
+            eta=config.loss.eta if config.loss.eta is not None else AsymmetricTerm.DEFAULT_ETA,
+            lam_fold="asymmetric" if decoupled and labelled_minor else "mixmatch",
+        )
+    if name == "remixmatch":
+        assert alpha is not None
+        return ReMixMatch(num_classes, feature_dim(model), alpha=alpha)
     if name == "labelled_only":
         return LabelledOnly()
     if name == "pseudo_label":

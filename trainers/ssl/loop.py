@@ -129,7 +129,7 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
         pretrained=config.backbone.pretrained,
         **config.backbone.options,
     ).to(ranks.device)
-    algorithm = build_algorithm(config, classes, len(train_set)).to(ranks.device)
+    algorithm = build_algorithm(config, model, classes, len(train_set)).to(ranks.device)
     optimizer = build_optimizer(_Trained(model, algorithm), recipe, batch_size)
     steps = config.semi_supervised.steps
     mean, std = mean_std(config.data.name)

@@ -61,14 +61,12 @@ MixMatch+DM (``decoupled=True``), the DM paper's "DM(CE) and AS" (Table 7, Sec. 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from trainers.losses import TWO_CLASS_MIN_SHARE
 from trainers.mixing.asymmetric import fold
@@ -79,16 +77,15 @@ from trainers.ssl.base import (
     SemiSupervisedStep,
     View,
 )
+from trainers.ssl.forwards import running_statistics_frozen
+from trainers.ssl.pseudo_labels import cross_entropy, linear_warmup, sharpen
 
 __all__ = [
     "LamFold",
     "MixMatch",
     "MixedSamples",
     "as_decoupled_per_sample",
-    "frozen_batch_norm",
-    "linear_ramp",
     "mix_with_shuffled",
-    "soft_cross_entropy",
 ]
 
 LamFold = Literal["mixmatch", "asymmetric"]
@@ -98,73 +95,16 @@ LamFold = Literal["mixmatch", "asymmetric"]
 # --------------------------------------------------------------------------- shared pieces
 
 
-def _sharpen(probs: Tensor, temperature: float) -> Tensor:
-    """MixMatch Eq. 7: ``p_c^(1/T) / sum_j p_j^(1/T)`` over the last dimension.
-
-    Computed as a softmax of ``log(p) / T``: the powers of small probabilities would underflow
-    (``1e-30 ** 2``) and a row of them would give 0 / 0; a zero probability stays zero.
-    """
-    return torch.softmax(probs.clamp_min(0).log() / temperature, dim=-1)
-
-
 def _guess(model: nn.Module, views: Sequence[Tensor], temperature: float) -> Tensor:
     """MixMatch's label guess (Eq. 6-7): the sharpened mean softmax over the views, float32.
 
     One forward of the concatenated views, without gradient and with batch-norm running
     statistics restored afterwards (TorchSSL freezes them for the guess).
     """
-    with torch.no_grad(), frozen_batch_norm(model):
+    with torch.no_grad(), running_statistics_frozen(model):
         logits = model(torch.cat(tuple(views)))
     probs = torch.softmax(logits.float(), dim=1).view(len(views), views[0].shape[0], -1)
-    return _sharpen(probs.mean(0), temperature)
-
-
-@contextmanager
-def frozen_batch_norm(model: nn.Module) -> Iterator[None]:
-    """Forwards inside leave the running statistics of every batch norm as they were.
-
-    Normalisation still uses the batch's statistics in training mode; only the running mean,
-    variance and counter are saved and put back, TorchSSL's ``Bn_Controller`` behaviour.
-    """
-    saved: list[tuple[_BatchNorm, Tensor, Tensor, Tensor | None]] = []
-    for module in model.modules():
-        if isinstance(module, _BatchNorm) and module.running_mean is not None:
-            assert module.running_var is not None  # tracked together
-            tracked = module.num_batches_tracked
-            saved.append(
-                (
-                    module,
-                    module.running_mean.clone(),
-                    module.running_var.clone(),
-                    tracked.clone() if tracked is not None else None,
-                )
-            )
-    try:
-        yield
-    finally:
-        # The saved copies go back by ``.data`` (as TorchSSL does), not ``copy_``: a forward with
-        # gradient saves the running statistics for its backward, and an in-place write would
-        # fail autograd's version check; batch norm's training-mode backward never reads them.
-        # The buffers stay the same tensor objects (DDP and the EMA keep references to them).
-        for module, mean, var, tracked in saved:
-            assert module.running_mean is not None and module.running_var is not None
-            module.running_mean.data = mean
-            module.running_var.data = var
-            if tracked is not None and module.num_batches_tracked is not None:
-                module.num_batches_tracked.data = tracked
-
-
-def linear_ramp(step: int, total_steps: int, fraction: float) -> float:
-    """``clip(step / (fraction * total_steps), 0, 1)``: TorchSSL's ``rampup`` / ``warm_up``."""
-    span = fraction * total_steps
-    if span <= 0:
-        return 1.0
-    return min(1.0, max(0.0, step / span))
-
-
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-row ``-sum_c t_c log softmax(z)_c``, float32 (TorchSSL's ``ce_loss``, soft labels)."""
-    return -(targets.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+    return sharpen(probs.mean(0), temperature)
 
 
 class MixedSamples:
@@ -312,7 +252,7 @@ class MixMatch(SemiSupervisedAlgorithm):
         )
         logits = model(mixed.inputs).float()
 
-        supervised = soft_cross_entropy(logits[:size], mixed.targets[:size]).mean()
+        supervised = cross_entropy(logits[:size], mixed.targets[:size]).mean()
         if self.decoupled and self.eta > 0:
             partner = mixed.perm[:size]
             term = as_decoupled_per_sample(
@@ -321,7 +261,7 @@ class MixMatch(SemiSupervisedAlgorithm):
             # Mean over the labelled rows: the term is added to the per-sample labelled loss.
             supervised = supervised + self.eta * term.mean()
         l2 = F.mse_loss(torch.softmax(logits[size:], dim=1), mixed.targets[size:])
-        weight = self.lambda_u * linear_ramp(batch.step, batch.total_steps, self.ramp_up)
+        weight = self.lambda_u * linear_warmup(batch.step, batch.total_steps, self.ramp_up)
         unsupervised = weight * l2
         return SemiSupervisedStep(
             loss=supervised + unsupervised,

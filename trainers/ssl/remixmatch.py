@@ -58,13 +58,11 @@ from trainers.ssl.base import (
     View,
 )
 from trainers.ssl.features import penultimate_features
+from trainers.ssl.forwards import running_statistics_frozen
 from trainers.ssl.mixmatch import (
-    _sharpen,
-    frozen_batch_norm,
-    linear_ramp,
     mix_with_shuffled,
-    soft_cross_entropy,
 )
+from trainers.ssl.pseudo_labels import cross_entropy, linear_warmup, sharpen
 
 __all__ = ["AlignmentMode", "DistributionAlignment", "ReMixMatch", "rotate_quarters"]
 
@@ -257,11 +255,9 @@ class ReMixMatch(SemiSupervisedAlgorithm):
         labelled, labels = batch.labelled, batch.targets.long()
         size, unlabelled_size = labelled.shape[0], weak.shape[0]
 
-        with torch.no_grad(), frozen_batch_norm(model):
+        with torch.no_grad(), running_statistics_frozen(model):
             weak_logits = model(weak)
-        guess = _sharpen(
-            self.alignment(torch.softmax(weak_logits.float(), dim=1)), self.temperature
-        )
+        guess = sharpen(self.alignment(torch.softmax(weak_logits.float(), dim=1)), self.temperature)
         classes = guess.shape[1]
 
         targets = torch.cat([F.one_hot(labels, classes).float(), guess.repeat(len(strong) + 1, 1)])
@@ -273,20 +269,20 @@ class ReMixMatch(SemiSupervisedAlgorithm):
             generator=generator,
         )
         logits = model(mixed.inputs).float()
-        supervised = soft_cross_entropy(logits[:size], mixed.targets[:size]).mean()
-        match = soft_cross_entropy(logits[size:], mixed.targets[size:]).mean()
+        supervised = cross_entropy(logits[:size], mixed.targets[:size]).mean()
+        match = cross_entropy(logits[size:], mixed.targets[size:]).mean()
 
         quarters = torch.randint(
             0, ROTATIONS, (unlabelled_size,), generator=generator, device=weak.device
         )
         rotated = rotate_quarters(strong[0], quarters)
-        with frozen_batch_norm(model), penultimate_features(model) as captured:
+        with running_statistics_frozen(model), penultimate_features(model) as captured:
             pair_logits = model(torch.cat([strong[0], rotated]))
-        pre_mixup = soft_cross_entropy(pair_logits[:unlabelled_size].float(), guess).mean()
+        pre_mixup = cross_entropy(pair_logits[:unlabelled_size].float(), guess).mean()
         rotation_logits = self.rotation_head(captured.get()[unlabelled_size:])
         rotation = F.cross_entropy(rotation_logits.float(), quarters)
 
-        ramp = linear_ramp(batch.step, batch.total_steps, self.warm_up)
+        ramp = linear_warmup(batch.step, batch.total_steps, self.warm_up)
         unsupervised = (
             self.w_match * ramp * match + self.w_kl * ramp * pre_mixup + self.w_rot * rotation
         )
