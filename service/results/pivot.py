@@ -36,7 +36,9 @@ Conventions, chosen here:
   control was run and the baseline ran at the DM cell's alpha, the baseline is the control;
 * a gain's ``std`` is that of the difference of one DM trial and one base trial, from the two
   cells' standard deviations over seeds: sqrt(std_dm^2 + std_base^2) (the cells' seeds are
-  independent runs); None unless both cells have two seeds or more.
+  independent runs); None unless both cells have two seeds or more;
+* the pivot is of supervised training: trial rows and paper rows whose ``algorithm`` is a
+  semi-supervised one (Table 7's axis) are left out; ``service.results.ssl_table`` shows them.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.results.paper import load_paper_results
-from service.spec.cells import is_control_id
+from service.spec.cells import SUPERVISED, is_control_id
 from trainers.vocabulary import GAIN_PAIRS, LOSSES, METHOD_ORDER, PAPER_METRIC
 
 FINAL_METRIC = "val_top1"
@@ -78,7 +80,8 @@ class Cell:
     ``std`` is None with fewer than two seeds; ``delta`` (our mean minus the paper's) is None
     when either is missing or the cell is not comparable with the paper's recipe. ``alphas``
     are the trials' ``hp.alpha`` values (sorted, each once); ``sample_mode`` says some trial
-    drew lambda per sample, which makes the cell not comparable.
+    drew lambda per sample, which makes the cell not comparable. ``paper_std`` is the paper's
+    ± where it prints one (Table 7's semi-supervised numbers), None elsewhere.
     """
 
     n: int = 0
@@ -92,6 +95,7 @@ class Cell:
     delta: float | None = None
     alphas: tuple[float, ...] = ()
     sample_mode: bool = False
+    paper_std: float | None = None
 
     @property
     def run(self) -> bool:
@@ -115,10 +119,15 @@ class Cell:
         return text
 
     def paper_text(self) -> str:
-        """The paper's side: ``paper 79.12, Δ +1.88`` or ``paper 79.12, not comparable``."""
+        """The paper's side: ``paper 79.12, Δ +1.88`` or ``paper 79.12, not comparable``.
+
+        With the paper's ± (``paper_std``): ``paper 95.14 ± 0.05, Δ -0.14``.
+        """
         if self.paper is None:
             return ""
         text = f"paper {fmt(self.paper)}"
+        if self.paper_std is not None:
+            text += f" ± {fmt(self.paper_std)}"
         if self.run and not self.comparable:
             text += ", not comparable"
             if self.sample_mode:
@@ -181,6 +190,15 @@ class PivotTable:
         return self.cells.get((method, column), Cell())
 
 
+def is_supervised(row: Mapping[str, Any]) -> bool:
+    """Whether a trial row or a paper row is of supervised training.
+
+    Its ``algorithm`` is absent (records and tables from before Table 7's axis), empty or
+    ``supervised``; any other is a semi-supervised one, for ``service.results.ssl_table``.
+    """
+    return row.get("algorithm") in (None, "", SUPERVISED)
+
+
 def _rank(order: Sequence[str], name: str) -> tuple[int, str]:
     return (order.index(name), name) if name in order else (len(order), name)
 
@@ -197,6 +215,8 @@ def _paper_numbers(
     Each number is keyed by its row's recipe and by None (any recipe: for trials that name
     none). Table 1 and Table 8 both give the CIFAR-100 R-18 top-1 with the ``cifar`` recipe;
     Table 1's is the paper's headline result (800 epochs, Table 8's 400), so it is the one shown.
+    Semi-supervised rows (Table 7) are left out: their key would need the algorithm and labels,
+    and a supervised cell such as cifar10 / wrn28_2 / vanilla / ce must not meet FixMatch's number.
     """
     column = PAPER_COLUMN.get(metric)
     numbers: dict[PaperKey, tuple[float, str]] = {}
@@ -208,6 +228,8 @@ def _paper_numbers(
         return (int(table), table) if table.isdigit() else (10**9, table)
 
     for row in sorted(paper, key=table_number, reverse=True):
+        if not is_supervised(row):
+            continue
         value = row.get(column)
         if isinstance(value, (int, float)) and math.isfinite(value):
             key = (row["dataset"], row["backbone"], row["method"], row["loss"])
@@ -290,8 +312,9 @@ def pivot(
     last 10 epochs, mean of three trials (Table 1, Sec. 4) for ``top1_median_last10`` and with
     Table 8's FGSM error for ``fgsm_error``; ``top1_best`` has no paper number. See the module
     docstring for the conventions (std, failures, comparability, recipes, "not run").
+    Semi-supervised trial rows are left out (``is_supervised``).
     """
-    rows = list(rows)
+    rows = [row for row in rows if is_supervised(row)]
     numbers = _paper_numbers(load_paper_results() if paper is None else paper, metric)
 
     grouped: dict[tuple[str, Column], list[Mapping[str, Any]]] = {}

@@ -2,9 +2,10 @@
 
 The page is what a researcher shares: the main table beside the paper, both DM gains (against
 the paper's baseline, with the paper's gain, and against the control at the DM cell's alpha)
-with their chart, every metric of every cell, mean ± std learning curves and each trial with a
-link to its MLflow run. Nothing on it is fetched: the charts are inline SVG, the style inline.
-Every text from the trials is escaped.
+with their chart, the semi-supervised table (Table 7's shape) and its DM gains where the sweep
+ran a semi-supervised algorithm, every metric of every cell, mean ± std learning curves and
+each trial with a link to its MLflow run. Nothing on it is fetched: the charts are inline SVG,
+the style inline. Every text from the trials is escaped.
 """
 
 from __future__ import annotations
@@ -18,7 +19,16 @@ from service.results.charts import curves_svg, gains_svg
 from service.results.curves import Curve
 from service.results.links import RunLinks
 from service.results.metrics import EMA_NOTE, METRICS, Headline, present
-from service.results.pivot import Gain, PivotTable, fmt, is_control_row, row_order, summarise
+from service.results.pivot import (
+    Gain,
+    PivotTable,
+    fmt,
+    is_control_row,
+    is_supervised,
+    row_order,
+    summarise,
+)
+from service.results.ssl_table import SemiSupervisedTable, SslGain
 from trainers.vocabulary import PAPER_METRIC
 
 Panel = tuple[str, str, str]
@@ -88,35 +98,41 @@ _GAINS_NOTE = (
 )
 
 
+def _line(cells: Sequence[str]) -> str:
+    """One row of a GitHub-flavoured markdown table."""
+    # A "|" inside a cell would end it early.
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
 def to_markdown(table: PivotTable, headline: Headline | None = None) -> str:
     """The pivot and its DM gains as two GitHub-flavoured markdown tables."""
-
-    def line(cells: Sequence[str]) -> str:
-        # A "|" inside a cell would end it early.
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
     header = _header(table)
     out = [f"## {table.metric}", "", _title(table), ""]
     if headline is not None:
         out += [f"Headline: {headline.reason}.", ""]
-    out += [line(header), line(["---"] * len(header))]
+    out += [_line(header), _line(["---"] * len(header))]
     for method in table.methods:
-        out.append(line([method, *(table.cell(method, c).text() for c in table.columns)]))
+        out.append(_line([method, *(table.cell(method, c).text() for c in table.columns)]))
     out += ["", "### DM gains", "", _GAINS_NOTE, ""]
-    out += [line(_GAIN_HEADER), line(["---"] * len(_GAIN_HEADER))]
-    out += [line(_gain_cells(gain)) for gain in table.gains] or ["(no DM / base pair was run)"]
+    out += [_line(_GAIN_HEADER), _line(["---"] * len(_GAIN_HEADER))]
+    out += [_line(_gain_cells(gain)) for gain in table.gains] or ["(no DM / base pair was run)"]
     return "\n".join(out) + "\n"
 
 
 @dataclass(frozen=True)
 class Page:
-    """What the HTML page shows besides the pivot: its trials, curves and run links."""
+    """What the HTML page shows besides the pivot: its trials, curves and run links.
+
+    ``semi_supervised`` is the semi-supervised table of a sweep that ran such trials, shown after
+    the pivot's gains.
+    """
 
     title: str = "dmsweep report"
     headline: Headline | None = None
     rows: Sequence[Mapping[str, Any]] = ()
     curves: Mapping[Panel, Sequence[tuple[str, Curve]]] = field(default_factory=dict)
     links: RunLinks = field(default_factory=RunLinks)
+    semi_supervised: SemiSupervisedTable | None = None
 
 
 def _row(cells: Sequence[str], tag: str = "td") -> str:
@@ -125,6 +141,78 @@ def _row(cells: Sequence[str], tag: str = "td") -> str:
 
 def _table(table_id: str, header: Sequence[str], rows: Sequence[str]) -> str:
     return f"<table id='{table_id}'>{_row(header, 'th')}{''.join(rows)}</table>"
+
+
+def _ssl_title(table: SemiSupervisedTable) -> str:
+    return (
+        f"{table.metric} ({METRICS.get(table.metric, table.metric)}): mean ± std (ddof=1) over "
+        "seeds of succeeded trials; the paper's numbers are its best top-1, mean ± std over "
+        "three seeds (Table 7; Sec. 4 reports the best top-1 for semi-supervised learning, and "
+        "TorchSSL, the paper's codebase, evaluates the EMA of the weights)"
+    )
+
+
+_SSL_GAINS_NOTE = (
+    "The gains Sec. 4.4 states: MixMatch+DM over MixMatch and FixMatch+DM over plain FixMatch. "
+    "± is the std of one DM trial minus one base trial over seeds: sqrt(std_dm² + std_base²); "
+    "the paper's ± is the same from its two printed stds (it prints none for a gain)."
+)
+_SSL_GAIN_HEADER = ["dataset", "labels", "backbone", "gain", "ours", "paper"]
+
+
+def _ssl_header(table: SemiSupervisedTable) -> list[str]:
+    return ["algorithm", *(column.text for column in table.columns)]
+
+
+def _ssl_body(table: SemiSupervisedTable) -> list[list[str]]:
+    return [
+        [row.label, *(table.cell(row, column).text() for column in table.columns)]
+        for row in table.rows
+    ]
+
+
+def _ssl_gain_cells(gain: SslGain) -> list[str]:
+    theirs = _signed(gain.paper, gain.paper_std)
+    if gain.paper is not None and not gain.comparable:
+        theirs += " (not comparable)"
+    column = gain.column
+    return [
+        column.dataset,
+        column.labels or "—",
+        column.backbone,
+        gain.label,
+        _signed(gain.ours, gain.std),
+        theirs,
+    ]
+
+
+def ssl_markdown(table: SemiSupervisedTable) -> str:
+    """The semi-supervised table and its DM gains as two GitHub-flavoured markdown tables."""
+    header = _ssl_header(table)
+    out = [f"## Semi-supervised: {table.metric}", "", _ssl_title(table), ""]
+    out += [_line(header), _line(["---"] * len(header))]
+    out += [_line(cells) for cells in _ssl_body(table)]
+    out += ["", "### DM gains, semi-supervised", "", _SSL_GAINS_NOTE, ""]
+    out += [_line(_SSL_GAIN_HEADER), _line(["---"] * len(_SSL_GAIN_HEADER))]
+    gains = [_line(_ssl_gain_cells(gain)) for gain in table.gains]
+    out += gains or ["(no DM / base pair of Sec. 4.4 was run)"]
+    return "\n".join(out) + "\n"
+
+
+def _ssl_html(table: SemiSupervisedTable) -> list[str]:
+    """The page's semi-supervised section: its table, then its DM gains."""
+    body = [_row(_ssl_header(table), "th"), *(_row(cells) for cells in _ssl_body(table))]
+    gains = [_row(_ssl_gain_cells(gain)) for gain in table.gains]
+    return [
+        f"<h2 id='semi-supervised'>Semi-supervised: {html.escape(table.metric)}</h2>",
+        f"<p class='note'>{html.escape(_ssl_title(table))}</p>",
+        f"<table id='ssl-table'>{''.join(body)}</table>",
+        "<h2 id='ssl-gains'>DM gains, semi-supervised</h2>",
+        f"<p class='note'>{html.escape(_SSL_GAINS_NOTE)}</p>",
+        _table("ssl-gains-table", _SSL_GAIN_HEADER, gains)
+        if gains
+        else "<p>No DM / base pair of Sec. 4.4 was run.</p>",
+    ]
 
 
 def cell_name(row: Mapping[str, Any]) -> str:
@@ -200,32 +288,33 @@ _STYLE = (
 )
 
 
-def to_html(table: PivotTable, page: Page | None = None) -> str:
-    """The report as one self-contained HTML page; every text escaped."""
-    page = page or Page()
-    rows = list(page.rows)
-    body = [_row(_header(table), "th")]
-    body += [
-        _row([method, *(table.cell(method, c).text() for c in table.columns)])
-        for method in table.methods
-    ]
+def _pivot_notes(table: PivotTable, page: Page) -> list[str]:
+    """The notes above the page's tables, all of them about the pivot."""
     notes = [_title(table)]
     if page.headline is not None:
         notes.append(f"Headline: {page.headline.reason}.")
-    if any(name.endswith("_ema") or "_ema_" in name for name in present(rows)):
+    # The EMA note is about the supervised recipes (DeiT); the semi-supervised table compares
+    # the EMA model and says so itself.
+    supervised = [row for row in page.rows if is_supervised(row)]
+    if any(name.endswith("_ema") or "_ema_" in name for name in present(supervised)):
         notes.append(EMA_NOTE)
     notes.append(
         "A cell whose trials drew lambda per sample (lambda mode sample) is marked not "
         "comparable: the paper's configurations draw one lambda per batch."
     )
+    return notes
+
+
+def _pivot_html(table: PivotTable) -> list[str]:
+    """The page's pivot section: the main table, its DM gains and their chart."""
+    body = [_row(_header(table), "th")]
+    body += [
+        _row([method, *(table.cell(method, c).text() for c in table.columns)])
+        for method in table.methods
+    ]
     gains = [_row(_gain_cells(gain)) for gain in table.gains]
-    metric = html.escape(table.metric)
-    parts = [
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(page.title)}: {metric}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{html.escape(page.title)}</h1>",
-        *(f"<p class='note'>{html.escape(n)}</p>" for n in notes),
-        f"<h2 id='headline'>{metric}</h2>",
+    return [
+        f"<h2 id='headline'>{html.escape(table.metric)}</h2>",
         f"<table id='headline-table'>{''.join(body)}</table>",
         "<h2 id='gains'>DM gains</h2>",
         f"<p class='note'>{html.escape(_GAINS_NOTE)}</p>",
@@ -234,6 +323,30 @@ def to_html(table: PivotTable, page: Page | None = None) -> str:
         else "<p>No DM / base pair was run.</p>",
         f"<figure id='gains-chart'>{gains_svg(table)}</figure>",
     ]
+
+
+def to_html(table: PivotTable | None, page: Page | None = None) -> str:
+    """The report as one self-contained HTML page; every text escaped.
+
+    ``table`` is None for a sweep without supervised trials: the page then shows the
+    semi-supervised table (``page.semi_supervised``) alone.
+    """
+    page = page or Page()
+    rows = list(page.rows)
+    notes = _pivot_notes(table, page) if table is not None else []
+    ssl = page.semi_supervised
+    title_metric = table.metric if table is not None else ssl.metric if ssl else PAPER_METRIC
+    parts = [
+        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(page.title)}: {html.escape(title_metric)}</title>"
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(page.title)}</h1>",
+        *(f"<p class='note'>{html.escape(n)}</p>" for n in notes),
+    ]
+    if table is not None:
+        parts += _pivot_html(table)
+    if ssl is not None:
+        parts += _ssl_html(ssl)
     if rows:
         parts += [
             "<h2 id='metrics'>Every metric</h2>",

@@ -1,4 +1,9 @@
-"""A sweep's report: its results file, the paper-style table (Markdown, HTML) and gains chart."""
+"""A sweep's report: its results file, the paper-style tables (Markdown, HTML) and gains chart.
+
+Supervised trials make the pivot (``pivot``) and its gains chart; semi-supervised ones (a
+step-based ``algorithm``) the semi-supervised table (``ssl_table``), shown after it. A sweep with
+only supervised trials gets the report it got before that table existed, byte for byte.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,79 @@ from service.results.charts import gains_chart
 from service.results.curves import CURVE_METRICS, Curve, History, cell_curve, epoch_history
 from service.results.folder import SweepFolder
 from service.results.links import RunLinks, trial_run_links
-from service.results.metrics import headline
-from service.results.pivot import pivot
+from service.results.metrics import Headline, headline
+from service.results.pivot import PivotTable, is_supervised, pivot
 from service.results.records import TrialRecord, TrialState
-from service.results.render import Page, Panel, cell_name, control_label, to_html, to_markdown
+from service.results.render import (
+    Page,
+    Panel,
+    cell_name,
+    control_label,
+    ssl_markdown,
+    to_html,
+    to_markdown,
+)
 from service.results.results_file import write_results
+from service.results.ssl_table import SemiSupervisedTable, semi_supervised_table, split_rows
+from service.spec.cells import labels_text
 from service.spec.model import SweepSpec
 from service.storage.paths import AnyPath
+
+
+@dataclass(frozen=True)
+class ReportTables:
+    """The tables of a report: the supervised pivot with its headline, the semi-supervised table.
+
+    ``pivot`` is always built (the gains chart draws it) but ``shows_pivot`` is False for a
+    sweep that ran semi-supervised trials only; ``semi_supervised`` is None without any.
+    """
+
+    headline: Headline
+    pivot: PivotTable
+    shows_pivot: bool
+    semi_supervised: SemiSupervisedTable | None
+
+    def markdown(self) -> str:
+        """Both tables as ``report.md`` holds them: the pivot's section, then the other's."""
+        parts = [to_markdown(self.pivot, self.headline)] if self.shows_pivot else []
+        if self.semi_supervised is not None:
+            parts.append(ssl_markdown(self.semi_supervised))
+        return "\n".join(parts)
+
+
+def report_tables(
+    rows: Iterable[Mapping[str, Any]], paper: Iterable[Mapping[str, Any]] | None = None
+) -> ReportTables:
+    """The pivot of the supervised rows and the semi-supervised table of the others.
+
+    The headline is chosen from the supervised rows alone: a semi-supervised trial's ``epochs``
+    are its evaluation intervals, which say nothing of the median of the last 10 epochs.
+    """
+    supervised, semi = split_rows(rows)
+    paper = None if paper is None else list(paper)  # read by both tables
+    main = headline(supervised)
+    return ReportTables(
+        main,
+        pivot(supervised, paper=paper, metric=main.metric),
+        # A sweep with no trial at all keeps its (empty) pivot, as before.
+        shows_pivot=bool(supervised) or not semi,
+        semi_supervised=semi_supervised_table(semi, paper=paper) if semi else None,
+    )
+
+
+def _panel(row: Mapping[str, Any]) -> Panel:
+    """A trial's panel of learning curves: (dataset, backbone, method).
+
+    A semi-supervised trial's data set names its labels and its method its algorithm
+    (``cifar10@250``, ``fixmatch/mixup``), so that no panel mixes label counts or algorithms.
+    """
+    dataset, method = str(row["dataset"]), str(row["method"])
+    if is_supervised(row):
+        return (dataset, str(row["backbone"]), method)
+    labels = row.get("labels")
+    if isinstance(labels, (int, float)):
+        dataset += "@" + labels_text(float(labels))
+    return (dataset, str(row["backbone"]), f"{row['algorithm']}/{method}")
 
 
 def learning_curves(
@@ -35,7 +106,7 @@ def learning_curves(
     panels: dict[Panel, list[tuple[str, Curve]]] = {}
     for cell, trials in by_cell.items():
         first = trials[0]
-        panel = (str(first["dataset"]), str(first["backbone"]), str(first["method"]))
+        panel = _panel(first)
         for metric in CURVE_METRICS:
             curve = cell_curve(cell, metric, (histories[str(t["trial_id"])] for t in trials))
             if curve is not None:
@@ -58,7 +129,9 @@ def write_report(
 
     The report's table and gains are of the headline metric (``metrics.headline``): the paper's
     ``top1_median_last10`` (median top-1 of the last 10 epochs, mean of three trials; Table 1,
-    Sec. 4), or the final top-1 where trials ran 10 epochs or fewer. ``paper`` as in ``pivot``.
+    Sec. 4), or the final top-1 where trials ran 10 epochs or fewer. Semi-supervised trials are
+    in a table of their own after it (``ssl_table``: Table 7's best EMA top-1). ``paper`` as in
+    ``pivot``.
     The Parquet file holds every row; the tables summarise ``table_rows`` when given (a tuning
     sweep's best setting per cell), else every row. The HTML page also shows every metric, the
     learning curves from ``histories`` (trial id -> ``curves.History``) and ``links`` to the
@@ -68,24 +141,26 @@ def write_report(
     shown = rows if table_rows is None else list(table_rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    main = headline(shown)
-    table = pivot(shown, paper=paper, metric=main.metric)
+    tables = report_tables(shown, paper)
     markdown = out / "report.md"
-    markdown.write_text(to_markdown(table, main), encoding="utf-8")
+    markdown.write_text(tables.markdown(), encoding="utf-8")
     page = Page(
         title=title,
-        headline=main,
+        headline=tables.headline,
         rows=shown,
         curves=learning_curves(shown, histories or {}),
         links=links or RunLinks(),
+        semi_supervised=tables.semi_supervised,
     )
     html_page = out / "report.html"
-    html_page.write_text(to_html(table, page), encoding="utf-8")
+    html_page.write_text(
+        to_html(tables.pivot if tables.shows_pivot else None, page), encoding="utf-8"
+    )
     return {
         "results": write_results(rows, out / "results.parquet"),
         "markdown": markdown,
         "html": html_page,
-        "chart": gains_chart(table, out / "gains.png"),
+        "chart": gains_chart(tables.pivot, out / "gains.png"),
     }
 
 
@@ -141,7 +216,7 @@ def write_sweep_report(
 
 
 def sweep_report_markdown(spec: SweepSpec, records: list[TrialRecord]) -> str:
-    """The sweep's paper-style table (Markdown) as ``write_sweep_report`` writes it, in memory.
+    """The sweep's paper-style tables (Markdown) as ``write_sweep_report`` writes them, in memory.
 
     Nothing is written: the service renders a sweep's report on request while the sweep's own
     driver may be writing ``report.md`` and the other files into the same folder.
@@ -150,8 +225,7 @@ def sweep_report_markdown(spec: SweepSpec, records: list[TrialRecord]) -> str:
     if spec.search is not None:  # each cell's best setting, failed trials still counted
         shown = [r.to_row() for r in _best_records(spec, records).values()]
         shown += [r.to_row() for r in records if r.status == TrialState.FAILED]
-    main = headline(shown)
-    return to_markdown(pivot(shown, metric=main.metric), main)
+    return report_tables(shown).markdown()
 
 
 def _best_records(
