@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service.results.metrics import ranking
 from service.results.records import TrialRecord, TrialState
 from service.spec.cells import comparable, expand, summary, train_config
 from service.spec.reading import spec_from_dict
@@ -174,3 +175,7 @@ def test_a_record_keeps_its_algorithm_and_labels_and_older_records_read_back():
     old = {k: v for k, v in row.items() if k not in ("algorithm", "labels")}
     assert TrialRecord.from_row(old).algorithm is None
     assert TrialRecord.from_row(old).metrics == {"top1_ema_best": 95.1}
+
+
+def test_a_semi_supervised_sweep_ranks_its_trials_by_the_emas_best_top1():
+    assert ranking(spec()) == ("top1_ema_best", "max")

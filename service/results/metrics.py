@@ -16,7 +16,7 @@ from service.results.pivot import FINAL_METRIC
 from service.spec.cells import expand
 from service.spec.model import SweepSpec
 from trainers.recipes import get_recipe
-from trainers.vocabulary import PAPER_METRIC
+from trainers.vocabulary import PAPER_METRIC, SEMI_SUPERVISED_METRIC, STEP_BASED
 
 METRICS: dict[str, str] = {
     FINAL_METRIC: "final top-1",
@@ -88,9 +88,14 @@ def ranking(spec: SweepSpec) -> tuple[str, str]:
     """
     if spec.search is not None:
         return spec.search.metric, spec.search.mode
+    cells = expand(spec)
+    if all(cell.algorithm in STEP_BASED for cell in cells):
+        # The semi-supervised tables' number (Table 7: the EMA's best top-1).
+        return SEMI_SUPERVISED_METRIC, "max"
     epochs = [
         {"epochs": cell.epochs or get_recipe(spec.recipe, cell.recipe_overrides).epochs}
-        for cell in expand(spec)
+        for cell in cells
+        if cell.algorithm not in STEP_BASED
     ]
     return headline(epochs).metric, "max"
 
