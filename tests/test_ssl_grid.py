@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service.plan.planner import workloads
 from service.results.metrics import ranking
 from service.results.records import TrialRecord, TrialState
 from service.spec.cells import comparable, expand, summary, train_config
@@ -179,3 +180,14 @@ def test_a_record_keeps_its_algorithm_and_labels_and_older_records_read_back():
 
 def test_a_semi_supervised_sweep_ranks_its_trials_by_the_emas_best_top1():
     assert ranking(spec()) == ("top1_ema_best", "max")
+
+
+def test_the_plan_counts_a_semi_supervised_interval_by_its_steps_and_views():
+    by_cell = {w.cell: w for w in workloads(spec())}
+    fixmatch = by_cell["cifar10@250/wrn28_2/fixmatch/vanilla/ce"]
+    # 5000 steps of 64 labelled images and 7 x 2 views of unlabelled ones; 210 intervals.
+    assert (fixmatch.images_per_epoch, fixmatch.epochs) == (5000 * 64 * (1 + 7 * 2), 210)
+    mixmatch = by_cell["cifar10@250/wrn28_2/mixmatch/mixup/mce"]
+    assert mixmatch.images_per_epoch == 5000 * 64 * (1 + 1 * 2)
+    alone = by_cell["cifar10@250/wrn28_2/labelled_only/vanilla/ce"]
+    assert alone.images_per_epoch == 5000 * 64

@@ -27,6 +27,7 @@ from service.plan.figures import Need, choose_device, figure_for
 from service.plan.flops import method_step_work
 from trainers.data.datasets import DATASETS, SYNTHETIC_IMAGES, is_synthetic
 from trainers.order import epoch_length
+from trainers.vocabulary import STEP_BASED
 
 if TYPE_CHECKING:
     from service.spec.model import SweepSpec
@@ -193,6 +194,7 @@ def workloads(spec: SweepSpec) -> list[Workload]:
     worker's images per epoch are the loop's sampler length (``trainers.order.epoch_length``).
     """
     from service.spec.cells import expand, train_config
+    from trainers.ssl.algorithms import unlabelled_views
 
     resources = spec.resources
     pack = packing(resources.workers_per_trial, resources.gpus_per_worker)
@@ -203,6 +205,24 @@ def workloads(spec: SweepSpec) -> list[Workload]:
         recipe = config.recipe_settings()
         info = DATASETS[config.data.name]
         images, approximate = train_images(config.data)
+        per_epoch = epoch_length(
+            images,
+            world_size=workers,
+            repeated_aug=recipe.repeated_aug,
+            num_repeats=recipe.num_repeats,
+        )
+        if config.algorithm in STEP_BASED:
+            # An interval of steps, each forwarding its labelled batch and mu unlabelled images
+            # per view (TorchSSL concatenates them into one batch).
+            per_step = (config.global_batch_size() // workers) * (
+                1 + config.unlabelled_ratio() * unlabelled_views(config.algorithm)
+            )
+            per_epoch = config.semi_supervised.eval_every * per_step
+            images = per_epoch * workers
+            approximate = (
+                "semi-supervised: each interval's steps x (labelled batch + mu x views), "
+                "counted as images of a supervised step"
+            )
         need = Need(
             backbone=cell.backbone,
             image_size=config.data.image_size or info.image_size,
@@ -219,12 +239,7 @@ def workloads(spec: SweepSpec) -> list[Workload]:
                 need=need,
                 epochs=config.epochs_to_train(),
                 train_images=images,
-                images_per_epoch=epoch_length(
-                    images,
-                    world_size=workers,
-                    repeated_aug=recipe.repeated_aug,
-                    num_repeats=recipe.num_repeats,
-                ),
+                images_per_epoch=per_epoch,
                 approximate=approximate,
             )
         )

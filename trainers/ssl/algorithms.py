@@ -78,3 +78,19 @@ def build_algorithm(
     if name == "uda":
         return UDA(asymmetric=asymmetric_term(config))
     raise ValueError(f"algorithm {name!r} is not a semi-supervised algorithm")
+
+
+def unlabelled_views(name: str) -> int:
+    """How many views of each unlabelled image a step of algorithm ``name`` forwards."""
+    kinds: dict[str, type[SemiSupervisedAlgorithm]] = {
+        "labelled_only": LabelledOnly,
+        "pseudo_label": PseudoLabel,
+        "mixmatch": MixMatch,
+        "remixmatch": ReMixMatch,
+        "uda": UDA,
+        "fixmatch": FixMatch,
+        "flexmatch": FlexMatch,
+    }
+    if name not in kinds:
+        raise ValueError(f"algorithm {name!r} is not a semi-supervised algorithm")
+    return len(kinds[name].views)

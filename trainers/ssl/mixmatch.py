@@ -187,9 +187,8 @@ class MixMatch(SemiSupervisedAlgorithm):
 
     """
 
-    # Unlabelled images per labelled image that TorchSSL trains this algorithm with
-    # (``uratio: 1`` in its CIFAR configs, and USB's; FixMatch's is 7): a hint for the loop.
-    unlabelled_ratio: int = 1
+    # The default K = 2 weak views; an instance built with another K has its own.
+    views: tuple[View, ...] = ("weak", "weak")
 
     def __init__(
         self,

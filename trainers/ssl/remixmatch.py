@@ -191,9 +191,8 @@ class ReMixMatch(SemiSupervisedAlgorithm):
 
     """
 
-    # Unlabelled images per labelled image that TorchSSL trains this algorithm with
-    # (``uratio: 1`` in its CIFAR configs, and USB's; FixMatch's is 7): a hint for the loop.
-    unlabelled_ratio: int = 1
+    # The default: the weak view and K = 2 strong ones; an instance may have its own K.
+    views: tuple[View, ...] = ("weak", "strong", "strong")
 
     def __init__(
         self,
