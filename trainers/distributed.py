@@ -6,6 +6,7 @@ one process, in ``torchrun`` and in Ray Train workers.
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -73,3 +74,23 @@ def gather(value: T, ranks: Ranks) -> list[T]:
     gathered: list[Any] = [None] * ranks.world_size  # all_gather_object fills every slot
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def trial_ranks(device: Literal["auto", "cpu", "cuda"], batch_size: int) -> tuple[Ranks, int]:
+    """The ranks of this process for a new trial, and its share of the global ``batch_size``.
+
+    On a GPU, what an earlier trial of the process cached is handed back first (the engine
+    keeps a process for several trials) and the peak-memory counter starts again, so that
+    ``gpu_memory_peak_gib`` is this trial's.
+    """
+    ranks = current_ranks(device)
+    if ranks.device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(ranks.device)
+    if batch_size < 2 * ranks.world_size:
+        raise ValueError(
+            f"batch_size {batch_size} leaves fewer than 2 images for each of the "
+            f"{ranks.world_size} ranks"
+        )
+    return ranks, batch_size // ranks.world_size

@@ -15,7 +15,6 @@ are summed across ranks before they are reported.
 
 from __future__ import annotations
 
-import gc
 import math
 import shutil
 import time
@@ -33,7 +32,7 @@ from trainers.checkpoint import load_checkpoint, restore_rng, rng_state, save_ch
 from trainers.config import TrainConfig
 from trainers.data import ImageSource
 from trainers.data.loader import SampleLoader, default_loader_workers, in_memory
-from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks, gather
+from trainers.distributed import Ranks, all_sum, average_buffers, gather, trial_ranks
 from trainers.evaluate import accuracy, fgsm_error_rate, fixed_mixed_batch, mixed_accuracy
 from trainers.finite import FINITE_CHECK_EVERY, NonFiniteLossError, check_finite
 from trainers.metrics import median_of_last
@@ -146,22 +145,10 @@ def _puzzlemix_workers(config: TrainConfig) -> int:
 
 def build_trial(config: TrainConfig) -> Trial:
     """Open the data, build model, optimiser, schedule and streams for ``config``."""
-    ranks = current_ranks(config.device)
-    if ranks.device.type == "cuda":
-        # A process may train several trials one after the other (the engine keeps it): what
-        # an earlier trial cached is handed back, and gpu_memory_peak_gib is this trial's.
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(ranks.device)
+    batch_size = config.global_batch_size()
+    ranks, rank_batch = trial_ranks(config.device, batch_size)
     recipe = config.recipe_settings()
     epochs = config.epochs_to_train()
-    batch_size = config.global_batch_size()
-    if batch_size < 2 * ranks.world_size:
-        raise ValueError(
-            f"batch_size {batch_size} leaves fewer than 2 images for each of the "
-            f"{ranks.world_size} ranks"
-        )
-    rank_batch = batch_size // ranks.world_size
     train_set, test_set, test_cropped = open_splits(config, recipe)
     labelled = (train_set.labels >= 0).nonzero().squeeze(1)
 

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from trainers.losses import as_dm_ce
 from trainers.mixing.asymmetric import SIDES, AsymmetricBatch, Side, asymmetric_mix
 from trainers.mixing.base import LAMBDA_MODES, LambdaMode, SaliencyDetector
+from trainers.ssl.base import SemiSupervisedBatch, SemiSupervisedStep
 from trainers.ssl.pseudo_labels import cross_entropy
 from trainers.vocabulary import STATIC_POLICIES
 
@@ -195,3 +196,32 @@ class AsymmetricTerm(nn.Module):
 
         logits = model(torch.cat((labelled, partners)), mix=mix, mix_stage=stage)
         return logits, lams[0]
+
+
+def pseudo_labelling_step(
+    term: AsymmetricTerm | None,
+    model: nn.Module,
+    batch: SemiSupervisedBatch,
+    weak: Tensor,
+    generator: torch.Generator,
+    *,
+    supervised: Tensor,
+    unsupervised: Tensor,
+    pseudo_labels: Tensor,
+    mask: Tensor,
+) -> SemiSupervisedStep:
+    """A pseudo-labelling algorithm's step: its two losses, plus the AS term where it has one.
+
+    The term (weight 1) mixes the labelled batch with ``weak``, the unlabelled images' view the
+    pseudo-labels and ``mask`` come from, and counts with the unsupervised part.
+    """
+    if term is not None:
+        outcome = term(model, batch.labelled, batch.targets, weak, pseudo_labels, mask, generator)
+        unsupervised = unsupervised + outcome.loss
+    return SemiSupervisedStep(
+        loss=supervised + unsupervised,
+        supervised=supervised.detach(),
+        unsupervised=unsupervised.detach(),
+        pseudo_labels=pseudo_labels,
+        mask=mask,
+    )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainers.ssl.asymmetric_term import AsymmetricTerm
+from trainers.ssl.asymmetric_term import AsymmetricTerm, pseudo_labelling_step
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_positive, check_unit, check_weight
 from trainers.ssl.forwards import joint_logits
@@ -90,17 +90,14 @@ class FixMatch(SemiSupervisedAlgorithm):
         target = pseudo_labels if self.hard_labels else sharpen(probs, self.temperature)
         consistency = (cross_entropy(logits_s, target) * mask).mean()
         unsupervised = self.lambda_u * consistency
-        if self.asymmetric is not None:
-            unsupervised = (
-                unsupervised
-                + self.asymmetric(
-                    model, batch.labelled, batch.targets, weak, pseudo_labels, mask, generator
-                ).loss
-            )
-        return SemiSupervisedStep(
-            loss=supervised + unsupervised,
-            supervised=supervised.detach(),
-            unsupervised=unsupervised.detach(),
+        return pseudo_labelling_step(
+            self.asymmetric,
+            model,
+            batch,
+            weak,
+            generator,
+            supervised=supervised,
+            unsupervised=unsupervised,
             pseudo_labels=pseudo_labels,
             mask=mask,
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from trainers.ssl.asymmetric_term import AsymmetricTerm
+from trainers.ssl.asymmetric_term import AsymmetricTerm, pseudo_labelling_step
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_count, check_positive, check_unit, check_weight
 from trainers.ssl.forwards import joint_logits
@@ -111,17 +111,14 @@ class FlexMatch(SemiSupervisedAlgorithm):
         consistency = (cross_entropy(logits_s, target) * mask).mean()
         self._remember(batch.unlabelled_index, pseudo_labels, confidence >= self.threshold)
         unsupervised = self.lambda_u * consistency
-        if self.asymmetric is not None:
-            unsupervised = (
-                unsupervised
-                + self.asymmetric(
-                    model, batch.labelled, batch.targets, weak, pseudo_labels, mask, generator
-                ).loss
-            )
-        return SemiSupervisedStep(
-            loss=supervised + unsupervised,
-            supervised=supervised.detach(),
-            unsupervised=unsupervised.detach(),
+        return pseudo_labelling_step(
+            self.asymmetric,
+            model,
+            batch,
+            weak,
+            generator,
+            supervised=supervised,
+            unsupervised=unsupervised,
             pseudo_labels=pseudo_labels,
             mask=mask,
         )

@@ -42,7 +42,7 @@ from trainers.checkpoint import load_checkpoint, restore_rng, rng_state, save_ch
 from trainers.config import TrainConfig
 from trainers.data import ImageSource
 from trainers.data.sampling import label_fraction
-from trainers.distributed import Ranks, all_sum, average_buffers, current_ranks, gather
+from trainers.distributed import Ranks, all_sum, average_buffers, gather, trial_ranks
 from trainers.evaluate import accuracy
 from trainers.finite import FINITE_CHECK_EVERY, check_finite
 from trainers.metrics import median_of_last
@@ -106,14 +106,9 @@ class _Trained(nn.Module):
 
 def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
     """Open the data, draw the labelled images, build model, algorithm, optimiser and EMA."""
-    ranks = current_ranks(config.device)
-    recipe = config.recipe_settings()
     batch_size = config.global_batch_size()
-    if batch_size < 2 * ranks.world_size:
-        raise ValueError(
-            f"batch_size {batch_size} leaves fewer than 2 labelled images for each of the "
-            f"{ranks.world_size} ranks"
-        )
+    ranks, rank_batch = trial_ranks(config.device, batch_size)
+    recipe = config.recipe_settings()
     train_set, test_set, test_cropped = open_splits(config, recipe, keep_labels=True)
     fraction = config.data.label_fraction
     kept = train_set if fraction is None else label_fraction(train_set, fraction, seed=config.seed)
@@ -134,7 +129,6 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
     steps = config.semi_supervised.steps
     mean, std = mean_std(config.data.name)
     stream_seed = config.seed * 1_000_003
-    rank_batch = batch_size // ranks.world_size
     return SemiSupervisedTrial(
         config=config,
         recipe=recipe,
@@ -355,6 +349,8 @@ def run_semi_supervised(
             * ranks.world_size
             / elapsed,
         }
+        if ranks.device.type == "cuda":
+            metrics["gpu_memory_peak_gib"] = torch.cuda.max_memory_reserved(ranks.device) / 2**30
         last = interval + 1 == intervals
         if last:
             metrics["top1_median_last10"] = median_of_last(history["top1"], 10)

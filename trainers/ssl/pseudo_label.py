@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from trainers.ssl.asymmetric_term import AsymmetricTerm
+from trainers.ssl.asymmetric_term import AsymmetricTerm, pseudo_labelling_step
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_unit, check_weight
 from trainers.ssl.forwards import running_statistics_frozen
@@ -87,17 +87,14 @@ class PseudoLabel(SemiSupervisedAlgorithm):
         consistency = (cross_entropy(logits_u, pseudo_labels) * mask).mean()
         weight = self.lambda_u * linear_warmup(batch.step, batch.total_steps, self.warmup_position)
         unsupervised = weight * consistency
-        if self.asymmetric is not None:
-            unsupervised = (
-                unsupervised
-                + self.asymmetric(
-                    model, batch.labelled, batch.targets, weak, pseudo_labels, mask, generator
-                ).loss
-            )
-        return SemiSupervisedStep(
-            loss=supervised + unsupervised,
-            supervised=supervised.detach(),
-            unsupervised=unsupervised.detach(),
+        return pseudo_labelling_step(
+            self.asymmetric,
+            model,
+            batch,
+            weak,
+            generator,
+            supervised=supervised,
+            unsupervised=unsupervised,
             pseudo_labels=pseudo_labels,
             mask=mask,
         )

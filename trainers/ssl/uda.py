@@ -21,7 +21,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from trainers.ssl.asymmetric_term import AsymmetricTerm
+from trainers.ssl.asymmetric_term import AsymmetricTerm, pseudo_labelling_step
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_positive, check_unit, check_weight
 from trainers.ssl.forwards import joint_logits
@@ -131,17 +131,14 @@ class UDA(SemiSupervisedAlgorithm):
             # KL = CE - H(target); xlogy keeps 0 log 0 = 0 where sharpening underflowed.
             divergence = divergence + torch.special.xlogy(target, target).sum(dim=-1)
         unsupervised = self.lambda_u * (divergence * mask).mean()
-        if self.asymmetric is not None:
-            unsupervised = (
-                unsupervised
-                + self.asymmetric(
-                    model, batch.labelled, batch.targets, weak, pseudo_labels, mask, generator
-                ).loss
-            )
-        return SemiSupervisedStep(
-            loss=supervised + unsupervised,
-            supervised=supervised.detach(),
-            unsupervised=unsupervised.detach(),
+        return pseudo_labelling_step(
+            self.asymmetric,
+            model,
+            batch,
+            weak,
+            generator,
+            supervised=supervised,
+            unsupervised=unsupervised,
             pseudo_labels=pseudo_labels,
             mask=mask,
         )
