@@ -19,7 +19,7 @@ from services import mlflow_server, s3_server
 from sweep_helpers import DMSWEEP, tiny_spec, wait_for, write_spec
 
 from service.results.folder import find_sweep
-from tests.support.processes import end_session, start_session
+from tests.support.processes import end_session, kill_session, start_session
 from trainers.data import write_parquet_shards
 from trainers.data.synthetic import synthetic
 
@@ -112,7 +112,8 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
             first.kill()  # SIGKILL: no clean-up in the driver at all
             first.wait()
         finally:
-            end_session(first.pid)
+            # The local Ray it started dies with it, as on a crashed machine.
+            kill_session(first.pid)
         assert interrupted not in before and len(before) == 1, (tmp_path / "run.log").read_text()
         # The Tune state and the interrupted trial's checkpoint are in the bucket, nowhere else.
         keys = s3.keys(BUCKET, prefix)

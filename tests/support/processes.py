@@ -50,6 +50,19 @@ def _wait_until_gone(session_id: int, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+def kill_session(session_id: int, wait_s: float = 20) -> None:
+    """SIGKILL every process of a session this code started, as a machine's crash would end
+    them; waits up to ``wait_s`` for them to be gone.
+
+    For a driver killed to test a resume: the processes it left (a local Ray's GCS and raylet)
+    may take 20 s and more over a SIGTERM, and how they end proves nothing.
+    """
+    for pid in session_processes(session_id):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _wait_until_gone(session_id, wait_s)
+
+
 def end_session(session_id: int, wait_s: float = 20, grace_s: float = 0) -> int:
     """SIGTERM, then SIGKILL, every process of a session this code started.
 
