@@ -42,7 +42,7 @@ from sweep_helpers import tiny_spec
 
 from tests.support import REPO
 from tests.support.ports import free_port
-from tests.support.processes import end_session, session_processes
+from tests.support.processes import kill_session, session_processes
 
 SECTION = "### The service on one machine, without Docker"
 TIMEOUT_S = 240  # the whole test took 80-100 s on 2 cores busy with other tests
@@ -236,11 +236,11 @@ def test_the_readme_recipe_runs_the_smoke_grid_and_leaves_nothing_behind():
     finally:
         # What `kill %1` and `ray stop` would end: the service and this Ray, by their session.
         # SIGTERM first, as they do; Ray's GCS server (and one helper) outlived it by 25 s and
-        # more, so after 5 s the rest is killed, as `ray stop` does after its grace period.
+        # more, so after 2 s the rest is killed, as `ray stop` does after its grace period.
         for pid in session_processes(shell.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        end_session(shell.pid, wait_s=5, grace_s=5)
+        kill_session(shell.pid, wait_s=5, grace_s=2)
         left = session_processes(shell.pid), processes_with(str(base))
         shutil.rmtree(base, ignore_errors=True)
     assert left == ([], [])

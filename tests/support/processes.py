@@ -50,13 +50,15 @@ def _wait_until_gone(session_id: int, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
-def kill_session(session_id: int, wait_s: float = 20) -> None:
+def kill_session(session_id: int, wait_s: float = 20, grace_s: float = 0) -> None:
     """SIGKILL every process of a session this code started, as a machine's crash would end
-    them; waits up to ``wait_s`` for them to be gone.
+    them; waits up to ``grace_s`` first for them to end by themselves, and up to ``wait_s``
+    after the signal.
 
-    For a driver killed to test a resume: the processes it left (a local Ray's GCS and raylet)
-    may take 20 s and more over a SIGTERM, and how they end proves nothing.
+    For where how they end proves nothing: a local Ray's GCS and raylet may take 20 s and more
+    over a SIGTERM.
     """
+    _wait_until_gone(session_id, grace_s)
     for pid in session_processes(session_id):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
