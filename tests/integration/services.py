@@ -565,6 +565,18 @@ class RayNode:
         """
         self.service.stop(signal.SIGTERM, timeout_s=60, group=False)
 
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Until the head has started and its dashboard answers (the head only)."""
+        if self.dashboard_url is None:
+            raise ValueError("only the head node serves the dashboard")
+        wait_for_log(self.service, "Ray runtime started", timeout_s)
+        wait_for_http(
+            f"{self.dashboard_url}/api/version",
+            timeout_s=timeout_s,
+            service=self.service,
+            headers=ray_auth_headers(self.auth_token),
+        )
+
     def nodes(self) -> list[dict]:
         """The cluster's nodes as the dashboard lists them (the head only)."""
         if self.dashboard_url is None:
@@ -641,12 +653,15 @@ def ray_head(
     env: Mapping[str, str] | None = None,
     memory_bytes: int | None = None,
     timeout_s: float = 120,
+    wait: bool = True,
 ) -> Iterator[RayNode]:
     """A Ray head node (GCS, dashboard with the Jobs API) on free ports of 127.0.0.1.
 
     ``auth_token`` None turns authentication off; clients need ``ray_auth_env(auth_token)``.
     ``env`` reaches the node's processes (e.g. ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S``). Logs:
-    ``folder/ray-head.log`` and, at the end, ``folder/ray-head-logs/``.
+    ``folder/ray-head.log`` and, at the end, ``folder/ray-head-logs/``. ``wait`` False yields
+    as soon as ``ray start`` runs, so that other servers start meanwhile; ``wait_ready`` then
+    waits for it.
     """
     port, dashboard_port = free_port(), free_port()
     service, temp_dir = _ray_start(
@@ -675,13 +690,8 @@ def ray_head(
         service, f"127.0.0.1:{port}", temp_dir, auth_token, f"http://127.0.0.1:{dashboard_port}"
     )
     try:
-        wait_for_log(service, "Ray runtime started", timeout_s)
-        wait_for_http(
-            f"{node.dashboard_url}/api/version",
-            timeout_s=timeout_s,
-            service=service,
-            headers=ray_auth_headers(auth_token),
-        )
+        if wait:
+            node.wait_ready(timeout_s)
         yield node
     finally:
         _end_node(node, folder)

@@ -1,21 +1,24 @@
 """A sweep on object storage: its folder, checkpoints, Tune state and MLflow artifacts in a bucket.
 
 Real servers, each a process of its own: moto's S3 server, an MLflow server whose artifacts go to
-the bucket (``--artifacts-destination s3://...``), and ``dmsweep run`` / ``dmsweep resume`` with
-``--storage-path s3://...``, whose trials read their data as Parquet shards from the bucket. The
-driver is SIGKILLed mid-sweep and the sweep resumed from the bucket alone (no local folder holds
-any of it). What landed is read back with boto3 and MLflow's REST API, not through dmsweep.
+the bucket (``--artifacts-destination s3://...``), a Ray head (``ray start``), and ``dmsweep run``
+/ ``dmsweep resume`` on that head with ``--storage-path s3://...``, whose trials read their data
+as Parquet shards from the bucket. The driver is SIGKILLed mid-sweep and the sweep resumed by a
+new driver from the bucket alone (no local folder holds any of it); the head outlives the
+driver, as a cluster's does. What landed is read back with boto3 and MLflow's REST API, not
+through dmsweep.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from services import mlflow_server, s3_server
+from services import mlflow_server, ray_auth_env, ray_head, s3_server
 from sweep_helpers import DMSWEEP, tiny_spec, wait_for, write_spec
 
 from service.results.folder import find_sweep
@@ -72,14 +75,32 @@ def upload_parquet_data(s3, folder: Path) -> None:
         s3.client().upload_file(str(shard), BUCKET, f"data/cifar10/{shard.name}")
 
 
+def aws_variables(s3) -> dict[str, str]:
+    """What dmsweep's processes and Ray's get: the standard AWS variables only (MLflow proxies
+    the artifacts)."""
+    return {k: v for k, v in s3.env.items() if k.startswith("AWS_")}
+
+
 def mlflow_get(url: str, endpoint: str, **query) -> bytes:
     with urllib.request.urlopen(f"{url}{endpoint}?{urllib.parse.urlencode(query)}") as response:
         return response.read()
 
 
 def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
+    ray_token = secrets.token_hex(16)
     with (
         s3_server(tmp_path, buckets=[BUCKET]) as s3,
+        # The trials, Ray's workers, read the bucket with the head's AWS variables; 2 CPUs and a
+        # trial slot, as the local Ray of `dmsweep run` on this machine has. It starts while
+        # MLflow does.
+        ray_head(
+            tmp_path,
+            num_cpus=2,
+            resources={"trial_slot": 1},
+            auth_token=ray_token,
+            env=aws_variables(s3),
+            wait=False,
+        ) as head,
         mlflow_server(
             tmp_path,
             f"sqlite:///{tmp_path / 'mlflow.db'}",
@@ -87,8 +108,8 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
             env=s3.env,
         ) as mlflow,
     ):
-        # dmsweep's processes get the standard AWS variables only (MLflow proxies artifacts).
-        env = {k: v for k, v in s3.env.items() if k.startswith("AWS_")}
+        aws = aws_variables(s3)
+        env = {**aws, **ray_auth_env(ray_token)}
         bucket = Bucket(s3)
         upload_parquet_data(s3, tmp_path / "cifar10")
         spec = tiny_spec(
@@ -100,7 +121,8 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
         # The trials read their data straight from the bucket.
         spec["data"] = {"cifar10": {"source": "parquet", "root": DATA_ROOT}}
         spec_file = write_spec(tmp_path, spec)
-        run = [*DMSWEEP, "run", str(spec_file), "--storage-path", ROOT]
+        run = [*DMSWEEP, "run", str(spec_file), "--storage-path", ROOT, "--address", head.address]
+        head.wait_ready()
         first = start_session([*run, "--tracking-uri", mlflow.url], tmp_path / "run.log", env=env)
         try:
             prefix = wait_for(bucket.sweep_prefix, 120, "the sweep in the bucket", first)
@@ -112,7 +134,6 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
             first.kill()  # SIGKILL: no clean-up in the driver at all
             first.wait()
         finally:
-            # The local Ray it started dies with it, as on a crashed machine.
             kill_session(first.pid)
         assert interrupted not in before and len(before) == 1, (tmp_path / "run.log").read_text()
         # The Tune state and the interrupted trial's checkpoint are in the bucket, nowhere else.
@@ -123,7 +144,8 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
         assert any(checkpoint.fullmatch(k) for k in keys), keys
 
         sweep_uri = f"s3://{BUCKET}/{prefix.rstrip('/')}"
-        second = start_session([*DMSWEEP, "resume", sweep_uri], tmp_path / "resume.log", env=env)
+        resume = [*DMSWEEP, "resume", sweep_uri, "--address", head.address]
+        second = start_session(resume, tmp_path / "resume.log", env=env)
         try:
             rc = second.wait(timeout=300)
         finally:
@@ -150,7 +172,7 @@ def test_a_sweep_on_s3_is_killed_resumed_and_readable(tmp_path, monkeypatch):
         state = json.loads(bucket.text(prefix + "sweep.json"))
         assert state["status"] == "succeeded"
         assert "mixup" in bucket.text(prefix + "report.md")
-        for name, value in env.items():
+        for name, value in aws.items():
             monkeypatch.setenv(name, value)
         found = find_sweep(state["sweep_id"], ROOT)
         assert str(found.path) == sweep_uri
