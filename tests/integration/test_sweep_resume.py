@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sweep_helpers import DMSWEEP, mlflow_children, synthetic_data, tiny_spec, wait_for, write_spec
 
-from tests.support.processes import end_session, start_session
+from tests.support.processes import end_session, kill_session, start_session
 
 EPOCHS = 4
 # Epochs of ~1.5 s on 2 cores: a trial is seen between its checkpoints (polled every 0.25 s)
@@ -60,7 +60,7 @@ def _phase_kill_the_driver_mid_trial(tmp_path: Path) -> tuple[Path, str, dict[st
         first.kill()  # SIGKILL: no clean-up in the driver at all
         first.wait()
     finally:
-        end_session(first.pid)
+        kill_session(first.pid)
     assert interrupted not in before and len(before) < 4
     return folder, interrupted, before
 
