@@ -123,6 +123,20 @@ PAPER = {
         "rrc_scale": (0.5, 1.0),
         "pretrained_init": True,
     },
+    # Sec. 4.4 and TorchSSL's config/fixmatch/fixmatch_cifar10_4000_0.yaml, train_utils.py.
+    "ssl": {
+        **SGD,
+        "lr": 0.03,
+        "nesterov": True,
+        "bias_norm_decay": False,
+        "weight_decay": 5e-4,
+        "batch_size": 64,
+        "epochs": 1,
+        "schedule": "ssl_cosine",
+        "ema_decay": 0.999,
+        "train_crop": "random_crop",
+        "crop_padding_mode": "reflect",
+    },
     "smoke": {
         **SGD,
         "lr": 0.1,

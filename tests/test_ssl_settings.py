@@ -122,6 +122,7 @@ def test_a_semi_supervised_trial_counts_evaluation_intervals_and_torchssls_ratio
             "more than the 500 images to train on (data.subset)",
         ),
         ({"epochs": 3}, "algorithm 'fixmatch' counts steps: set semi_supervised.steps"),
+        ({"recipe_overrides": {"amp": True}}, "algorithm 'fixmatch' trains in float32"),
         ({"algorithm": "meanteacher"}, "unknown algorithm 'meanteacher'; allowed: supervised, "),
     ],
 )

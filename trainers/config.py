@@ -383,6 +383,11 @@ class TrainConfig(StrictModel):
                 "data.label_fraction (the grid's labels) keeps every label: give a count or a "
                 "fraction below 1"
             )
+        if self.recipe_settings().amp:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} trains in float32; recipe {self.recipe!r} asks for "
+                "mixed precision (set recipe_overrides amp: false)"
+            )
         if self.epochs is not None and self.epochs != self.semi_supervised.intervals():
             raise ValueError(
                 f"algorithm {self.algorithm!r} counts steps: set semi_supervised.steps and "
