@@ -523,6 +523,86 @@ def _few(keys: list[str], limit: int = 5) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def _file_state(model: nn.Module, path: Path) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The network weights load into (the timm model of a wrapper), and the file's tensors.
+
+    A file saved from this module's wrappers has every key under ``model.``; that prefix is
+    stripped when the network's own keys lack it.
+    """
+    target = model.model if isinstance(model, TimmBackbone) else model
+    state = read_state_dict(path)
+    if all(k.startswith("model.") for k in state) and not any(
+        k.startswith("model.") for k in target.state_dict()
+    ):
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    return target, state
+
+
+def read_source_head(
+    model: nn.Module, path: str | os.PathLike[str]
+) -> tuple[Tensor, Tensor | None]:
+    """The pretrained classifier of a weights file: its weight (C_s, D) and bias (C_s,) or None.
+
+    What Co-Tuning (:mod:`trainers.transfer.co_tuning`) keeps as its source head, while
+    ``load_weights`` drops it for a head of the target's classes. ``model`` is the backbone as
+    built for the target task (any number of classes); its classifier's name says which
+    entries of the file are the head (``fc.weight`` / ``fc.bias`` for ResNets, torchvision's
+    and timm's alike; ``head.*`` for DeiT, ``head.fc.*`` for Swin), read as in
+    ``load_weights`` (any file ``read_state_dict`` reads; ``module.`` and ``model.``
+    prefixes stripped). Where timm names two classifiers (DeiT's distilled head), the first
+    is taken: our choice.
+
+    A ValueError, naming the file, when the file has no such head (a headless backbone file),
+    when the head is not a linear layer on the backbone's D features, or when any other tensor
+    does not fit the backbone (the first mismatching one, in the backbone's order, is named):
+    weights that do not fit would give the source head meaningless features.
+    """
+    path = Path(path)
+    target, state = _file_state(model, path)
+    prefixes = _classifier_prefixes(target)
+    if not prefixes:
+        raise ValueError(f"cannot tell the classifier of {type(target).__name__}: no source head")
+    name = prefixes[0].removesuffix(".")
+    weight, bias = state.get(f"{name}.weight"), state.get(f"{name}.bias")
+    if weight is None:
+        heads = ", ".join(sorted(k for k in state if k.startswith(prefixes[0]))) or "none"
+        raise ValueError(
+            f"weights {path} have no source head: no {name}.weight (entries under {name}.: "
+            f"{heads}); Co-Tuning needs the pretrained classifier, which this file lacks"
+        )
+    expected = target.state_dict()
+    features = expected[f"{name}.weight"].shape[1:]
+    if weight.dim() != 2 or weight.shape[1:] != features:
+        raise ValueError(
+            f"weights {path}: the source head {name}.weight {tuple(weight.shape)} is not a "
+            f"linear layer on this backbone's {tuple(features)} features"
+        )
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(
+            f"weights {path}: the source head's {name}.bias {tuple(bias.shape)} does not fit "
+            f"its weight {tuple(weight.shape)}"
+        )
+    for key, tensor in expected.items():
+        if key.startswith(prefixes):
+            continue  # the target head: its size is the target's, not the file's
+        found = state.get(key)
+        if found is None and key.endswith("num_batches_tracked"):
+            continue  # torchvision's files lack it; load_weights lets batch norm fill it in
+        if found is None or found.shape != tensor.shape:
+            got = "missing" if found is None else f"{tuple(found.shape)}"
+            raise ValueError(
+                f"weights {path} do not fit {type(target).__name__}: first mismatching tensor "
+                f"{key}: file {got}, backbone {tuple(tensor.shape)}"
+            )
+    extra = [k for k in state if k not in expected and not k.startswith(prefixes)]
+    if extra:
+        raise ValueError(
+            f"weights {path} do not fit {type(target).__name__}: first mismatching tensor "
+            f"{extra[0]}: in the file, not in the backbone"
+        )
+    return weight, bias
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Load a local state dict or checkpoint into a backbone built by ``build_backbone``.
 
@@ -535,13 +615,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     mis-shaped key is a ValueError.
     """
     path = Path(path)
-    target = model.model if isinstance(model, TimmBackbone) else model
-    state = read_state_dict(path)
+    target, state = _file_state(model, path)
     expected = target.state_dict()
-    if all(k.startswith("model.") for k in state) and not any(
-        k.startswith("model.") for k in expected
-    ):
-        state = {k.removeprefix("model."): v for k, v in state.items()}
 
     head = _classifier_prefixes(target)
     file_head = sorted(k for k in state if k.startswith(head)) if head else []
