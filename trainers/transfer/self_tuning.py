@@ -199,6 +199,11 @@ class ClassQueues(nn.Module):
         self.register_buffer("entries", start)
         self.register_buffer("pointer", torch.zeros(num_classes, dtype=torch.long))
 
+    def extra_repr(self) -> str:
+        """The shape, in ``print(algorithm)``."""
+        classes, size, dim = self.entries.shape
+        return f"num_classes={classes}, size={size}, dim={dim}"
+
     @property
     def num_classes(self) -> int:
         """C."""
