@@ -24,10 +24,16 @@ from torch import Tensor, nn
 
 from trainers.backbones import TimmBackbone
 
-__all__ = ["CapturedFeatures", "classifier_layer", "feature_dim", "penultimate_features"]
+__all__ = [
+    "CapturedFeatures",
+    "classifier_layer",
+    "feature_dim",
+    "penultimate_features",
+    "unwrapped",
+]
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
+def unwrapped(model: nn.Module) -> nn.Module:
     """The network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
     while True:
         if isinstance(model, nn.parallel.DistributedDataParallel):
@@ -41,7 +47,7 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 
 def classifier_layer(model: nn.Module) -> nn.Module:
     """The layer that turns ``model``'s penultimate features into logits."""
-    model = _unwrapped(model)
+    model = unwrapped(model)
     inner = model.model if isinstance(model, TimmBackbone) else model
     get_classifier = getattr(inner, "get_classifier", None)
     if callable(get_classifier):

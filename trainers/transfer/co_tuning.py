@@ -51,6 +51,7 @@ from trainers.backbones import read_source_head
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_count, check_positive, check_weight
 from trainers.ssl.features import penultimate_features
+from trainers.ssl.pseudo_labels import cross_entropy
 
 __all__ = [
     "CO_TUNING_WEIGHT",
@@ -59,7 +60,6 @@ __all__ = [
     "calibrated_source_probs",
     "category_relationship",
     "collect_source_probs",
-    "soft_cross_entropy",
     "source_head_from_weights",
 ]
 
@@ -167,11 +167,6 @@ def source_head_from_weights(model: nn.Module, path: str | os.PathLike[str]) -> 
     return head
 
 
-def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """mean_b[-sum_c targets[b, c] * log_softmax(logits)[b, c]] (tllib ``CoTuningLoss``)."""
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
-
-
 class CoTuning(SemiSupervisedAlgorithm):
     """Co-Tuning's step: the target head's CE plus ``weight`` x the source head's soft CE.
 
@@ -231,7 +226,7 @@ class CoTuning(SemiSupervisedAlgorithm):
         supervised = F.cross_entropy(logits, batch.targets)
         source_logits = self.source_head(captured.get())
         soft_labels = self.relationship[batch.targets]
-        unsupervised = self.weight * soft_cross_entropy(source_logits, soft_labels)
+        unsupervised = self.weight * cross_entropy(source_logits, soft_labels).mean()
         empty = batch.targets.new_empty(0)
         return SemiSupervisedStep(
             loss=supervised + unsupervised,

@@ -114,7 +114,7 @@ from trainers.mixing.methods import MethodMixer
 from trainers.ssl.asymmetric_term import AsymmetricTerm, pseudo_labelling_step
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_count, check_positive, check_unit, check_weight
-from trainers.ssl.features import feature_dim, penultimate_features
+from trainers.ssl.features import feature_dim, penultimate_features, unwrapped
 from trainers.ssl.pseudo_labels import compute_probs, confident_pseudo_labels, cross_entropy
 from trainers.vocabulary import STATIC_POLICIES
 
@@ -260,14 +260,14 @@ class KeyEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, projector: nn.Module) -> None:
         super().__init__()
-        self.network = copy.deepcopy(_unwrapped(model))
+        self.network = copy.deepcopy(unwrapped(model))
         self.projector = copy.deepcopy(projector)
         self.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module, projector: nn.Module, momentum: float) -> None:
         """Move the copies toward ``model`` and ``projector`` by EMA with ``momentum``."""
-        for copied, live in ((self.network, _unwrapped(model)), (self.projector, projector)):
+        for copied, live in ((self.network, unwrapped(model)), (self.projector, projector)):
             ema = dict(copied.named_parameters())
             for name, p in live.named_parameters():
                 if name not in ema:
@@ -280,22 +280,6 @@ class KeyEncoder(nn.Module):
         with penultimate_features(self.network) as captured:
             self.network(images)
         return F.normalize(self.projector(captured.get()).float(), dim=1)
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The network inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers.
-
-    The same walk as :mod:`trainers.ssl.features`' private helper (no module imports another's
-    private name): the key encoder copies, and later follows, the bare network.
-    """
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            inner = model.module
-        else:
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def _all_ranks(tensor: Tensor) -> Tensor:
