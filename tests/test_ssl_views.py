@@ -80,7 +80,10 @@ def test_the_weak_view_shifts_by_at_most_an_eighth_of_the_side():
 def test_views_refuse_an_unknown_kind():
     with pytest.raises(ValueError, match="unknown view 'medium'; allowed: weak, strong"):
         Views(32, CIFAR10_MEAN, CIFAR10_STD)(
-            torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "medium", torch.Generator()
+            torch.zeros(1, 3, 32, 32, dtype=torch.uint8),
+            "medium",
+            torch.Generator(),
+            torch.Generator(),
         )
 
 

@@ -80,6 +80,7 @@ class SemiSupervisedTrial:
     views: Views
     eval_transform: EvalTransform
     generator: torch.Generator  # on the device: views and the algorithm's draws
+    host_generator: torch.Generator  # on the CPU: the strong views' seeds
     labelled_stream: Stream
     unlabelled_stream: Stream
     step: int = 0
@@ -88,6 +89,11 @@ class SemiSupervisedTrial:
     def total_steps(self) -> int:
         """Steps of the whole run."""
         return self.config.semi_supervised.steps
+
+    @property
+    def generators(self) -> dict[str, torch.Generator]:
+        """The run's own random streams, by name (saved in checkpoints)."""
+        return {"device": self.generator, "host": self.host_generator}
 
     @property
     def parameters(self) -> list[nn.Parameter]:
@@ -146,6 +152,7 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
         views=Views(train_set.image_size, mean, std),
         eval_transform=EvalTransform(recipe, train_set.image_size, mean, std, cropped=test_cropped),
         generator=torch.Generator(device=ranks.device).manual_seed(stream_seed + ranks.rank),
+        host_generator=torch.Generator().manual_seed(stream_seed + ranks.rank),
         labelled_stream=Stream(len(labelled), stream_seed + 1),
         unlabelled_stream=Stream(len(train_set), stream_seed + 2),
     )
@@ -199,8 +206,9 @@ def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
         unlabelled = trial.unlabelled_stream.batch(
             trial.step, trial.unlabelled_batch, ranks.rank, ranks.world_size
         )
-        unlabelled_images = trial.train_set.read(unlabelled).to(device, non_blocking=True)
-        views = tuple(trial.views(unlabelled_images, v, generator) for v in trial.algorithm.views)
+        images = trial.train_set.read(unlabelled)
+        host = trial.host_generator
+        views = tuple(trial.views(images, v, generator, host) for v in trial.algorithm.views)
     batch = SemiSupervisedBatch(
         labelled=trial.views.weak(labelled_images, generator),
         targets=trial.train_set.labels[labelled].to(device, non_blocking=True),
@@ -298,7 +306,7 @@ def _restore(trial: SemiSupervisedTrial, state: dict) -> tuple[int, dict[str, li
     trial.scheduler.load_state_dict(state["scheduler"])
     trial.ema.load_state_dict(state["ema"])
     trial.step = state["step"]
-    restore_rng(state["rng"][trial.ranks.rank], {"device": trial.generator})
+    restore_rng(state["rng"][trial.ranks.rank], trial.generators)
     return state["epoch"], {k: list(v) for k, v in state["history"].items()}
 
 
@@ -358,7 +366,7 @@ def run_semi_supervised(
             metrics["top1_ema_best"] = max(history["ema"])
         checkpoint = None
         if last or (interval + 1) % config.checkpoint_every == 0:
-            rng = gather(rng_state({"device": trial.generator}), ranks)
+            rng = gather(rng_state(trial.generators), ranks)
             if ranks.is_main:
                 checkpoint = save_checkpoint(
                     _state(trial, interval + 1, history, rng), config.model_dump(mode="json")

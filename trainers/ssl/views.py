@@ -109,7 +109,7 @@ def strong_pixels(images: Tensor, seed: int) -> Tensor:
 
 
 class Views:
-    """``views(images_uint8, kind, generator)``: the normalised weak or strong view of a batch."""
+    """``views(images, kind, generator, host)``: the normalised weak or strong view of a batch."""
 
     def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.image_size = image_size
@@ -127,15 +127,22 @@ class Views:
         ).float()
         return normalize(crops, self.mean, self.std)
 
-    def strong(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """RandAugment and Cutout on the CPU, then the weak view."""
-        seed = int(torch.randint(2**62, (1,), generator=generator, device=images.device).item())
-        return self.weak(strong_pixels(images, seed), generator)
+    def strong(self, images: Tensor, generator: torch.Generator, host: torch.Generator) -> Tensor:
+        """RandAugment and Cutout of the CPU ``images``, then the weak view on the device.
 
-    def __call__(self, images: Tensor, kind: str, generator: torch.Generator) -> Tensor:
-        """The ``kind`` ("weak" or "strong") view of uint8 ``images``."""
+        The operations' seed comes from ``host``, a CPU generator: drawing it from the device's
+        would wait for the device every step.
+        """
+        seed = int(torch.randint(2**62, (1,), generator=host))
+        pixels = strong_pixels(images.cpu(), seed).to(generator.device, non_blocking=True)
+        return self.weak(pixels, generator)
+
+    def __call__(
+        self, images: Tensor, kind: str, generator: torch.Generator, host: torch.Generator
+    ) -> Tensor:
+        """The ``kind`` view ("weak", "strong") of CPU uint8 images, on the generator's device."""
         if kind == "weak":
-            return self.weak(images, generator)
+            return self.weak(images.to(generator.device, non_blocking=True), generator)
         if kind == "strong":
-            return self.strong(images, generator)
+            return self.strong(images, generator, host)
         raise ValueError(f"unknown view {kind!r}; allowed: weak, strong")
