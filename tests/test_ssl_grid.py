@@ -149,6 +149,14 @@ def test_the_paper_settings_are_comparable_and_shorter_runs_are_not():
             "exclude.4.labels.0: 1000 is not in grid.labels (250, 400, 4000)",
         ),
         ({"epochs": 5}, "counts steps: set semi_supervised.steps and eval_every, not epochs"),
+        (
+            {"labels": {"cifar10": [250], "tiny_imagenet": [0.1]}},
+            "grid.labels.tiny_imagenet: not in",
+        ),
+        (
+            {"algorithm": ["supervised"], "semi_supervised": {"steps": 10}, "exclude": []},
+            "semi_supervised: has no effect: no cell trains with a semi-supervised algorithm",
+        ),
     ],
 )
 def test_what_makes_no_sense_is_refused(changes, expected):

@@ -15,6 +15,7 @@ from tests.support.ports import free_port
 from tests.support.training import whole_interrupted_resumed
 from trainers.checkpoint import load_checkpoint
 from trainers.config import TrainConfig
+from trainers.distributed import average_buffers
 from trainers.ssl.loop import (
     _share_per_image_state,
     build_semi_supervised_trial,
@@ -79,6 +80,12 @@ def test_each_interval_reports_the_contract_and_a_resume_continues_bitwise(
     assert resumed.metrics[-1]["val_top1_ema"] == last["val_top1_ema"]
 
 
+def test_a_large_seed_draws_its_streams():
+    trial = build_semi_supervised_trial(ssl_trial(seed=2**31 - 1))
+    record = semi_supervised_step(trial)
+    assert torch.isfinite(record.loss)
+
+
 def test_the_labelled_images_are_the_drawn_ones_and_the_unlabelled_are_all():
     trial = build_semi_supervised_trial(ssl_trial())
     assert len(trial.labelled) == 50
@@ -110,12 +117,24 @@ def _rank_worker(rank: int, port: int, out: str) -> None:
         own = torch.tensor([rank, 2 + rank])
         trial.algorithm.memory[own] = 3 + rank
         _share_per_image_state(trial.algorithm, own, trial.ranks)
+        # ReMixMatch's running class distribution and the EMA (buffers averaged before an
+        # evaluation, as the loop does) come out the same on both ranks too.
+        other = build_semi_supervised_trial(
+            ssl_trial(
+                "remixmatch", {"method": "mixup", "alpha": 0.75}, {"name": "mce"}, batch_size=16
+            )
+        )
+        for _ in range(2):
+            semi_supervised_step(other)
+        average_buffers(other.ema.module, other.ranks)
         torch.save(
             {
                 "memory": trial.algorithm.memory,
                 "params": [p.detach() for p in trial.model.parameters()],
                 "initial": initial,
                 "seen": torch.cat(seen),
+                "alignment": other.algorithm.state_dict(),
+                "ema": other.ema.state_dict(),
             },
             Path(out) / f"rank{rank}.pt",
         )
@@ -134,8 +153,12 @@ def test_two_ranks_train_their_own_shares_and_keep_one_model(tmp_path):
     # FlexMatch's memory of confident predictions is the same on both ranks.
     assert torch.equal(rank0["memory"], rank1["memory"])
     assert rank0["memory"][:4].tolist() == [3, 4, 3, 4]
-    # Each step's labelled batch is split between the ranks: no image twice within a step.
-    for step in range(4):
+    for part in ("alignment", "ema"):
+        for key, value in rank0[part].items():
+            assert torch.equal(value, rank1[part][key]), (part, key)
+    # Each step's labelled batch is split between the ranks: no image twice within a step
+    # (steps 0-2 lie inside the first pass over the 50 labelled images; step 3 spans two).
+    for step in range(3):
         share0 = rank0["seen"][step * 8 : (step + 1) * 8]
         share1 = rank1["seen"][step * 8 : (step + 1) * 8]
         assert not set(share0.tolist()) & set(share1.tolist())

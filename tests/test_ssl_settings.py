@@ -102,8 +102,8 @@ def test_a_semi_supervised_trial_counts_evaluation_intervals_and_torchssls_ratio
             "allowed: mce",
         ),
         (
-            {"mixing": {"method": "manifoldmix", "alpha": 1.0}},
-            "algorithm 'fixmatch' does not use mixing.method 'manifoldmix'",
+            {"mixing": {"method": "puzzlemix", "alpha": 1.0}},
+            "algorithm 'fixmatch' does not use mixing.method 'puzzlemix'",
         ),
         (
             {"data": {"name": "cifar10"}},
@@ -128,6 +128,16 @@ def test_a_semi_supervised_trial_counts_evaluation_intervals_and_torchssls_ratio
 )
 def test_what_makes_no_sense_is_refused_naming_both_fields(changes, expected):
     assert expected in refusal(trial(**changes))
+
+
+def test_a_step_schedule_or_warm_up_in_epochs_and_a_recipe_without_ema_are_refused():
+    assert "schedule 'step' and warmup_epochs 0 are in epochs" in refusal(
+        trial(recipe_overrides={"schedule": "step"})
+    )
+    assert "warmup_epochs 2 are in epochs" in refusal(trial(recipe_overrides={"warmup_epochs": 2}))
+    assert "evaluates an EMA of the weights; recipe 'cifar' keeps none" in refusal(
+        trial(recipe="cifar")
+    )
 
 
 def test_nesterov_belongs_to_sgd():

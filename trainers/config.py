@@ -383,10 +383,22 @@ class TrainConfig(StrictModel):
                 "data.label_fraction (the grid's labels) keeps every label: give a count or a "
                 "fraction below 1"
             )
-        if self.recipe_settings().amp:
+        recipe = self.recipe_settings()
+        if recipe.amp:
             raise ValueError(
                 f"algorithm {self.algorithm!r} trains in float32; recipe {self.recipe!r} asks for "
                 "mixed precision (set recipe_overrides amp: false)"
+            )
+        if recipe.ema_decay is None:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} evaluates an EMA of the weights; recipe "
+                f"{self.recipe!r} keeps none (recipe ssl: ema_decay 0.999; or set ema_decay)"
+            )
+        if recipe.schedule == "step" or recipe.warmup_epochs:
+            raise ValueError(
+                f"algorithm {self.algorithm!r} counts steps, not epochs: recipe {self.recipe!r}'s "
+                f"schedule {recipe.schedule!r} and warmup_epochs {recipe.warmup_epochs:g} are in "
+                "epochs (use schedule ssl_cosine or cosine, warmup_epochs 0)"
             )
         if self.epochs is not None and self.epochs != self.semi_supervised.intervals():
             raise ValueError(

@@ -159,9 +159,9 @@ ALGORITHMS = ("supervised", *STEP_BASED)
 # "+Mixup" row with mce, "+DM" with dm_ce), or none (vanilla / ce: the algorithm alone);
 # MixMatch and ReMixMatch mix with their own Mixup, so their cells say mixup, and MixMatch's
 # "+DM" row is dm_ce (AS's folding and the decoupled term). ReMixMatch has no +DM row.
-# The policies of the asymmetric strategy's term: every static policy that mixes input pixels
-# (ManifoldMix mixes hidden features, which the term's one forward of the mixed batch has not).
-AS_POLICIES = tuple(policy for policy in STATIC_POLICIES if policy != "manifoldmix")
+# The policies of the asymmetric strategy's term: every static policy (ManifoldMix mixes the
+# features entering a drawn stage, as in supervised training).
+AS_POLICIES = STATIC_POLICIES
 SEMI_SUPERVISED_CELLS: dict[str, dict[str, tuple[str, ...]]] = {
     **{
         name: {"vanilla": ("ce",), **{policy: ("mce", "dm_ce") for policy in AS_POLICIES}}
@@ -171,6 +171,12 @@ SEMI_SUPERVISED_CELLS: dict[str, dict[str, tuple[str, ...]]] = {
     "mixmatch": {"mixup": ("mce", "dm_ce")},
     "remixmatch": {"mixup": ("mce",)},
 }
+# The asymmetric strategy's settings where a cell gives none (the paper gives none for SSL):
+# the host's own Mixup alpha (TorchSSL's config/mixmatch/*.yaml 0.5, config/remixmatch/*.yaml
+# 0.75), Mixup's usual 1 for the hosts without one, and the static policies' eta 0.1 (A.3).
+HOST_MIXUP_ALPHA = {"mixmatch": 0.5, "remixmatch": 0.75}
+AS_DEFAULT_ALPHA = 1.0
+AS_DEFAULT_ETA = 0.1
 # The metric of the semi-supervised tables: the best top-1 of the EMA model (Sec. 4 reports the
 # best top-1 for SSL; TorchSSL evaluates the EMA of the weights).
 SEMI_SUPERVISED_METRIC = "top1_ema_best"

@@ -221,7 +221,8 @@ def workloads(spec: SweepSpec) -> list[Workload]:
             images = per_epoch * workers
             approximate = (
                 "semi-supervised: each interval's steps x (labelled batch + mu x views), "
-                "counted as images of a supervised step"
+                "counted as images of a supervised step (not counted: MixMatch's guess, "
+                "ReMixMatch's and the AS term's extra forwards, the strong views' CPU time)"
             )
         need = Need(
             backbone=cell.backbone,

@@ -29,8 +29,11 @@ Sources:
 from __future__ import annotations
 
 from trainers.vocabulary import (
+    AS_DEFAULT_ALPHA,
+    AS_DEFAULT_ETA,
     DM_LOSSES,
     DYNAMIC_POLICIES,
+    HOST_MIXUP_ALPHA,
     INTERPOLATION_BASED,
     LOSSES,
     METHODS,
@@ -184,9 +187,9 @@ def dm_alpha(dataset: str, backbone: str, method: str) -> float:
 # config/remixmatch/*.yaml 0.75), Mixup's usual 1 for hosts without one (Pseudo-Label, UDA,
 # FixMatch, FlexMatch), for MCE and DM(CE) alike so that "+Mixup" and "+DM" differ in the loss
 # alone; eta is the static policies' 0.1 (A.3).
-SEMI_SUPERVISED_ALPHA = {"mixmatch": 0.5, "remixmatch": 0.75}
-SEMI_SUPERVISED_DEFAULT_ALPHA = 1.0
-SEMI_SUPERVISED_ETA = 0.1
+SEMI_SUPERVISED_ALPHA = HOST_MIXUP_ALPHA
+SEMI_SUPERVISED_DEFAULT_ALPHA = AS_DEFAULT_ALPHA
+SEMI_SUPERVISED_ETA = AS_DEFAULT_ETA
 
 
 def semi_supervised_hyperparameters(algorithm: str, method: str, loss: str) -> dict[str, float]:

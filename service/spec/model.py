@@ -56,6 +56,7 @@ from trainers.vocabulary import (
     HYPERPARAMETERS,
     LOSSES,
     METHODS,
+    STEP_BASED,
 )
 
 MAX_SEEDS = 100
@@ -523,6 +524,14 @@ class SweepSpec(StrictModel):
                         (("data", key)), f"not in grid.dataset ({', '.join(self.grid.dataset)})"
                     )
                 )
+        for key in self.grid.labels or {}:
+            if key not in self.grid.dataset:
+                problems.append(
+                    Problem(
+                        ("grid", "labels", key),
+                        f"not in grid.dataset ({', '.join(self.grid.dataset)})",
+                    )
+                )
         for key in self.backbones:
             if key not in self.grid.backbone:
                 problems.append(
@@ -571,6 +580,16 @@ class SweepSpec(StrictModel):
             for name in override.set.given():
                 if not any(applies(self, name, c, override.set.recipe_overrides) for c in reached):
                     problems.append(Problem(("overrides", index, "set", name), _no_effect(name)))
+        if "semi_supervised" in self.model_fields_set and not any(
+            c.algorithm in STEP_BASED for c in cells
+        ):
+            problems.append(
+                Problem(
+                    ("semi_supervised",),
+                    "has no effect: no cell trains with a semi-supervised algorithm "
+                    f"(grid.algorithm: {', '.join(STEP_BASED)})",
+                )
+            )
         for index, rule in enumerate(self.exclude):
             if not any(rule.matches(c) for c in grid_cells(self)):
                 problems.append(Problem(("exclude", index), "matches no cell of the grid"))

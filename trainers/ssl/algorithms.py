@@ -28,10 +28,11 @@ def asymmetric_term(config: TrainConfig) -> AsymmetricTerm | None:
     """The AS term of a pseudo-labelling trial, or None where it runs the algorithm alone."""
     if config.mixing.method == "vanilla":
         return None
+    term = AsymmetricTerm
     eta = config.loss.eta
     return AsymmetricTerm(
         policy=config.mixing.method,
-        alpha=config.mixing.alpha if config.mixing.alpha is not None else 1.0,
+        alpha=config.mixing.alpha if config.mixing.alpha is not None else term.DEFAULT_ALPHA,
         loss="dm_ce" if config.loss.name == "dm_ce" else "mce",
         eta=eta if eta is not None else AsymmetricTerm.DEFAULT_ETA,
         side=config.semi_supervised.as_side,

@@ -38,7 +38,7 @@ from trainers.mixing.asymmetric import SIDES, AsymmetricBatch, Side, asymmetric_
 from trainers.mixing.base import LAMBDA_MODES, LambdaMode, SaliencyDetector
 from trainers.ssl.base import SemiSupervisedBatch, SemiSupervisedStep
 from trainers.ssl.pseudo_labels import cross_entropy
-from trainers.vocabulary import STATIC_POLICIES
+from trainers.vocabulary import AS_DEFAULT_ALPHA, AS_DEFAULT_ETA, STATIC_POLICIES
 
 AsymmetricLoss = Literal["mce", "dm_ce"]
 ASYMMETRIC_LOSSES: tuple[str, ...] = get_args(AsymmetricLoss)
@@ -67,9 +67,9 @@ class AsymmetricTerm(nn.Module):
     # Sec. 3.2 and Table 7 (FixMatch+Mixup): Mixup is the policy of the "+Mixup" row.
     DEFAULT_POLICY = "mixup"
     # No pseudo-labelling host has a mixup alpha; Beta(1, 1) stands in (module docstring).
-    DEFAULT_ALPHA = 1.0
+    DEFAULT_ALPHA = AS_DEFAULT_ALPHA
     # The weight of the decoupled term for static policies (appendix A.3; Sec. 4.5, Fig. 6).
-    DEFAULT_ETA = 0.1
+    DEFAULT_ETA = AS_DEFAULT_ETA
     # Sec. 3.2: AS mixes with lam < 0.5, the labelled class the minor one.
     DEFAULT_SIDE: Side = "labelled_minor"
 

@@ -46,7 +46,7 @@ from trainers.distributed import Ranks, all_sum, average_buffers, gather, trial_
 from trainers.evaluate import accuracy
 from trainers.finite import FINITE_CHECK_EVERY, check_finite
 from trainers.metrics import median_of_last
-from trainers.optim import build_ema, build_optimizer, build_scheduler
+from trainers.optim import build_optimizer, build_scheduler
 from trainers.recipes import Recipe
 from trainers.splits import open_splits
 from trainers.ssl.algorithms import build_algorithm
@@ -55,9 +55,6 @@ from trainers.ssl.streams import Stream
 from trainers.ssl.views import Views
 
 Report = Callable[[dict[str, float], str | None], None]
-
-# The EMA's decay when the recipe keeps none (TorchSSL's ema_m).
-DEFAULT_EMA_DECAY = 0.999
 
 
 @dataclass
@@ -134,6 +131,7 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
     optimizer = build_optimizer(_Trained(model, algorithm), recipe, batch_size)
     steps = config.semi_supervised.steps
     mean, std = mean_std(config.data.name)
+    assert recipe.ema_decay is not None  # TrainConfig refuses a semi-supervised trial without
     stream_seed = config.seed * 1_000_003
     return SemiSupervisedTrial(
         config=config,
@@ -148,7 +146,8 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
         algorithm=algorithm,
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, recipe, steps, 1),
-        ema=build_ema(model, recipe) or ModelEmaV3(model, decay=DEFAULT_EMA_DECAY),
+        # Weights averaged, batch-norm statistics copied from the model (TorchSSL's EMA).
+        ema=ModelEmaV3(model, decay=recipe.ema_decay, exclude_buffers=True),
         views=Views(train_set.image_size, mean, std),
         eval_transform=EvalTransform(recipe, train_set.image_size, mean, std, cropped=test_cropped),
         generator=torch.Generator(device=ranks.device).manual_seed(stream_seed + ranks.rank),
@@ -333,6 +332,7 @@ def run_semi_supervised(
         lr = trial.optimizer.param_groups[0]["lr"]
         parts = _train_interval(trial, min(trial.total_steps, (interval + 1) * every))
         average_buffers(trial.model, ranks)
+        average_buffers(trial.ema.module, ranks)
         if ranks.device.type == "cuda":
             torch.cuda.synchronize(ranks.device)
         elapsed = time.perf_counter() - started

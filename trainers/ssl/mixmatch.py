@@ -79,6 +79,7 @@ from trainers.ssl.base import (
 )
 from trainers.ssl.forwards import running_statistics_frozen
 from trainers.ssl.pseudo_labels import cross_entropy, linear_warmup, sharpen
+from trainers.vocabulary import AS_DEFAULT_ETA, HOST_MIXUP_ALPHA
 
 __all__ = [
     "LamFold",
@@ -187,6 +188,8 @@ class MixMatch(SemiSupervisedAlgorithm):
 
     """
 
+    # TorchSSL's config/mixmatch/mixmatch_cifar10_4000_0.yaml: alpha 0.5.
+    ALPHA = HOST_MIXUP_ALPHA["mixmatch"]
     # The default K = 2 weak views; an instance built with another K has its own.
     views: tuple[View, ...] = ("weak", "weak")
 
@@ -194,12 +197,12 @@ class MixMatch(SemiSupervisedAlgorithm):
         self,
         *,
         temperature: float = 0.5,
-        alpha: float = 0.5,
+        alpha: float = ALPHA,
         lambda_u: float = 100.0,
         ramp_up: float = 0.4,
         unlabelled_views: int = 2,
         decoupled: bool = False,
-        eta: float = 0.1,
+        eta: float = AS_DEFAULT_ETA,
         lam_fold: LamFold | None = None,
     ) -> None:
         super().__init__()
@@ -252,7 +255,7 @@ class MixMatch(SemiSupervisedAlgorithm):
         logits = model(mixed.inputs).float()
 
         supervised = cross_entropy(logits[:size], mixed.targets[:size]).mean()
-        if self.decoupled and self.eta > 0:
+        if self.decoupled:
             partner = mixed.perm[:size]
             term = as_decoupled_per_sample(
                 logits[:size], labels, targets[partner], mixed.lam, partner >= size

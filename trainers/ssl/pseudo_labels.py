@@ -82,7 +82,9 @@ def learning_effect(memory: Tensor, num_classes: int, *, warmup: bool) -> Tensor
     previous values; here the formula holds there too (all one class: ``beta`` 1 for it, 0
     for the rest), a case no real run reaches.
     """
-    counts = torch.bincount(memory - UNUSED, minlength=num_classes + 1)[: num_classes + 1]
+    # scatter_add_ rather than bincount: bincount reads the input's range back to the host.
+    counts = torch.zeros(num_classes + 1, dtype=torch.long, device=memory.device)
+    counts.scatter_add_(0, memory - UNUSED, torch.ones_like(memory))
     unused, sigma = counts[0], counts[1:]
     peak = torch.maximum(sigma.max(), unused) if warmup else sigma.max()
     return sigma.to(torch.float32) / peak.clamp(min=1).to(torch.float32)

@@ -48,6 +48,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -63,6 +64,7 @@ from trainers.ssl.mixmatch import (
     mix_with_shuffled,
 )
 from trainers.ssl.pseudo_labels import cross_entropy, linear_warmup, sharpen
+from trainers.vocabulary import HOST_MIXUP_ALPHA
 
 __all__ = ["AlignmentMode", "DistributionAlignment", "ReMixMatch", "rotate_quarters"]
 
@@ -136,6 +138,11 @@ class DistributionAlignment(nn.Module):
     def update(self, probs: Tensor) -> None:
         """Fold the batch's mean prediction into ``p~`` (no host sync: ``seen`` stays a tensor)."""
         mean = probs.detach().float().mean(0)
+        if dist.is_available() and dist.is_initialized():
+            # Every rank aligns with the mean over the global batch (USB gathers it too), so the
+            # ranks' running means stay equal and a checkpoint of one resumes them all.
+            dist.all_reduce(mean)
+            mean /= dist.get_world_size()
         if self.mode == "ema":
             moved = self.momentum * self.history[0] + (1 - self.momentum) * mean
             self.history[0] = torch.where(self.seen == 0, mean, moved)
@@ -191,6 +198,8 @@ class ReMixMatch(SemiSupervisedAlgorithm):
 
     """
 
+    # TorchSSL's config/remixmatch/remixmatch_cifar10_4000_0.yaml: alpha 0.75.
+    ALPHA = HOST_MIXUP_ALPHA["remixmatch"]
     # The default: the weak view and K = 2 strong ones; an instance may have its own K.
     views: tuple[View, ...] = ("weak", "strong", "strong")
 
@@ -200,7 +209,7 @@ class ReMixMatch(SemiSupervisedAlgorithm):
         feature_dim: int,
         *,
         temperature: float = 0.5,
-        alpha: float = 0.75,
+        alpha: float = ALPHA,
         w_match: float = 1.5,
         w_kl: float = 0.5,
         w_rot: float = 0.5,

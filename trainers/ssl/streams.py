@@ -27,8 +27,9 @@ class Stream:
         self._order = torch.empty(0, dtype=torch.long)
 
     def _permutation(self, index: int) -> Tensor:
-        if index != self._pass:  # one pass at a time: a batch crosses at most into the next
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        if index != self._pass:  # one pass cached; a batch spanning passes draws them again
+            # Modulo 2^63: a large trial seed times the spread would overflow manual_seed.
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
             self._order = torch.randperm(self.count, generator=generator)
             self._pass = index
         return self._order
