@@ -33,7 +33,8 @@ from service.tracking.uri import TRACKING_URI_ENV, redacted, with_credentials
 from tests.support.api_server import AUTH, TOKEN, YAML, Served
 from tests.support.ports import free_port
 from tests.support.specs import tiny_spec_yaml
-from trainers.backbones import BACKBONE_OPTIONS, build_backbone, read_state_dict
+from trainers.backbones import BACKBONE_OPTIONS, build_backbone
+from trainers.weights import read_state_dict
 
 SECRET = "s3cret-Pa55"
 MLFLOW_URI = f"http://alice:{SECRET}@mlflow.internal:5000"

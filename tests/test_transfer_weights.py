@@ -1,4 +1,4 @@
-"""The source head of a weights file (trainers/backbones.py: read_source_head) for Co-Tuning:
+"""The source head of a weights file (trainers/weights.py: read_source_head) for Co-Tuning:
 torchvision-style, timm-style and .safetensors files written here, and the errors that name the
 file and the first tensor that does not fit."""
 
@@ -12,8 +12,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from trainers.backbones import SmallNet, build_backbone, read_source_head
+from trainers.backbones import SmallNet, build_backbone
 from trainers.transfer.co_tuning import source_head_from_weights
+from trainers.weights import read_source_head
 
 SOURCE_CLASSES = 7  # stands in for ImageNet's 1000: the count is the file's, whatever it is
 

@@ -11,7 +11,7 @@ The classifier layer is found (inside a DDP or ``torch.compile`` wrapper) by, in
 ``get_classifier()`` (the model itself, or the timm model a
 :class:`~trainers.backbones.TimmBackbone` wraps under ``.model``), then the ``classifier_name``
 attribute of dmsweep's own networks (``fc`` for Wide-ResNet, ``head`` for SmallNet), which
-``trainers.backbones._classifier_prefixes`` reads as well.
+``trainers.weights._classifier_prefixes`` reads as well.
 """
 
 from __future__ import annotations

@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainers.backbones import read_source_head
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
 from trainers.ssl.checks import check_count, check_positive, check_weight
 from trainers.ssl.features import penultimate_features
 from trainers.ssl.pseudo_labels import cross_entropy
+from trainers.weights import read_source_head
 
 __all__ = [
     "CO_TUNING_WEIGHT",
@@ -154,7 +154,7 @@ def collect_source_probs(
 def source_head_from_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Linear:
     """The pretrained classifier of weights file ``path`` as a linear layer, for :class:`CoTuning`.
 
-    Reads and checks the file with :func:`trainers.backbones.read_source_head` (its ValueError
+    Reads and checks the file with :func:`trainers.weights.read_source_head` (its ValueError
     names the file and the first tensor that does not fit ``model``). The layer is a fresh
     float32 copy on the CPU: move the algorithm with ``.to(device)``.
     """
