@@ -137,6 +137,23 @@ PAPER = {
         "train_crop": "random_crop",
         "crop_padding_mode": "reflect",
     },
+    # Sec. 4.3 (lr, momentum, weight decay, 27k steps) and Self-Tuning's src/main.py and run.sh
+    # (Nesterov, --lr_ratio 10, milestones 6k/12k/18k/24k of 27k, --batch_size 24).
+    "transfer": {
+        **SGD,
+        "lr": 1e-3,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "batch_size": 24,
+        "epochs": 1,
+        "schedule": "step",
+        "lr_milestones": (6000 / 27000, 12000 / 27000, 18000 / 27000, 24000 / 27000),
+        "lr_gamma": 0.1,
+        "train_crop": "random_resized_crop",
+        "test_crop": 0.875,
+        "head_lr_scale": 10.0,
+        "pretrained_init": True,
+    },
     "smoke": {
         **SGD,
         "lr": 0.1,

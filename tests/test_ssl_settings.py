@@ -107,11 +107,13 @@ def test_a_semi_supervised_trial_counts_evaluation_intervals_and_torchssls_ratio
         ),
         (
             {"data": {"name": "cifar10"}},
-            "algorithm 'fixmatch' learns from unlabelled images, and data.label_fraction",
+            "algorithm 'fixmatch' with mixing.method 'mixup' learns from unlabelled images, and "
+            "data.label_fraction",
         ),
         (
             {"data": {"name": "cifar10", "label_fraction": 1}},
-            "algorithm 'fixmatch' learns from unlabelled images, and data.label_fraction",
+            "algorithm 'fixmatch' with mixing.method 'mixup' learns from unlabelled images, and "
+            "data.label_fraction",
         ),
         (
             {"data": {"name": "cifar10", "label_fraction": 60_000}},
@@ -130,11 +132,10 @@ def test_what_makes_no_sense_is_refused_naming_both_fields(changes, expected):
     assert expected in refusal(trial(**changes))
 
 
-def test_a_step_schedule_or_warm_up_in_epochs_and_a_recipe_without_ema_are_refused():
-    assert "schedule 'step' and warmup_epochs 0 are in epochs" in refusal(
-        trial(recipe_overrides={"schedule": "step"})
-    )
-    assert "warmup_epochs 2 are in epochs" in refusal(trial(recipe_overrides={"warmup_epochs": 2}))
+def test_a_warm_up_in_epochs_and_a_recipe_without_ema_are_refused():
+    assert "warmup_epochs 2 is in epochs" in refusal(trial(recipe_overrides={"warmup_epochs": 2}))
+    # A step schedule's milestones are fractions of the run's steps: allowed.
+    TrainConfig.model_validate(trial(recipe_overrides={"schedule": "step", "lr_milestones": [0.5]}))
     assert "evaluates an EMA of the weights; recipe 'cifar' keeps none" in refusal(
         trial(recipe="cifar")
     )

@@ -7,7 +7,7 @@ them. Every error names the field and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -38,17 +38,24 @@ from trainers.recipes import Recipe, get_recipe
 from trainers.validation import StrictModel, describe_errors
 from trainers.vocabulary import (
     ALGORITHMS,
+    AS_ALGORITHMS,
+    AS_SIDES,
     BOUNDS,
+    DEFAULT_AS_SIDE,
+    LABELLED_MIXING,
     LABELLED_ONLY,
     LOSSES,
     METHODS,
     SEMI_SUPERVISED,
     SEMI_SUPERVISED_CELLS,
     SOFTMAX_LOSSES,
+    TRANSFER,
     takes_alpha,
 )
 
 M = TypeVar("M", bound=BaseModel)
+AsSide = Literal["labelled_minor", "labelled_major", "off"]
+assert get_args(AsSide) == AS_SIDES  # one vocabulary: trainers.vocabulary
 
 
 def _fraction_or_count(amount: float) -> float:
@@ -255,15 +262,37 @@ class SemiSupervisedSettings(StrictModel):
         "the algorithm (7 for uda, fixmatch and flexmatch, 1 for the others)",
     )
 
-    as_side: Literal["labelled_minor", "labelled_major"] = Field(
-        "labelled_minor",
+    as_side: AsSide = Field(
+        DEFAULT_AS_SIDE,
         description="the asymmetric strategy's lambda: labelled_minor, lambda <= 0.5 (Sec. 3.2); "
-        "labelled_major, lambda >= 0.5 (Table 9's ablation)",
+        "labelled_major, lambda >= 0.5 (Table 9's ablation); off: no AS term, the cell's "
+        "policy mixes labelled images among themselves (self_tuning, Table 9's +MCE). In a "
+        "sweep spec: the grid's as_side axis",
     )
 
     def intervals(self) -> int:
         """Evaluations of the run: ``ceil(steps / eval_every)``."""
         return -(-self.steps // self.eval_every)
+
+
+class TransferSettings(StrictModel):
+    """Settings of the transfer algorithms (Sec. 4.3, Tables 6 and 9; a sweep spec's ``transfer``).
+
+    The algorithms' own numbers (BSS's k and weight, Co-Tuning's trade-off, Self-Tuning's queue,
+    temperature and momentum) are their authors' defaults, in ``trainers.transfer``.
+    """
+
+    labelled_mixup: Literal["none", "mce", "dm_ce"] = Field(
+        "none",
+        description="self_tuning with an AS term only: also mix labelled images among "
+        "themselves with this loss (OpenMixup's DMixTuning; Table 9's +MCE+AS rows: mce)",
+    )
+    as_threshold: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None,
+        description="confidence a pseudo-label needs to take part in the AS term; default: 0 "
+        "for self_tuning (DMixTuning mixes every one), 0.95 (FixMatch's) for the algorithms "
+        "without an unlabelled stream of their own",
+    )
 
 
 class EvalConfig(StrictModel):
@@ -285,10 +314,12 @@ class TrainConfig(StrictModel):
     loss: LossConfig
     algorithm: str = Field(
         "supervised",
-        description=f"one of {', '.join(ALGORITHMS)}: supervised, or a semi-supervised "
-        "algorithm of Table 7 (its labelled images: data.label_fraction)",
+        description=f"one of {', '.join(ALGORITHMS)}: supervised, a semi-supervised algorithm "
+        "of Table 7 or a transfer algorithm of Table 6 (its labelled images: "
+        "data.label_fraction)",
     )
     semi_supervised: SemiSupervisedSettings = Field(default_factory=SemiSupervisedSettings)
+    transfer: TransferSettings = Field(default_factory=TransferSettings)
     recipe: str = "cifar"
     recipe_overrides: dict[str, Any] = Field(default_factory=dict)
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="default: the recipe's")
@@ -377,13 +408,23 @@ class TrainConfig(StrictModel):
                 f"not use loss {self.loss.name!r}; allowed: "
                 f"{', '.join(cells[self.mixing.method])}"
             )
-        if self.algorithm in SEMI_SUPERVISED and self.data.label_fraction in (None, 1):
+        if self.uses_unlabelled() and self.data.label_fraction in (None, 1):
             raise ValueError(
-                f"algorithm {self.algorithm!r} learns from unlabelled images, and "
-                "data.label_fraction (the grid's labels) keeps every label: give a count or a "
-                "fraction below 1"
+                f"algorithm {self.algorithm!r} with mixing.method {self.mixing.method!r} learns "
+                "from unlabelled images, and data.label_fraction (the grid's labels) keeps every "
+                "label: give a count or a fraction below 1"
             )
+        self._check_mixing_side()
         recipe = self.recipe_settings()
+        if self.algorithm == "co_tuning" and not self.backbone.weights:
+            raise ValueError(
+                "algorithm 'co_tuning' keeps the pretrained source head: backbone.weights must "
+                "name a local file that has it (e.g. torchvision's ImageNet ResNet-50 weights)"
+            )
+        if self.algorithm in TRANSFER:
+            # Transfer runs evaluate the model itself (Self-Tuning keeps no EMA).
+            self._check_steps(recipe)
+            return
         if recipe.amp:
             raise ValueError(
                 f"algorithm {self.algorithm!r} trains in float32; recipe {self.recipe!r} asks for "
@@ -394,11 +435,15 @@ class TrainConfig(StrictModel):
                 f"algorithm {self.algorithm!r} evaluates an EMA of the weights; recipe "
                 f"{self.recipe!r} keeps none (recipe ssl: ema_decay 0.999; or set ema_decay)"
             )
-        if recipe.schedule == "step" or recipe.warmup_epochs:
+        self._check_steps(recipe)
+
+    def _check_steps(self, recipe: Recipe) -> None:
+        """A step-based trial's recipe and epochs: nothing counted in epochs."""
+        if recipe.warmup_epochs:
             raise ValueError(
                 f"algorithm {self.algorithm!r} counts steps, not epochs: recipe {self.recipe!r}'s "
-                f"schedule {recipe.schedule!r} and warmup_epochs {recipe.warmup_epochs:g} are in "
-                "epochs (use schedule ssl_cosine or cosine, warmup_epochs 0)"
+                f"warmup_epochs {recipe.warmup_epochs:g} is in epochs (set warmup_epochs 0; a "
+                "step schedule's lr_milestones are fractions of semi_supervised.steps)"
             )
         if self.epochs is not None and self.epochs != self.semi_supervised.intervals():
             raise ValueError(
@@ -406,8 +451,58 @@ class TrainConfig(StrictModel):
                 f"eval_every, not epochs ({self.epochs})"
             )
 
+    def _check_mixing_side(self) -> None:
+        """``semi_supervised.as_side`` and the ``transfer`` settings, where they mean something."""
+        side = self.semi_supervised.as_side
+        mixes = self.mixing.method != "vanilla"
+        if side != DEFAULT_AS_SIDE and not (mixes and self.algorithm in AS_ALGORITHMS):
+            raise ValueError(
+                f"semi_supervised.as_side (the grid's as_side) {side!r} needs a mixing policy "
+                f"and an algorithm with an AS term ({', '.join(sorted(AS_ALGORITHMS))}); got "
+                f"algorithm {self.algorithm!r} with mixing.method {self.mixing.method!r}"
+            )
+        if side == "off" and self.algorithm not in LABELLED_MIXING:
+            raise ValueError(
+                f"semi_supervised.as_side 'off' mixes labelled images among themselves, which "
+                f"only {', '.join(sorted(LABELLED_MIXING))} does; algorithm "
+                f"{self.algorithm!r} takes labelled_minor or labelled_major"
+            )
+        transfer = self.transfer
+        as_term = mixes and side != "off" and self.algorithm in TRANSFER
+        if transfer.labelled_mixup != "none" and not (as_term and self.algorithm == "self_tuning"):
+            raise ValueError(
+                f"transfer.labelled_mixup {transfer.labelled_mixup!r} adds labelled mixing beside "
+                "an AS term of self_tuning (a policy, as_side labelled_minor or labelled_major); "
+                f"got algorithm {self.algorithm!r}, mixing.method {self.mixing.method!r}, "
+                f"as_side {side!r}"
+            )
+        if transfer.as_threshold is not None and not as_term:
+            raise ValueError(
+                "transfer.as_threshold filters the pseudo-labels of a transfer algorithm's AS "
+                f"term; algorithm {self.algorithm!r} with mixing.method {self.mixing.method!r} "
+                f"and as_side {side!r} has none"
+            )
+
+    def uses_unlabelled(self) -> bool:
+        """Whether the trial's steps draw unlabelled images (and so need labels held out)."""
+        if self.algorithm in SEMI_SUPERVISED or self.algorithm == "self_tuning":
+            return True
+        return (
+            self.algorithm in TRANSFER
+            and self.mixing.method != "vanilla"
+            and self.semi_supervised.as_side != "off"
+        )
+
     def unlabelled_ratio(self) -> int:
-        """The unlabelled ratio mu: the trial's own, else TorchSSL's for the algorithm."""
+        """The unlabelled ratio mu: the trial's own, else TorchSSL's for the algorithm.
+
+        A transfer algorithm takes 1 where it draws unlabelled images (Self-Tuning's run.sh:
+        24 labelled and 24 unlabelled images a step), else 0.
+        """
+        if self.algorithm in TRANSFER:
+            if not self.uses_unlabelled():
+                return 0
+            return self.semi_supervised.unlabelled_ratio or 1
         ratio = self.semi_supervised.unlabelled_ratio
         if ratio is None or self.algorithm == LABELLED_ONLY:
             return TORCHSSL_UNLABELLED_RATIO[self.algorithm]

@@ -125,6 +125,12 @@ class Recipe(StrictModel):
     pretrained_init: bool = Field(
         False, description="start from ImageNet weights (the trial's backbone weights)"
     )
+    head_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="the classifier head's lr over the rest's (transfer: 10, Self-Tuning's "
+        "--lr_ratio; step-based algorithms only)",
+    )
 
     @field_validator("betas")
     @classmethod
@@ -331,6 +337,29 @@ RECIPES: dict[str, Recipe] = {
         schedule="ssl_cosine",
         ema_decay=0.999,
         crop_padding_mode="reflect",
+    ),
+    # Sec. 4.3, transfer learning (Tables 6 and 9): "SGD optimizer with lr = 0.001, momentum 0.9,
+    # weight decay 5e-4, 27k steps", from ImageNet weights, with Self-Tuning's settings for the
+    # rest (github.com/thuml/Self-Tuning src/main.py and run.sh): Nesterov, the new head at
+    # 10 x the lr (--lr_ratio 10), MultiStepLR x0.1 at steps 6k, 12k, 18k and 24k (fractions of
+    # the 27k below), 24 labelled images a step (--batch_size 24), RandomResizedCrop(224) and a
+    # flip (its TransformTrain, without the RandAugment the DM authors' OpenMixup configs also
+    # leave out). Self-Tuning's weight decay is 1e-4; the paper's 5e-4 is followed. Its test
+    # averages ten crops of a 256 px resize; one 0.875 centre crop here, as the fine-grained
+    # recipe. A transfer run counts steps (TrainConfig.semi_supervised: 27,000 steps in
+    # search_spaces/tl_table6.yaml), so the recipe's epochs are not read; no EMA is kept.
+    "transfer": _sgd(
+        "random_resized_crop",
+        lr=1e-3,
+        weight_decay=5e-4,
+        batch_size=24,
+        epochs=1,
+        nesterov=True,
+        schedule="step",
+        lr_milestones=(6 / 27, 12 / 27, 18 / 27, 24 / 27),
+        test_crop=0.875,
+        head_lr_scale=10.0,
+        pretrained_init=True,
     ),
     # Not from the paper: a few CPU epochs for tests and the demo.
     "smoke": _sgd("random_crop", lr=0.1, weight_decay=5e-4, batch_size=64, epochs=3),

@@ -152,7 +152,10 @@ SEMI_SUPERVISED = ("pseudo_label", "mixmatch", "remixmatch", "uda", "fixmatch", 
 # step-based loop (steps, schedule, EMA) as the algorithms (TorchSSL's fullysupervised, on the
 # labelled images only).
 LABELLED_ONLY = "labelled_only"
-STEP_BASED = (LABELLED_ONLY, *SEMI_SUPERVISED)
+# The transfer-learning algorithms of Table 6 (Sec. 4.3), in its row order: Fine-Tuning, BSS,
+# Co-Tuning and Self-Tuning (trainers.transfer), each from a pretrained backbone.
+TRANSFER = ("fine_tuning", "bss", "co_tuning", "self_tuning")
+STEP_BASED = (LABELLED_ONLY, *SEMI_SUPERVISED, *TRANSFER)
 ALGORITHMS = ("supervised", *STEP_BASED)
 # Where a semi-supervised algorithm reads the cell's method and loss. The pseudo-labelling
 # algorithms take the cell's policy for the asymmetric strategy's term (Sec. 3.2; FixMatch's
@@ -170,7 +173,25 @@ SEMI_SUPERVISED_CELLS: dict[str, dict[str, tuple[str, ...]]] = {
     LABELLED_ONLY: {"vanilla": ("ce",)},
     "mixmatch": {"mixup": ("mce", "dm_ce")},
     "remixmatch": {"mixup": ("mce",)},
+    # Sec. 4.3 adds DM(CE) and AS to Fine-Tuning, Co-Tuning and Self-Tuning (Table 6's "+DM",
+    # Self-Tuning's "+Mixup" with mce); every transfer algorithm takes the term the same way.
+    **{
+        name: {"vanilla": ("ce",), **{policy: ("mce", "dm_ce") for policy in AS_POLICIES}}
+        for name in TRANSFER
+    },
 }
+# Which side of lambda the asymmetric strategy's labelled image takes (a grid axis, Table 9's
+# ablation): labelled_minor, lambda <= 0.5 (Sec. 3.2, the default); labelled_major,
+# lambda >= 0.5; off, no AS term: the cell's policy and loss mix labelled images among
+# themselves (Table 9's "+MCE"; the algorithms of LABELLED_MIXING only).
+AS_SIDES = ("labelled_minor", "labelled_major", "off")
+DEFAULT_AS_SIDE = "labelled_minor"
+# The algorithms whose cells may mix labelled images among themselves (as_side off): Self-Tuning,
+# whose DM authors' variant (OpenMixup's DMixTuning) has that term.
+LABELLED_MIXING = frozenset({"self_tuning"})
+# The algorithms whose cell's policy and loss are an AS term (SEMI_SUPERVISED_CELLS' policies)
+# or MixMatch's fold: where as_side means something.
+AS_ALGORITHMS = frozenset({"pseudo_label", "uda", "fixmatch", "flexmatch", "mixmatch", *TRANSFER})
 # The asymmetric strategy's settings where a cell gives none (the paper gives none for SSL):
 # the host's own Mixup alpha (TorchSSL's config/mixmatch/*.yaml 0.5, config/remixmatch/*.yaml
 # 0.75), Mixup's usual 1 for the hosts without one, and the static policies' eta 0.1 (A.3).
@@ -180,3 +201,6 @@ AS_DEFAULT_ETA = 0.1
 # The metric of the semi-supervised tables: the best top-1 of the EMA model (Sec. 4 reports the
 # best top-1 for SSL; TorchSSL evaluates the EMA of the weights).
 SEMI_SUPERVISED_METRIC = "top1_ema_best"
+# The metric of the transfer tables (6 and 9): the best top-1 of the model itself (Sec. 4:
+# the best top-1 for semi-supervised settings; Self-Tuning's code keeps no EMA of the weights).
+TRANSFER_METRIC = "top1_best"
