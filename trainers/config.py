@@ -54,7 +54,7 @@ from trainers.vocabulary import (
 )
 
 M = TypeVar("M", bound=BaseModel)
-AsSide = Literal["labelled_minor", "labelled_major", "off"]
+AsSide = Literal["labelled_minor", "labelled_major", "none"]
 assert get_args(AsSide) == AS_SIDES  # one vocabulary: trainers.vocabulary
 
 
@@ -265,7 +265,7 @@ class SemiSupervisedSettings(StrictModel):
     as_side: AsSide = Field(
         DEFAULT_AS_SIDE,
         description="the asymmetric strategy's lambda: labelled_minor, lambda <= 0.5 (Sec. 3.2); "
-        "labelled_major, lambda >= 0.5 (Table 9's ablation); off: no AS term, the cell's "
+        "labelled_major, lambda >= 0.5 (Table 9's ablation); none: no AS term, the cell's "
         "policy mixes labelled images among themselves (self_tuning, Table 9's +MCE). In a "
         "sweep spec: the grid's as_side axis",
     )
@@ -461,14 +461,14 @@ class TrainConfig(StrictModel):
                 f"and an algorithm with an AS term ({', '.join(sorted(AS_ALGORITHMS))}); got "
                 f"algorithm {self.algorithm!r} with mixing.method {self.mixing.method!r}"
             )
-        if side == "off" and self.algorithm not in LABELLED_MIXING:
+        if side == "none" and self.algorithm not in LABELLED_MIXING:
             raise ValueError(
-                f"semi_supervised.as_side 'off' mixes labelled images among themselves, which "
+                f"semi_supervised.as_side 'none' mixes labelled images among themselves, which "
                 f"only {', '.join(sorted(LABELLED_MIXING))} does; algorithm "
                 f"{self.algorithm!r} takes labelled_minor or labelled_major"
             )
         transfer = self.transfer
-        as_term = mixes and side != "off" and self.algorithm in TRANSFER
+        as_term = mixes and side != "none" and self.algorithm in TRANSFER
         if transfer.labelled_mixup != "none" and not (as_term and self.algorithm == "self_tuning"):
             raise ValueError(
                 f"transfer.labelled_mixup {transfer.labelled_mixup!r} adds labelled mixing beside "
@@ -490,7 +490,7 @@ class TrainConfig(StrictModel):
         return (
             self.algorithm in TRANSFER
             and self.mixing.method != "vanilla"
-            and self.semi_supervised.as_side != "off"
+            and self.semi_supervised.as_side != "none"
         )
 
     def unlabelled_ratio(self) -> int:

@@ -182,11 +182,11 @@ SEMI_SUPERVISED_CELLS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 # Which side of lambda the asymmetric strategy's labelled image takes (a grid axis, Table 9's
 # ablation): labelled_minor, lambda <= 0.5 (Sec. 3.2, the default); labelled_major,
-# lambda >= 0.5; off, no AS term: the cell's policy and loss mix labelled images among
+# lambda >= 0.5; none, no AS term: the cell's policy and loss mix labelled images among
 # themselves (Table 9's "+MCE"; the algorithms of LABELLED_MIXING only).
-AS_SIDES = ("labelled_minor", "labelled_major", "off")
+AS_SIDES = ("labelled_minor", "labelled_major", "none")
 DEFAULT_AS_SIDE = "labelled_minor"
-# The algorithms whose cells may mix labelled images among themselves (as_side off): Self-Tuning,
+# The algorithms whose cells may mix labelled images among themselves (as_side none): Self-Tuning,
 # whose DM authors' variant (OpenMixup's DMixTuning) has that term.
 LABELLED_MIXING = frozenset({"self_tuning"})
 # The algorithms whose cell's policy and loss are an AS term (SEMI_SUPERVISED_CELLS' policies)

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from service.spec import defaults
-from trainers.config import MixingSettings, TrainConfig
+from trainers.config import MixingSettings, TrainConfig, TransferSettings
 from trainers.recipes import get_recipe
 from trainers.vocabulary import (
+    DEFAULT_AS_SIDE,
     GAIN_PAIRS,
     LOSS_HYPERPARAMETER_NAMES,
     LOSS_HYPERPARAMETERS,
@@ -81,6 +82,10 @@ class Cell:
     algorithm: str = SUPERVISED
     # The labels kept (a count > 1 or a fraction <= 1; ``grid.labels``), or None: the data's.
     labels: float | None = None
+    # The asymmetric strategy's side of lambda (``grid.as_side``, Table 9's ablation).
+    as_side: str = DEFAULT_AS_SIDE
+    # The transfer algorithms' settings (the spec's ``transfer``, then the overrides').
+    transfer: TransferSettings = field(default_factory=TransferSettings, compare=False)
 
     @property
     def cell_id(self) -> str:
@@ -88,11 +93,13 @@ class Cell:
 
         A control cell's ends in ``/control``: ``cifar100/resnet18_cifar/mixup/mce/control``.
         The labels kept follow the data set after ``@`` and a semi-supervised algorithm comes
-        before the method: ``cifar10@4000/wrn28_2/fixmatch/mixup/dm_ce``.
+        before the method: ``cifar10@4000/wrn28_2/fixmatch/mixup/dm_ce``; an AS side other
+        than the default follows the loss: ``cub200@0.15/resnet18/self_tuning/mixup/mce/as_none``.
         """
         dataset = self.dataset if self.labels is None else f"{self.dataset}@{self.labels_text}"
         algorithm = () if self.algorithm == SUPERVISED else (self.algorithm,)
-        cell_id = "/".join((dataset, self.backbone, *algorithm, self.method, self.loss))
+        side = () if self.as_side == DEFAULT_AS_SIDE else (f"as_{self.as_side}",)
+        cell_id = "/".join((dataset, self.backbone, *algorithm, self.method, self.loss, *side))
         return f"{cell_id}/{CONTROL}" if self.control else cell_id
 
     @property
@@ -114,15 +121,16 @@ def labels_text(labels: float) -> str:
 def grid_cells(spec: SweepSpec) -> list[Cell]:
     """Every cell of the grid's product, in grid order, before exclusions and settings.
 
-    The order: data set, its labels (``grid.labels``), backbone, algorithm, method, loss.
+    The order: data set, its labels (``grid.labels``), backbone, algorithm, method, loss, AS
+    side.
     """
     g = spec.grid
     return [
-        Cell(dataset, backbone, method, loss, algorithm=algorithm, labels=labels)
+        Cell(dataset, backbone, method, loss, algorithm=algorithm, labels=labels, as_side=side)
         for dataset in g.dataset
         for labels in g.labels_of(dataset)
-        for backbone, algorithm, method, loss in itertools.product(
-            g.backbone, g.algorithm, g.method, g.loss
+        for backbone, algorithm, method, loss, side in itertools.product(
+            g.backbone, g.algorithm, g.method, g.loss, g.as_side
         )
     ]
 
@@ -133,12 +141,15 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
     recipe_overrides = dict(spec.recipe_overrides)
     epochs = spec.epochs
     mixing = spec.mixing.model_dump()
+    transfer = spec.transfer.model_dump()
     departures = {"epochs": epochs is not None, "recipe_overrides": bool(recipe_overrides)}
     for settings in matching:
         recipe_overrides.update(settings.recipe_overrides)
         epochs = settings.epochs if settings.epochs is not None else epochs
         if settings.mixing is not None:
             mixing.update(settings.mixing.model_dump(exclude_unset=True))
+        if settings.transfer is not None:
+            transfer.update(settings.transfer.model_dump(exclude_unset=True))
         # A later setting replaces an earlier one, so the last to set a key says whether it is
         # the paper's; recipe overrides merge, so one without a source taints them all.
         if settings.epochs is not None:
@@ -178,6 +189,8 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
         given=frozenset(given & set(kept)),
         algorithm=bare.algorithm,
         labels=bare.labels,
+        as_side=bare.as_side,
+        transfer=TransferSettings.model_validate(transfer),
     )
 
 
@@ -232,6 +245,8 @@ def control_cells(spec: SweepSpec, cells: list[Cell]) -> list[Cell]:
                 control=True,
                 algorithm=cell.algorithm,
                 labels=cell.labels,
+                as_side=cell.as_side,
+                transfer=cell.transfer,
             )
         )
     return controls
@@ -262,7 +277,8 @@ def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
         {
             "data": {"name": cell.dataset, **data_settings},
             "algorithm": cell.algorithm,
-            "semi_supervised": spec.semi_supervised.model_dump(),
+            "semi_supervised": {**spec.semi_supervised.model_dump(), "as_side": cell.as_side},
+            "transfer": cell.transfer.model_dump(),
             "backbone": {"name": cell.backbone, **(backbone.model_dump() if backbone else {})},
             "mixing": {"method": cell.method, "alpha": hp.get("alpha"), **cell.mixing.model_dump()},
             "loss": {
@@ -349,6 +365,7 @@ def summary(spec: SweepSpec) -> dict[str, Any]:
         "methods": sorted({c.method for c in cells}, key=spec.grid.method.index),
         "losses": sorted({c.loss for c in cells}, key=spec.grid.loss.index),
         "algorithms": sorted({c.algorithm for c in cells}, key=spec.grid.algorithm.index),
+        "as_sides": sorted({c.as_side for c in cells}, key=spec.grid.as_side.index),
         "recipe": spec.recipe,
         "search": spec.search is not None,
     }

@@ -14,14 +14,15 @@ from pydantic import AfterValidator, Field, field_validator
 from service.spec.cells import AXES, Cell
 from service.spec.search import MAX_LIST
 from trainers.backbones import DMSWEEP_BACKBONES
+from trainers.config import AsSide
 from trainers.data.datasets import DATASETS
 from trainers.limits import MAX_SEED
 from trainers.validation import StrictModel
-from trainers.vocabulary import ALGORITHMS, LOSSES, METHODS
+from trainers.vocabulary import ALGORITHMS, AS_SIDES, DEFAULT_AS_SIDE, LOSSES, METHODS
 
 MAX_SEEDS = 100
 # What an override's or exclusion's match may name: the grid's axes.
-MATCH_AXES = (*AXES, "algorithm", "labels")
+MATCH_AXES = (*AXES, "algorithm", "labels", "as_side")
 
 
 # --- names -------------------------------------------------------------------------------------
@@ -123,6 +124,15 @@ class Grid(StrictModel):
         "data.<name>.label_fraction where both are given; a data set without an entry keeps "
         "its data settings' labels",
     )
+    as_side: Annotated[list[AsSide], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [DEFAULT_AS_SIDE],
+        min_length=1,
+        max_length=len(AS_SIDES),
+        description="the asymmetric strategy's side of lambda for the cells with an AS term: "
+        "labelled_minor (lambda <= 0.5, Sec. 3.2; the default), labelled_major (lambda >= "
+        "0.5) or none (no AS term: the policy mixes labelled images among themselves, "
+        "self_tuning); Table 9's ablation",
+    )
     seeds: Annotated[list[Annotated[int, Field(ge=0, le=MAX_SEED)]], AfterValidator(_unique)] = (
         Field(
             default_factory=lambda: [0],
@@ -141,7 +151,12 @@ class Grid(StrictModel):
         """Cells of the axes' product, before exclusions."""
         datasets = sum(len(self.labels_of(d)) for d in self.dataset)
         return (
-            datasets * len(self.backbone) * len(self.algorithm) * len(self.method) * len(self.loss)
+            datasets
+            * len(self.backbone)
+            * len(self.algorithm)
+            * len(self.method)
+            * len(self.loss)
+            * len(self.as_side)
         )
 
 
@@ -166,8 +181,11 @@ class Match(StrictModel):
     labels: list[float] | None = Field(
         None, max_length=MAX_LIST, description="labels kept, as in grid.labels (one or a list)"
     )
+    as_side: list[str] | None = Field(
+        None, max_length=len(AS_SIDES), description="AS sides, as in grid.as_side (one or a list)"
+    )
 
-    @field_validator("dataset", "backbone", "method", "loss", "algorithm", mode="before")
+    @field_validator("dataset", "backbone", "method", "loss", "algorithm", "as_side", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value

@@ -34,6 +34,7 @@ from trainers.config import (
     EvalConfig,
     MixingSettings,
     SemiSupervisedSettings,
+    TransferSettings,
 )
 from trainers.data.buckets import is_bucket_uri, split_uri
 from trainers.data.datasets import ROOT_VARIABLE
@@ -47,9 +48,11 @@ from trainers.limits import (
 from trainers.recipes import RECIPES, get_recipe
 from trainers.validation import Location, Problem, StrictModel, raise_problems
 from trainers.vocabulary import (
+    AS_SIDES,
     BOUNDS,
     HYPERPARAMETERS,
     STEP_BASED,
+    TRANSFER,
 )
 
 # Override and exclude rules; Table 2's spec has three.
@@ -118,6 +121,9 @@ class CellSettings(Hyperparameters):
     epochs: int | None = Field(None, ge=1, le=MAX_EPOCHS, description="epochs of these cells")
     mixing: MixingSettings | None = Field(
         None, description="lambda_mode / saliency_detector of these cells (the ones given)"
+    )
+    transfer: TransferSettings | None = Field(
+        None, description="labelled_mixup / as_threshold of these cells (the ones given)"
     )
     source: str | None = Field(
         None,
@@ -190,6 +196,11 @@ class SweepSpec(StrictModel):
         default_factory=SemiSupervisedSettings,
         description="steps, evaluation interval and unlabelled ratio of the semi-supervised "
         "cells (grid.algorithm other than supervised; Sec. 4.4)",
+    )
+    transfer: TransferSettings = Field(
+        default_factory=TransferSettings,
+        description="settings of the transfer cells (grid.algorithm fine_tuning, bss, co_tuning, "
+        "self_tuning; Sec. 4.3): labelled_mixup, as_threshold",
     )
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters,
@@ -270,6 +281,7 @@ class SweepSpec(StrictModel):
                 *([len(grid.algorithm)] if len(grid.algorithm) > 1 else []),
                 len(grid.method),
                 len(grid.loss),
+                *([len(grid.as_side)] if len(grid.as_side) > 1 else []),
             ]
             axes = " x ".join(map(str, counts))
             problems.append(
@@ -361,6 +373,14 @@ class SweepSpec(StrictModel):
                         f"not in grid.dataset ({', '.join(self.grid.dataset)})",
                     )
                 )
+        if "as_side" in self.semi_supervised.model_fields_set:
+            problems.append(
+                Problem(
+                    ("semi_supervised", "as_side"),
+                    "a spec gives the AS side as a grid axis: set grid.as_side "
+                    f"({', '.join(AS_SIDES)}) instead",
+                )
+            )
         for key in self.backbones:
             if key not in self.grid.backbone:
                 problems.append(
@@ -417,6 +437,14 @@ class SweepSpec(StrictModel):
                     ("semi_supervised",),
                     "has no effect: no cell trains with a semi-supervised algorithm "
                     f"(grid.algorithm: {', '.join(STEP_BASED)})",
+                )
+            )
+        if "transfer" in self.model_fields_set and not any(c.algorithm in TRANSFER for c in cells):
+            problems.append(
+                Problem(
+                    ("transfer",),
+                    "has no effect: no cell trains with a transfer algorithm "
+                    f"(grid.algorithm: {', '.join(TRANSFER)})",
                 )
             )
         for index, rule in enumerate(self.exclude):
