@@ -7,7 +7,7 @@ them. Every error names the field and what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, get_args
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -39,7 +39,6 @@ from trainers.validation import StrictModel, describe_errors
 from trainers.vocabulary import (
     ALGORITHMS,
     AS_ALGORITHMS,
-    AS_SIDES,
     BOUNDS,
     DEFAULT_AS_SIDE,
     LABELLED_MIXING,
@@ -50,12 +49,11 @@ from trainers.vocabulary import (
     SEMI_SUPERVISED_CELLS,
     SOFTMAX_LOSSES,
     TRANSFER,
+    AsSide,
     takes_alpha,
 )
 
 M = TypeVar("M", bound=BaseModel)
-AsSide = Literal["labelled_minor", "labelled_major", "none"]
-assert get_args(AsSide) == AS_SIDES  # one vocabulary: trainers.vocabulary
 
 
 def _fraction_or_count(amount: float) -> float:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import annotated_types
 
@@ -184,8 +184,9 @@ SEMI_SUPERVISED_CELLS: dict[str, dict[str, tuple[str, ...]]] = {
 # ablation): labelled_minor, lambda <= 0.5 (Sec. 3.2, the default); labelled_major,
 # lambda >= 0.5; none, no AS term: the cell's policy and loss mix labelled images among
 # themselves (Table 9's "+MCE"; the algorithms of LABELLED_MIXING only).
-AS_SIDES = ("labelled_minor", "labelled_major", "none")
-DEFAULT_AS_SIDE = "labelled_minor"
+AsSide = Literal["labelled_minor", "labelled_major", "none"]
+AS_SIDES: tuple[AsSide, ...] = get_args(AsSide)
+DEFAULT_AS_SIDE: AsSide = "labelled_minor"
 # The algorithms whose cells may mix labelled images among themselves (as_side none): Self-Tuning,
 # whose DM authors' variant (OpenMixup's DMixTuning) has that term.
 LABELLED_MIXING = frozenset({"self_tuning"})

@@ -14,11 +14,10 @@ from pydantic import AfterValidator, Field, field_validator
 from service.spec.cells import AXES, Cell
 from service.spec.search import MAX_LIST
 from trainers.backbones import DMSWEEP_BACKBONES
-from trainers.config import AsSide
 from trainers.data.datasets import DATASETS
 from trainers.limits import MAX_SEED
 from trainers.validation import StrictModel
-from trainers.vocabulary import ALGORITHMS, AS_SIDES, DEFAULT_AS_SIDE, LOSSES, METHODS
+from trainers.vocabulary import ALGORITHMS, AS_SIDES, DEFAULT_AS_SIDE, LOSSES, METHODS, AsSide
 
 MAX_SEEDS = 100
 # What an override's or exclusion's match may name: the grid's axes.
