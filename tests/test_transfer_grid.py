@@ -154,3 +154,23 @@ def test_yaml_words_that_read_as_booleans_are_not_sides():
     # YAML 1.1 reads off / no as false: the sides are names that stay strings.
     with pytest.raises(ValueError, match="as_side"):
         spec(as_side=[False])
+
+
+def test_the_records_keep_the_side_and_the_labelled_mixing_and_older_records_read_back(tmp_path):
+    from service.results.folder import SweepFolder
+    from service.results.records import TrialRecord, TrialState
+    from service.sweep.trial import build_context, trial_record
+
+    context = build_context(spec(), SweepFolder(tmp_path), None)
+    prefix = "synthetic@0.15/smallnet/self_tuning/"
+    major = trial_record(
+        context, "t", prefix + "mixup/mce/as_labelled_major", 0, {}, TrialState.SUCCEEDED
+    )
+    plain = trial_record(context, "u", prefix + "vanilla/ce", 0, {}, TrialState.SUCCEEDED)
+    assert (major.as_side, major.labelled_mixup) == ("labelled_major", "mce")
+    # The default side and no labelled mixing are not stored: older records read the same.
+    assert (plain.as_side, plain.labelled_mixup) == (None, None)
+    row = major.to_row()
+    assert (row["as_side"], row["labelled_mixup"]) == ("labelled_major", "mce")
+    assert TrialRecord.from_row(row) == major
+    assert "as_side" not in plain.to_row() and TrialRecord.from_row(plain.to_row()) == plain

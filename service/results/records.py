@@ -68,8 +68,9 @@ class Failure:
 _IDENTITY = ("trial_id", "name", "cell", "dataset", "backbone", "method", "loss", "seed")
 _RUN_INFO = ("recipe", "epochs", "comparable")
 # Stored only when known: records written before these were recorded read back the same
-# (algorithm None: supervised; labels None: the data's).
-_SETTINGS = ("lambda_mode", "algorithm", "labels")
+# (algorithm None: supervised; labels None: the data's; as_side None: the default side;
+# labelled_mixup None: none).
+_SETTINGS = ("lambda_mode", "algorithm", "labels", "as_side", "labelled_mixup")
 _FAILURE = ("error", "traceback", "deterministic")
 HYPERPARAMETER_PREFIX = "hp."
 
@@ -81,7 +82,9 @@ class TrialRecord:
     Stored flat, one row of the results file: identity, ``status``, the cell's recipe, epochs,
     whether the paper's number compares and how lambda was drawn (``lambda_mode``: batch or
     sample; None in records from before it was recorded), the training algorithm and the labels
-    kept (``algorithm``, ``labels``: Table 7's axes; None in older records), ``hp.<name>`` per
+    kept (``algorithm``, ``labels``: Table 7's axes; None in older records), the AS side where
+    it is not the default (``as_side``, Table 9's axis) and a transfer cell's labelled mixing
+    beside its AS term (``labelled_mixup``, Table 9's "+MCE+AS" rows), ``hp.<name>`` per
     hyperparameter (the cell's, then the search's sampled setting), the metrics of its last
     epoch, and for a failure the error, its traceback and whether a retry would repeat it
     (``deterministic``).
@@ -102,6 +105,8 @@ class TrialRecord:
     lambda_mode: str | None = None
     algorithm: str | None = None
     labels: float | None = None
+    as_side: str | None = None
+    labelled_mixup: str | None = None
     hyperparameters: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None

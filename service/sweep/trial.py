@@ -41,7 +41,7 @@ from trainers.config import TrainConfig
 from trainers.data.datasets import data_location, is_synthetic
 from trainers.mixing.base import LambdaMode
 from trainers.recipes import get_recipe
-from trainers.vocabulary import LOSS_HYPERPARAMETER_NAMES
+from trainers.vocabulary import DEFAULT_AS_SIDE, LOSS_HYPERPARAMETER_NAMES
 
 TRAIN_RETRIES = 2  # worker group restarts of a several-worker trial (from its last checkpoint)
 
@@ -65,6 +65,8 @@ class CellRun:
     lambda_mode: LambdaMode  # one lambda per batch (the paper's configurations) or per sample
     algorithm: str = "supervised"  # or a semi-supervised algorithm of Table 7
     labels: float | None = None  # the labels kept (grid.labels), or None: the data's
+    as_side: str | None = None  # the AS side (grid.as_side) where not the default
+    labelled_mixup: str | None = None  # a transfer cell's labelled mixing beside its AS term
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ def trial_record(
         lambda_mode=cell.lambda_mode,
         algorithm=cell.algorithm,
         labels=cell.labels,
+        as_side=cell.as_side,
+        labelled_mixup=cell.labelled_mixup,
         hyperparameters={**cell.hyperparameters, **params},
         metrics=numbers(metrics or {}),
         error=error,
@@ -221,6 +225,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
             **{axis: str(getattr(cell, axis)) for axis in AXES},
             "algorithm": cell.algorithm,
             **({"labels": labels_text(cell.labels)} if cell.labels is not None else {}),
+            **({"as_side": cell.as_side} if cell.as_side is not None else {}),
+            **({"labelled_mixup": cell.labelled_mixup} if cell.labelled_mixup else {}),
             "seed": str(seed),
             "cell": cell_id,
         },
@@ -321,6 +327,10 @@ def build_context(spec: SweepSpec, folder: SweepFolder, track: Tracking | None) 
             lambda_mode=cell.mixing.lambda_mode,
             algorithm=cell.algorithm,
             labels=cell.labels,
+            as_side=None if cell.as_side == DEFAULT_AS_SIDE else cell.as_side,
+            labelled_mixup=(
+                None if cell.transfer.labelled_mixup == "none" else cell.transfer.labelled_mixup
+            ),
         )
     resources = spec.resources
     return SweepContext(
