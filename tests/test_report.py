@@ -227,8 +227,9 @@ def test_table1_csv_matches_the_paper_text() -> None:
 def test_load_paper_results() -> None:
     rows = load_paper_results()
     tables = {row["table"] for row in rows}
-    # tests/test_paper_tables.py: 2 to 5; tests/test_ssl_report.py: 7
-    assert tables == {"1", "2", "3", "4", "5", "7", "8"}
+    # tests/test_paper_tables.py: 2 to 5; tests/test_ssl_report.py: 7; test_transfer_report.py:
+    # 6 and 9
+    assert tables == {"1", "2", "3", "4", "5", "6", "7", "8", "9"}
     fgsm = [r for r in rows if r["table"] == "8" and r["method"] == "mixup" and r["loss"] == "mce"]
     assert {r["dataset"]: r["fgsm_error"] for r in fgsm} == {
         "cifar100": 70.28,

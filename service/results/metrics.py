@@ -16,7 +16,13 @@ from service.results.pivot import FINAL_METRIC
 from service.spec.cells import expand
 from service.spec.model import SweepSpec
 from trainers.recipes import get_recipe
-from trainers.vocabulary import PAPER_METRIC, SEMI_SUPERVISED_METRIC, STEP_BASED
+from trainers.vocabulary import (
+    PAPER_METRIC,
+    SEMI_SUPERVISED_METRIC,
+    STEP_BASED,
+    TRANSFER,
+    TRANSFER_METRIC,
+)
 
 METRICS: dict[str, str] = {
     FINAL_METRIC: "final top-1",
@@ -89,6 +95,9 @@ def ranking(spec: SweepSpec) -> tuple[str, str]:
     if spec.search is not None:
         return spec.search.metric, spec.search.mode
     cells = expand(spec)
+    if cells and all(cell.algorithm in TRANSFER for cell in cells):
+        # The transfer tables' number (Tables 6 and 9: the model's own best top-1).
+        return TRANSFER_METRIC, "max"
     if all(cell.algorithm in STEP_BASED for cell in cells):
         # The semi-supervised tables' number (Table 7: the EMA's best top-1).
         return SEMI_SUPERVISED_METRIC, "max"

@@ -26,12 +26,13 @@ def _number(text: str) -> float | int | str | None:
 def load_paper_results(folder: str | Path | None = None) -> list[dict[str, Any]]:
     """The paper's reported numbers: every row of each table's CSV in ``folder``, numbers parsed.
 
-    ``folder`` defaults to ``search_spaces/paper_results/`` as installed (Tables 1-5, 7 and
-    8; see its README.md). Each row has ``table, dataset, backbone, method, loss, recipe`` (the
+    ``folder`` defaults to ``search_spaces/paper_results/`` as installed (Tables 1-9; see
+    its README.md). Each row has ``table, dataset, backbone, method, loss, recipe`` (the
     dmsweep recipe the table's numbers were trained with) and the paper's metrics (``top1``:
     median top-1 of the last 10 epochs, mean of three trials; ``fgsm_error`` for Table 8).
     Table 7's rows (semi-supervised) also have ``algorithm`` and ``labels``, and their ``top1``
-    is the best top-1 with its ± in ``top1_std``; the supervised pivot leaves them out.
+    is the best top-1 with its ± in ``top1_std``; the supervised pivot leaves them out. So do
+    Tables 6 and 9's (transfer), Table 9's with ``as_side`` and ``labelled_mixup`` too.
     ``table`` stays text ("1", "8"). Only ``table<N>.csv`` files are tables: the folder holds
     other CSVs (the parity table of the settings, ``parity.csv``).
     """

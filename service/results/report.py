@@ -1,8 +1,9 @@
 """A sweep's report: its results file, the paper-style tables (Markdown, HTML) and gains chart.
 
 Supervised trials make the pivot (``pivot``) and its gains chart; semi-supervised ones (a
-step-based ``algorithm``) the semi-supervised table (``ssl_table``), shown after it. A sweep with
-only supervised trials gets the report it got before that table existed, byte for byte.
+step-based ``algorithm``) the semi-supervised table (``ssl_table``), shown after it; transfer
+ones (Tables 6 and 9) the transfer table (``transfer_table``), last. A sweep with only
+supervised trials gets the report it got before those tables existed, byte for byte.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from service.results.metrics import Headline, headline
 from service.results.pivot import PivotTable, is_supervised, pivot
 from service.results.records import TrialRecord, TrialState
 from service.results.render import (
+    TRANSFER_SECTION,
     Page,
     Panel,
     cell_name,
@@ -31,6 +33,7 @@ from service.results.render import (
 )
 from service.results.results_file import write_results
 from service.results.ssl_table import SemiSupervisedTable, semi_supervised_table, split_rows
+from service.results.transfer_table import transfer_table
 from service.spec.cells import labels_text
 from service.spec.model import SweepSpec
 from service.storage.paths import AnyPath
@@ -38,42 +41,47 @@ from service.storage.paths import AnyPath
 
 @dataclass(frozen=True)
 class ReportTables:
-    """The tables of a report: the supervised pivot with its headline, the semi-supervised table.
+    """The tables of a report: the supervised pivot with its headline, the step-based tables.
 
     ``pivot`` is always built (the gains chart draws it) but ``shows_pivot`` is False for a
-    sweep that ran semi-supervised trials only; ``semi_supervised`` is None without any.
+    sweep that ran step-based trials only; ``semi_supervised`` and ``transfer`` are None
+    without trials of their kind.
     """
 
     headline: Headline
     pivot: PivotTable
     shows_pivot: bool
     semi_supervised: SemiSupervisedTable | None
+    transfer: SemiSupervisedTable | None = None
 
     def markdown(self) -> str:
-        """Both tables as ``report.md`` holds them: the pivot's section, then the other's."""
+        """The tables as ``report.md`` holds them: the pivot's section, then the others'."""
         parts = [to_markdown(self.pivot, self.headline)] if self.shows_pivot else []
         if self.semi_supervised is not None:
             parts.append(ssl_markdown(self.semi_supervised))
+        if self.transfer is not None:
+            parts.append(ssl_markdown(self.transfer, TRANSFER_SECTION))
         return "\n".join(parts)
 
 
 def report_tables(
     rows: Iterable[Mapping[str, Any]], paper: Iterable[Mapping[str, Any]] | None = None
 ) -> ReportTables:
-    """The pivot of the supervised rows and the semi-supervised table of the others.
+    """The pivot of the supervised rows, the semi-supervised and transfer tables of the others.
 
     The headline is chosen from the supervised rows alone: a semi-supervised trial's ``epochs``
     are its evaluation intervals, which say nothing of the median of the last 10 epochs.
     """
-    supervised, semi = split_rows(rows)
+    supervised, semi, transfer = split_rows(rows)
     paper = None if paper is None else list(paper)  # read by both tables
     main = headline(supervised)
     return ReportTables(
         main,
         pivot(supervised, paper=paper, metric=main.metric),
         # A sweep with no trial at all keeps its (empty) pivot, as before.
-        shows_pivot=bool(supervised) or not semi,
+        shows_pivot=bool(supervised) or not (semi or transfer),
         semi_supervised=semi_supervised_table(semi, paper=paper) if semi else None,
+        transfer=transfer_table(transfer, paper=paper) if transfer else None,
     )
 
 
@@ -130,7 +138,8 @@ def write_report(
     The report's table and gains are of the headline metric (``metrics.headline``): the paper's
     ``top1_median_last10`` (median top-1 of the last 10 epochs, mean of three trials; Table 1,
     Sec. 4), or the final top-1 where trials ran 10 epochs or fewer. Semi-supervised trials are
-    in a table of their own after it (``ssl_table``: Table 7's best EMA top-1). ``paper`` as in
+    in a table of their own after it (``ssl_table``: Table 7's best EMA top-1), transfer trials
+    in another (``transfer_table``: Tables 6 and 9's best top-1). ``paper`` as in
     ``pivot``.
     The Parquet file holds every row; the tables summarise ``table_rows`` when given (a tuning
     sweep's best setting per cell), else every row. The HTML page also shows every metric, the
@@ -151,6 +160,7 @@ def write_report(
         curves=learning_curves(shown, histories or {}),
         links=links or RunLinks(),
         semi_supervised=tables.semi_supervised,
+        transfer=tables.transfer,
     )
     html_page = out / "report.html"
     html_page.write_text(

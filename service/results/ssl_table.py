@@ -10,8 +10,9 @@ each cell the mean ± std over seeds beside the paper's number ± its std and th
 Conventions, those of ``service.results.pivot`` (its ``summarise`` makes every cell, so the
 std is the sample one, failures are counted, and ``comparable: False`` drops the delta):
 
-* trial rows whose ``algorithm`` is absent or ``supervised`` are the pivot's; every other row
-  (the step-based algorithms: ``labelled_only`` and Table 7's) is this table's only;
+* trial rows whose ``algorithm`` is absent or ``supervised`` are the pivot's, those of a
+  transfer algorithm (Tables 6 and 9) ``transfer_table``'s; every other row (the step-based
+  algorithms: ``labelled_only`` and Table 7's) is this table's only;
 * rows are labelled as Table 7 labels them (``FixMatch+DM``) and come in its order, with the
   labelled-only baseline first and combinations the paper has no row for last;
 * columns are the (dataset, labels, backbone) we ran; rows are those we ran plus the paper's
@@ -29,7 +30,7 @@ std is the sample one, failures are counted, and ``comparable: False`` drops the
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -42,6 +43,7 @@ from trainers.vocabulary import (
     METHOD_ORDER,
     SEMI_SUPERVISED_METRIC,
     STEP_BASED,
+    TRANSFER,
 )
 
 ALGORITHM_NAMES = {
@@ -101,10 +103,10 @@ class SslRow:
     @property
     def label(self) -> str:
         """Table 7's name (``FixMatch+DM``), else one made alike (``FixMatch+DM (CutMix)``)."""
-        label = TABLE7_ROWS.get(self.combination) or _made_label(*self.combination)
+        label = TABLE7_ROWS.get(self.combination) or made_label(*self.combination)
         return f"{label} (control)" if self.control else label
 
-    def order(self) -> tuple[int, int, int, int, bool]:
+    def order(self) -> tuple[int, ...]:
         """Its place: Table 7's rows in its order, then the others by algorithm, method, loss.
 
         A control comes right after its base row.
@@ -112,19 +114,23 @@ class SslRow:
         known = list(TABLE7_ROWS)
         return (
             known.index(self.combination) if self.combination in known else len(known),
-            _index(STEP_BASED, self.algorithm),
-            _index(METHOD_ORDER, self.method),
-            _index(LOSSES, self.loss),
+            order_index(STEP_BASED, self.algorithm),
+            order_index(METHOD_ORDER, self.method),
+            order_index(LOSSES, self.loss),
             self.control,
         )
 
 
-def _index(order: Sequence[str], name: str) -> int:
+def order_index(order: Sequence[str], name: str) -> int:
+    """``name``'s place in ``order``; names not in it after every one that is."""
     return order.index(name) if name in order else len(order)
 
 
-def _made_label(algorithm: str, method: str, loss: str) -> str:
-    name = ALGORITHM_NAMES.get(algorithm, algorithm)
+def made_label(
+    algorithm: str, method: str, loss: str, names: Mapping[str, str] = ALGORITHM_NAMES
+) -> str:
+    """A row's name made as the paper's (``FixMatch+DM (CutMix)``), algorithms as ``names``."""
+    name = names.get(algorithm, algorithm)
     if method == "vanilla":
         return name if loss == "ce" else f"{name} ({loss})"
     policy = POLICY_NAMES.get(method, method)
@@ -207,20 +213,31 @@ class SemiSupervisedTable:
         return self.cells.get((row, column), Cell())
 
 
+def is_transfer(row: Mapping[str, Any]) -> bool:
+    """Whether a trial or paper row is of transfer learning (Tables 6 and 9: ``transfer_table``)."""
+    return row.get("algorithm") in TRANSFER
+
+
 def is_semi_supervised(row: Mapping[str, Any]) -> bool:
-    """Whether a trial row is this table's (a step-based algorithm), not the pivot's."""
-    return not is_supervised(row)
+    """Whether a trial row is this table's (a step-based algorithm but a transfer one)."""
+    return not is_supervised(row) and not is_transfer(row)
 
 
-def split_rows(
-    rows: Iterable[Mapping[str, Any]],
-) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
-    """The rows of supervised training (the pivot's) and the semi-supervised ones (this table's)."""
-    supervised: list[Mapping[str, Any]] = []
-    semi: list[Mapping[str, Any]] = []
+Rows = list[Mapping[str, Any]]
+
+
+def split_rows(rows: Iterable[Mapping[str, Any]]) -> tuple[Rows, Rows, Rows]:
+    """The rows of supervised training, semi-supervised ones and transfer ones.
+
+    The pivot's, this table's and ``transfer_table``'s.
+    """
+    supervised: Rows = []
+    semi: Rows = []
+    transfer: Rows = []
     for row in rows:
-        (semi if is_semi_supervised(row) else supervised).append(row)
-    return supervised, semi
+        kind = transfer if is_transfer(row) else semi if is_semi_supervised(row) else supervised
+        kind.append(row)
+    return supervised, semi, transfer
 
 
 def _column(row: Mapping[str, Any]) -> SslColumn:
@@ -237,9 +254,16 @@ def _row(row: Mapping[str, Any]) -> SslRow:
 PaperKey = tuple[SslRow, SslColumn, str | None]
 """(row, column, recipe): one paper number; recipe None for any recipe."""
 
+RowOf = Callable[[Mapping[str, Any]], SslRow]
+"""How a table reads a trial's or paper row's row (``SslRow``, or a kind of it)."""
 
-def paper_numbers(paper: Iterable[Mapping[str, Any]]) -> dict[PaperKey, PaperNumber]:
-    """The paper's semi-supervised numbers (rows with an ``algorithm``) by row, column, recipe.
+
+def paper_numbers(
+    paper: Iterable[Mapping[str, Any]],
+    keep: Callable[[Mapping[str, Any]], bool] = is_semi_supervised,
+    row_of: RowOf = _row,
+) -> dict[PaperKey, PaperNumber]:
+    """The paper's numbers of the rows ``keep`` keeps (Table 7's) by row, column, recipe.
 
     Each is keyed by its row's recipe and by None (any recipe: for trials that name none);
     where two tables give one, the lower table's wins, as in the pivot.
@@ -252,7 +276,7 @@ def paper_numbers(paper: Iterable[Mapping[str, Any]]) -> dict[PaperKey, PaperNum
     numbers: dict[PaperKey, PaperNumber] = {}
     for row in sorted(paper, key=table_number, reverse=True):
         value, std = row.get("top1"), row.get("top1_std")
-        if is_supervised(row) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if not keep(row) or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
         number = PaperNumber(
             float(value),
@@ -260,7 +284,7 @@ def paper_numbers(paper: Iterable[Mapping[str, Any]]) -> dict[PaperKey, PaperNum
             str(row.get("table", "")),
         )
         for recipe in (row.get("recipe"), None):
-            numbers[(_row(row), _column(row), recipe)] = number
+            numbers[(row_of(row), _column(row), recipe)] = number
     return numbers
 
 
@@ -272,16 +296,34 @@ def semi_supervised_table(
     """The semi-supervised trials of ``rows`` in Table 7's shape, mean ± std over seeds.
 
     ``paper`` is the paper's numbers as ``load_paper_results`` gives them; None loads the
-    repository's (pass ``[]`` for none). Supervised rows are left out. See the module docstring.
+    repository's (pass ``[]`` for none). Supervised and transfer rows are left out. See the
+    module docstring.
     """
     numbers = paper_numbers(load_paper_results() if paper is None else paper)
+    semi = [row for row in rows if is_semi_supervised(row)]
+    return build_table(semi, numbers, metric, _row, DM_GAINS)
+
+
+GainPairs = tuple[tuple[SslRow, SslRow], ...]
+
+
+def build_table(
+    rows: Iterable[Mapping[str, Any]],
+    numbers: Mapping[PaperKey, PaperNumber],
+    metric: str,
+    row_of: RowOf,
+    gain_pairs: GainPairs,
+) -> SemiSupervisedTable:
+    """``rows`` (all of one kind) as rows ``row_of`` x (dataset, labels, backbone) of ``metric``.
+
+    Shared by Table 7's section and the transfer tables' (``transfer_table``): the conventions
+    of the module docstring, with the row kind, paper numbers and DM gains of the caller.
+    """
     grouped: dict[tuple[SslRow, SslColumn], list[Mapping[str, Any]]] = {}
     recipes: dict[SslColumn, set[str | None]] = {}
     for row in rows:
-        if not is_semi_supervised(row):
-            continue
         column = _column(row)
-        grouped.setdefault((_row(row), column), []).append(row)
+        grouped.setdefault((row_of(row), column), []).append(row)
         recipes.setdefault(column, set()).add(row.get("recipe"))
     # A column's recipe: None for trials without one (any recipe's number), "(several)" (no
     # paper row's) where its trials name more than one.
@@ -291,7 +333,7 @@ def semi_supervised_table(
     for table_row, column, recipe in numbers:
         if column in recipe_of and recipe_of[column] == recipe:
             table_rows.add(table_row)
-    ordered_rows = sorted(table_rows, key=SslRow.order)
+    ordered_rows = sorted(table_rows, key=lambda table_row: table_row.order())
     ordered_columns = sorted(recipe_of, key=SslColumn.order)
 
     cells = {}
@@ -304,7 +346,7 @@ def semi_supervised_table(
                 cell = summarise(trials, metric, paper_number)
                 cells[(table_row, column)] = replace(cell, paper_std=number.std if number else None)
     table = SemiSupervisedTable(metric, ordered_rows, ordered_columns, cells)
-    table.gains = _gains(table)
+    table.gains = _gains(table, gain_pairs)
     return table
 
 
@@ -313,11 +355,11 @@ def _spread(a: float | None, b: float | None) -> float | None:
     return math.sqrt(a**2 + b**2) if a is not None and b is not None else None
 
 
-def _gains(table: SemiSupervisedTable) -> list[SslGain]:
-    """Per column, each of ``DM_GAINS`` that ran (either side) or that the paper gives there."""
+def _gains(table: SemiSupervisedTable, gain_pairs: GainPairs) -> list[SslGain]:
+    """Per column, each of ``gain_pairs`` that ran (either side) or that the paper gives there."""
     gains = []
     for column in table.columns:
-        for base_row, dm_row in DM_GAINS:
+        for base_row, dm_row in gain_pairs:
             base, dm = table.cell(base_row, column), table.cell(dm_row, column)
             ours = dm.mean - base.mean if dm.mean is not None and base.mean is not None else None
             theirs = (
