@@ -77,7 +77,7 @@ def tl_trial(
         seed=seed,
         status=TrialState.SUCCEEDED if top1 is not None else TrialState.FAILED,
         recipe="transfer",
-        epochs=27,  # evaluation intervals
+        epochs=9,  # evaluation intervals
         algorithm=row.algorithm,
         labels=float(column.labels),
         as_side=None if row.as_side == "labelled_minor" else row.as_side,
@@ -439,7 +439,7 @@ def test_tl_table6_runs_exactly_the_tables_cells() -> None:
     }
     assert len(cells) == len(ours) == 72 and ours == paper
     assert spec.grid.seeds == [0, 1, 2] and spec.recipe == "transfer"
-    assert (spec.semi_supervised.steps, spec.semi_supervised.eval_every) == (27000, 1000)
+    assert (spec.semi_supervised.steps, spec.semi_supervised.eval_every) == (27000, 3000)
     assert {c.as_side for c in cells} == {"labelled_minor"}
     assert {c.transfer.labelled_mixup for c in cells} == {"none"}
 
@@ -454,4 +454,4 @@ def test_tl_table9_runs_exactly_the_tables_cells() -> None:
     assert len(cells) == len(ours) == 15 and ours == set(paper_table9())
     assert {(c.dataset, c.backbone) for c in cells} == {("cub200", "resnet18")}
     assert spec.grid.seeds == [0, 1, 2] and spec.recipe == "transfer"
-    assert (spec.semi_supervised.steps, spec.semi_supervised.eval_every) == (27000, 1000)
+    assert (spec.semi_supervised.steps, spec.semi_supervised.eval_every) == (27000, 3000)
