@@ -174,3 +174,24 @@ def test_the_records_keep_the_side_and_the_labelled_mixing_and_older_records_rea
     assert (row["as_side"], row["labelled_mixup"]) == ("labelled_major", "mce")
     assert TrialRecord.from_row(row) == major
     assert "as_side" not in plain.to_row() and TrialRecord.from_row(plain.to_row()) == plain
+
+
+def test_a_transfer_cell_compares_with_the_paper_only_at_its_steps_and_interval():
+    from service.spec.cells import comparable
+
+    def departures(semi_supervised: dict[str, int]) -> set[tuple[str, ...]]:
+        raw = copy.deepcopy(TABLE_9)
+        raw.update(semi_supervised=semi_supervised, recipe_overrides={})
+        raw["grid"]["dataset"] = ["cub200"]
+        raw["grid"]["labels"] = {"cub200": [0.15]}
+        raw["backbones"] = {"smallnet": {"weights": "/data/w.pth"}}
+        made = spec_from_dict(raw)
+        return {cell.departures for cell in expand(made)}, {
+            comparable(made, c) for c in expand(made)
+        }
+
+    # Sec. 4.3's 27k steps with Self-Tuning's --test_interval 3000: the paper's.
+    assert departures({"steps": 27_000, "eval_every": 3000}) == ({()}, {True})
+    assert departures({"steps": 3000, "eval_every": 300}) == ({("semi_supervised",)}, {False})
+    # Table 7's schedule is not Table 6's.
+    assert departures({"steps": 2**20, "eval_every": 5000})[1] == {False}

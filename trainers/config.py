@@ -272,6 +272,17 @@ class SemiSupervisedSettings(StrictModel):
         """Evaluations of the run: ``ceil(steps / eval_every)``."""
         return -(-self.steps // self.eval_every)
 
+    def is_papers(self, algorithm: str) -> bool:
+        """Whether these settings are the paper's for ``algorithm`` (``PAPER_SCHEDULES``)."""
+        steps, every = PAPER_SCHEDULES["transfer" if algorithm in TRANSFER else "semi_supervised"]
+        return (self.steps, self.eval_every, self.unlabelled_ratio) == (steps, every, None)
+
+
+# The step-based tables' run lengths and evaluation intervals: Sec. 4.4's 2^20 steps with
+# TorchSSL's evaluation every 5000 (num_eval_iter; Table 7), Sec. 4.3's 27k steps with
+# Self-Tuning's --test_interval 3000 (src/main.py; Tables 6 and 9). The AS side is a grid axis.
+PAPER_SCHEDULES = {"semi_supervised": (2**20, 5000), "transfer": (27_000, 3000)}
+
 
 class TransferSettings(StrictModel):
     """Settings of the transfer algorithms (Sec. 4.3, Tables 6 and 9; a sweep spec's ``transfer``).

@@ -170,7 +170,7 @@ def resolve(spec: SweepSpec, bare: Cell) -> Cell:
     if bare.algorithm != SUPERVISED:
         # A semi-supervised run's epochs are its evaluation intervals; epochs set in the spec
         # go through, for TrainConfig to refuse them naming the steps to set instead.
-        departures["semi_supervised"] = spec.semi_supervised != type(spec.semi_supervised)()
+        departures["semi_supervised"] = not spec.semi_supervised.is_papers(bare.algorithm)
         if epochs is None:
             epochs = spec.semi_supervised.intervals()
             departures["epochs"] = False
