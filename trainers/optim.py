@@ -8,6 +8,7 @@ the model EMA of the DeiT recipe.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,38 @@ def build_optimizer(model: nn.Module, recipe: Recipe, batch_size: int) -> torch.
         betas=recipe.betas,
         filter_bias_and_bn=True,
     )
+
+
+def with_head_lr(
+    optimizer: torch.optim.Optimizer, head: Iterable[nn.Parameter], scale: float
+) -> torch.optim.Optimizer:
+    """``optimizer`` rebuilt with the ``head`` parameters at ``scale`` times their group's lr.
+
+    Self-Tuning's ``--lr_ratio 10`` (and tllib's ``Classifier.get_parameters``, OpenMixup's
+    ``lr_mult=10``): the new classifier learns at 10 x the lr of the pretrained backbone. Each
+    group of ``optimizer`` (weight decay or not, as ``build_optimizer`` split them) is split in
+    two, the head's share getting ``lr * scale`` with the group's other settings; the groups
+    without the head come first, so ``param_groups[0]`` still carries the base lr. Call it
+    before the first step and before building the scheduler (whose base lrs are the groups').
+    The optimiser is built anew, of the same class with the same defaults; at ``scale == 1``
+    or without a head parameter in it, ``optimizer`` itself is returned.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0; got {scale}")
+    ids = {id(p) for p in head}
+    groups = optimizer.param_groups
+    if scale == 1 or not any(id(p) in ids for g in groups for p in g["params"]):
+        return optimizer
+    rest, heads = [], []
+    for group in groups:
+        settings = {k: v for k, v in group.items() if k != "params"}
+        body = [p for p in group["params"] if id(p) not in ids]
+        top = [p for p in group["params"] if id(p) in ids]
+        if body:
+            rest.append({**settings, "params": body})
+        if top:
+            heads.append({**settings, "params": top, "lr": group["lr"] * scale})
+    return type(optimizer)(rest + heads, **optimizer.defaults)
 
 
 @dataclass

@@ -215,7 +215,7 @@ def workloads(spec: SweepSpec) -> list[Workload]:
             # An interval of steps, each forwarding its labelled batch and mu unlabelled images
             # per view (TorchSSL concatenates them into one batch).
             per_step = (config.global_batch_size() // workers) * (
-                1 + config.unlabelled_ratio() * unlabelled_views(config.algorithm)
+                1 + config.unlabelled_ratio() * unlabelled_views(config)
             )
             per_epoch = config.semi_supervised.eval_every * per_step
             images = per_epoch * workers

@@ -4,7 +4,8 @@ Each algorithm keeps its TorchSSL defaults (its module says which); the trial ch
 algorithm, and for the pseudo-labelling ones the asymmetric strategy's term from its mixing
 method and loss: ``vanilla`` / ``ce`` runs the algorithm alone, a static policy with ``mce`` or
 ``dm_ce`` adds the term (Table 7's "+Mixup" and "+DM" rows) with the trial's ``alpha``, ``eta``,
-``lambda_mode`` and ``semi_supervised.as_side``.
+``lambda_mode`` and ``semi_supervised.as_side``. The transfer algorithms of Table 6 are built
+by :mod:`trainers.transfer.algorithms`, with the same AS term.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from trainers.ssl.mixmatch import MixMatch
 from trainers.ssl.pseudo_label import PseudoLabel
 from trainers.ssl.remixmatch import ReMixMatch
 from trainers.ssl.uda import UDA
+from trainers.transfer.algorithms import build_transfer_algorithm, transfer_views
+from trainers.vocabulary import TRANSFER
 
 
 def asymmetric_term(config: TrainConfig) -> AsymmetricTerm | None:
-    """The AS term of a pseudo-labelling trial, or None where it runs the algorithm alone."""
-    if config.mixing.method == "vanilla":
+    """The AS term of a pseudo-labelling trial, or None where it runs the algorithm alone.
+
+    None also for as_side off (Self-Tuning's cells that mix labelled images among themselves).
+    """
+    side = config.semi_supervised.as_side
+    if config.mixing.method == "vanilla" or side == "off":
         return None
     term = AsymmetricTerm
     eta = config.loss.eta
@@ -35,7 +42,7 @@ def asymmetric_term(config: TrainConfig) -> AsymmetricTerm | None:
         alpha=config.mixing.alpha if config.mixing.alpha is not None else term.DEFAULT_ALPHA,
         loss="dm_ce" if config.loss.name == "dm_ce" else "mce",
         eta=eta if eta is not None else AsymmetricTerm.DEFAULT_ETA,
-        side=config.semi_supervised.as_side,
+        side=side,
         lambda_mode=config.mixing.lambda_mode,
         saliency_detector=config.mixing.saliency_detector,
     )
@@ -55,6 +62,8 @@ def build_algorithm(
     """
     name = config.algorithm
     alpha = config.mixing.alpha
+    if name in TRANSFER:
+        return build_transfer_algorithm(config, model, num_classes, asymmetric_term(config))
     if name == "mixmatch":
         assert alpha is not None  # MixingConfig requires it of mixup
         decoupled = config.loss.name == "dm_ce"
@@ -81,8 +90,14 @@ def build_algorithm(
     raise ValueError(f"algorithm {name!r} is not a semi-supervised algorithm")
 
 
-def unlabelled_views(name: str) -> int:
-    """How many views of each unlabelled image a step of algorithm ``name`` forwards."""
+def unlabelled_views(config: TrainConfig) -> int:
+    """How many views of each unlabelled image a step of the trial forwards.
+
+    A transfer algorithm's views depend on its cell (an AS term draws one), so the config.
+    """
+    name = config.algorithm
+    if name in TRANSFER:
+        return transfer_views(config)
     kinds: dict[str, type[SemiSupervisedAlgorithm]] = {
         "labelled_only": LabelledOnly,
         "pseudo_label": PseudoLabel,

@@ -15,7 +15,16 @@ top-1, TorchSSL evaluates the EMA) and ``top1_median_last10``.
 
 Labelled images: ``data.label_fraction`` of the train split, class-balanced and fixed by the
 seed (:func:`trainers.data.sampling.label_fraction`). Unlabelled images: the whole train split,
-labelled images included, as TorchSSL's data sets are built (``include_lb_to_ulb``).
+labelled images included, as TorchSSL's data sets are built (``include_lb_to_ulb``). The
+transfer algorithms of Table 6 (:mod:`trainers.transfer`) take the training images that are not
+labelled instead, as Self-Tuning's ``unlabeled_train`` split is the rest of the training set.
+
+The transfer recipe keeps no EMA (Self-Tuning evaluates the model itself): then no
+``val_top1_ema`` and no ``top1_ema_best`` are reported. Its new classifier learns at
+``recipe.head_lr_scale`` times the lr (:func:`trainers.optim.with_head_lr`), everything else
+(the pretrained body, Self-Tuning's projector, Co-Tuning's source head, which tllib and
+Co-Tuning train at the backbone's lr) at the lr. Co-Tuning's category relationship is learnt
+from the labelled images before the first step (:mod:`trainers.transfer.relationship`).
 
 Under ``torch.distributed`` every rank takes its share of each step's global batches; gradients
 are averaged across ranks after the backward (the algorithms run several forwards a step, which
@@ -46,13 +55,17 @@ from trainers.distributed import Ranks, all_sum, average_buffers, gather, trial_
 from trainers.evaluate import accuracy
 from trainers.finite import FINITE_CHECK_EVERY, check_finite
 from trainers.metrics import median_of_last
-from trainers.optim import build_optimizer, build_scheduler
+from trainers.optim import build_optimizer, build_scheduler, with_head_lr
 from trainers.recipes import Recipe
 from trainers.splits import open_splits
 from trainers.ssl.algorithms import build_algorithm
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch
+from trainers.ssl.features import classifier_layer
 from trainers.ssl.streams import Stream
 from trainers.ssl.views import Views
+from trainers.transfer.co_tuning import CoTuning
+from trainers.transfer.relationship import learn_relationship
+from trainers.vocabulary import TRANSFER
 
 Report = Callable[[dict[str, float], str | None], None]
 
@@ -68,18 +81,19 @@ class SemiSupervisedTrial:
     unlabelled_batch: int  # unlabelled images per rank and step
     train_set: ImageSource  # every training image, labels as stored (for the metrics only)
     labelled: Tensor  # indices of the labelled images
+    unlabelled: Tensor  # indices of the images the unlabelled stream draws from
     test_set: ImageSource
     model: nn.Module
     algorithm: SemiSupervisedAlgorithm
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    ema: ModelEmaV3
+    ema: ModelEmaV3 | None  # None where the recipe keeps none (transfer)
     views: Views
     eval_transform: EvalTransform
     generator: torch.Generator  # on the device: views and the algorithm's draws
     host_generator: torch.Generator  # on the CPU: the strong views' seeds
     labelled_stream: Stream
-    unlabelled_stream: Stream
+    unlabelled_stream: Stream | None  # None where there is no unlabelled image
     step: int = 0
 
     @property
@@ -116,6 +130,10 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
     fraction = config.data.label_fraction
     kept = train_set if fraction is None else label_fraction(train_set, fraction, seed=config.seed)
     labelled = (kept.labels >= 0).nonzero().squeeze(1)
+    if config.algorithm in TRANSFER:  # Self-Tuning's unlabeled_train: the rest
+        unlabelled = (kept.labels < 0).nonzero().squeeze(1)
+    else:  # TorchSSL's include_lb_to_ulb: every training image
+        unlabelled = torch.arange(len(train_set))
     classes = len(train_set.classes)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -128,32 +146,54 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
         **config.backbone.options,
     ).to(ranks.device)
     algorithm = build_algorithm(config, model, classes, len(train_set)).to(ranks.device)
-    optimizer = build_optimizer(_Trained(model, algorithm), recipe, batch_size)
+    optimizer = with_head_lr(
+        build_optimizer(_Trained(model, algorithm), recipe, batch_size),
+        classifier_layer(model).parameters(),
+        recipe.head_lr_scale,
+    )
     steps = config.semi_supervised.steps
     mean, std = mean_std(config.data.name)
-    assert recipe.ema_decay is not None  # TrainConfig refuses a semi-supervised trial without
+    eval_transform = EvalTransform(recipe, train_set.image_size, mean, std, cropped=test_cropped)
+    if isinstance(algorithm, CoTuning):
+        # The training squares through the evaluation view (centre crop), as Co-Tuning predicts.
+        train_view = EvalTransform(recipe, train_set.image_size, mean, std)
+        learn_relationship(
+            algorithm, model, train_set, labelled, train_view, ranks, max(rank_batch, 256)
+        )
+    unlabelled_batch = rank_batch * config.unlabelled_ratio()
     stream_seed = config.seed * 1_000_003
     return SemiSupervisedTrial(
         config=config,
         recipe=recipe,
         ranks=ranks,
         batch=rank_batch,
-        unlabelled_batch=rank_batch * config.unlabelled_ratio(),
+        unlabelled_batch=unlabelled_batch,
         train_set=train_set,
         labelled=labelled,
+        unlabelled=unlabelled,
         test_set=test_set,
         model=model,
         algorithm=algorithm,
         optimizer=optimizer,
-        scheduler=build_scheduler(optimizer, recipe, steps, 1),
+        # One "epoch" of one step: a step schedule's milestone fractions fall on steps.
+        scheduler=build_scheduler(optimizer, recipe, 1, steps),
         # Weights averaged, batch-norm statistics copied from the model (TorchSSL's EMA).
-        ema=ModelEmaV3(model, decay=recipe.ema_decay, exclude_buffers=True),
-        views=Views(train_set.image_size, mean, std),
-        eval_transform=EvalTransform(recipe, train_set.image_size, mean, std, cropped=test_cropped),
+        ema=None
+        if recipe.ema_decay is None
+        else ModelEmaV3(model, decay=recipe.ema_decay, exclude_buffers=True),
+        views=Views(
+            train_set.image_size,
+            mean,
+            std,
+            crop=recipe.train_crop,
+            rrc_scale=recipe.rrc_scale,
+        ),
+        eval_transform=eval_transform,
         generator=torch.Generator(device=ranks.device).manual_seed(stream_seed + ranks.rank),
         host_generator=torch.Generator().manual_seed(stream_seed + ranks.rank),
         labelled_stream=Stream(len(labelled), stream_seed + 1),
-        unlabelled_stream=Stream(len(train_set), stream_seed + 2),
+        # None only where there is no image to draw (a transfer run that keeps every label).
+        unlabelled_stream=Stream(len(unlabelled), stream_seed + 2) if len(unlabelled) else None,
     )
 
 
@@ -192,6 +232,23 @@ def _share_per_image_state(algorithm: SemiSupervisedAlgorithm, index: Tensor, ra
         buffer[every] = torch.cat(values)
 
 
+def average_statistics(trial: SemiSupervisedTrial) -> None:
+    """Batch-norm statistics averaged across ranks, before an evaluation and its checkpoint.
+
+    The model's and its EMA's, and those of the algorithm's own networks (Self-Tuning's key
+    encoder, which normalises each rank's keys with their own batch). Only batch-norm modules
+    of the algorithm: its other buffers (queues, memories) are the same on every rank already,
+    and averaging them could round them.
+    """
+    ranks = trial.ranks
+    average_buffers(trial.model, ranks)
+    if trial.ema is not None:
+        average_buffers(trial.ema.module, ranks)
+    for module in trial.algorithm.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            average_buffers(module, ranks)
+
+
 def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
     """One optimisation step: draw both batches, their views, the algorithm's loss, update."""
     device, ranks = trial.ranks.device, trial.ranks
@@ -202,9 +259,13 @@ def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
     generator = trial.generator
     labelled_images = trial.train_set.read(labelled).to(device, non_blocking=True)
     if trial.unlabelled_batch:
-        unlabelled = trial.unlabelled_stream.batch(
-            trial.step, trial.unlabelled_batch, ranks.rank, ranks.world_size
-        )
+        # TrainConfig refuses an unlabelled batch where every label is kept.
+        assert trial.unlabelled_stream is not None
+        unlabelled = trial.unlabelled[
+            trial.unlabelled_stream.batch(
+                trial.step, trial.unlabelled_batch, ranks.rank, ranks.world_size
+            )
+        ]
         images = trial.train_set.read(unlabelled)
         host = trial.host_generator
         views = tuple(trial.views(images, v, generator, host) for v in trial.algorithm.views)
@@ -228,7 +289,8 @@ def semi_supervised_step(trial: SemiSupervisedTrial) -> StepRecord:
     trial.scheduler.step()
     _share_per_image_state(trial.algorithm, batch.unlabelled_index, ranks)
     trial.step += 1
-    trial.ema.update(trial.model, step=trial.step)
+    if trial.ema is not None:
+        trial.ema.update(trial.model, step=trial.step)
     truth = trial.train_set.labels[unlabelled].to(device, non_blocking=True)
     mask = out.mask.detach().float()
     return StepRecord(
@@ -285,7 +347,7 @@ def _state(trial: SemiSupervisedTrial, interval: int, history: dict[str, list[fl
         "algorithm": trial.algorithm.state_dict(),
         "optimizer": trial.optimizer.state_dict(),
         "scheduler": trial.scheduler.state_dict(),
-        "ema": trial.ema.state_dict(),
+        "ema": None if trial.ema is None else trial.ema.state_dict(),
         "epoch": interval,
         "step": trial.step,
         "history": history,
@@ -303,7 +365,8 @@ def _restore(trial: SemiSupervisedTrial, state: dict) -> tuple[int, dict[str, li
     trial.algorithm.load_state_dict(state["algorithm"])
     trial.optimizer.load_state_dict(state["optimizer"])
     trial.scheduler.load_state_dict(state["scheduler"])
-    trial.ema.load_state_dict(state["ema"])
+    if trial.ema is not None:
+        trial.ema.load_state_dict(state["ema"])
     trial.step = state["step"]
     restore_rng(state["rng"][trial.ranks.rank], trial.generators)
     return state["epoch"], {k: list(v) for k, v in state["history"].items()}
@@ -331,17 +394,19 @@ def run_semi_supervised(
         started = time.perf_counter()
         lr = trial.optimizer.param_groups[0]["lr"]
         parts = _train_interval(trial, min(trial.total_steps, (interval + 1) * every))
-        average_buffers(trial.model, ranks)
-        average_buffers(trial.ema.module, ranks)
+        average_statistics(trial)
         if ranks.device.type == "cuda":
             torch.cuda.synchronize(ranks.device)
         elapsed = time.perf_counter() - started
         top1, top5 = accuracy(trial.model, trial.test_set, trial.eval_transform, ranks, eval_batch)
-        ema_top1, _ = accuracy(
-            trial.ema.module, trial.test_set, trial.eval_transform, ranks, eval_batch
-        )
         history["top1"].append(top1)
-        history["ema"].append(ema_top1)
+        ema: dict[str, float] = {}
+        if trial.ema is not None:
+            ema_top1, _ = accuracy(
+                trial.ema.module, trial.test_set, trial.eval_transform, ranks, eval_batch
+            )
+            history["ema"].append(ema_top1)
+            ema["val_top1_ema"] = ema_top1
         steps_done = trial.step - interval * every
         metrics = {
             "epoch": interval + 1,
@@ -349,7 +414,7 @@ def run_semi_supervised(
             **parts,
             "val_top1": top1,
             "val_top5": top5,
-            "val_top1_ema": ema_top1,
+            **ema,
             "lr": lr,
             "epoch_time_s": elapsed,
             "images_per_s": steps_done
@@ -363,7 +428,8 @@ def run_semi_supervised(
         if last:
             metrics["top1_median_last10"] = median_of_last(history["top1"], 10)
             metrics["top1_best"] = max(history["top1"])
-            metrics["top1_ema_best"] = max(history["ema"])
+            if history["ema"]:
+                metrics["top1_ema_best"] = max(history["ema"])
         checkpoint = None
         if last or (interval + 1) % config.checkpoint_every == 0:
             rng = gather(rng_state(trial.generators), ranks)

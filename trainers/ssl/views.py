@@ -3,7 +3,13 @@
 * weak: a horizontal flip (probability 0.5) and a random 32 px crop of the image padded by 4 px
   (12.5 % of the side) with reflected borders: TorchSSL's ``RandomHorizontalFlip`` and
   ``RandomCrop(32, padding=4, padding_mode="reflect")``, batched on the device
-  (:func:`trainers.augment.random_crop_flip`).
+  (:func:`trainers.augment.random_crop_flip`). For photo data sets (recipes with
+  ``train_crop: random_resized_crop``, e.g. the transfer recipe) the weak view is instead
+  RandomResizedCrop(image_size, scale=recipe.rrc_scale) and a flip, Self-Tuning's
+  ``TransformTrain`` without its RandAugment (github.com/thuml/Self-Tuning ``src/utils``), cut
+  on the device from the stored square the source reads (:func:`trainers.augment.
+  random_resized_crop_flip`; Self-Tuning resizes the photo to 256 px first, the sources here
+  keep squares of ``image_size``, so the crop is of that square).
 * strong: FixMatch's RandAugment variant first, on the image as stored, then the weak view
   (TorchSSL inserts ``RandAugment(3, 5)`` at the head of the weak transform,
   ``datasets/ssl_dataset.py``). The variant (FixMatch's appendix, "RandAugment with random
@@ -27,7 +33,7 @@ import torch
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torch import Tensor
 
-from trainers.augment import normalize, random_crop_flip
+from trainers.augment import RRC_SCALE, normalize, random_crop_flip, random_resized_crop_flip
 
 # The magnitude ranges of FixMatch's RandAugment (TorchSSL's augment_list). Translations are
 # fractions of the image's side; shears are affine coefficients; rotations degrees.
@@ -111,13 +117,30 @@ def strong_pixels(images: Tensor, seed: int) -> Tensor:
 class Views:
     """``views(images, kind, generator, host)``: the normalised weak or strong view of a batch."""
 
-    def __init__(self, image_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        crop: str = "random_crop",
+        rrc_scale: tuple[float, float] = RRC_SCALE,
+    ) -> None:
+        if crop not in ("random_crop", "random_resized_crop"):
+            raise ValueError(f"crop must be random_crop or random_resized_crop; got {crop!r}")
         self.image_size = image_size
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.crop = crop
+        self.rrc_scale = rrc_scale
 
     def weak(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        """Flip and 12.5 % shift with reflected borders, normalised."""
+        """Flip and 12.5 % shift with reflected borders (or RandomResizedCrop), normalised."""
+        if self.crop == "random_resized_crop":
+            resized = random_resized_crop_flip(
+                images, self.image_size, scale=self.rrc_scale, generator=generator
+            )
+            return normalize(resized, self.mean, self.std)
         crops = random_crop_flip(
             images,
             self.image_size,

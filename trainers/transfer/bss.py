@@ -23,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainers.ssl.asymmetric_term import AsymmetricTerm
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
-from trainers.ssl.checks import check_count, check_weight
+from trainers.ssl.checks import check_count, check_unit, check_weight
 from trainers.ssl.features import penultimate_features
+from trainers.transfer.own_labels import AS_THRESHOLD, own_views, step_with_own_labels
 
 __all__ = ["BSS_K", "BSS_WEIGHT", "FineTuning", "bss_penalty"]
 
@@ -68,7 +70,10 @@ class FineTuning(SemiSupervisedAlgorithm):
     ``bss_weight=0`` is Table 6's plain "Fine-Tuning" (no SVD is computed); the default is its
     "BSS" row. The penalty is on the penultimate features of the labelled batch
     (:func:`~trainers.ssl.features.penultimate_features`), as tllib's example penalises the
-    features entering its head. No unlabelled view is used (``views = ()``).
+    features entering its head. No unlabelled view is used (``views = ()``), unless
+    ``asymmetric`` adds the AS term (Table 6's "+DM" rows): then one weak view of each unlabelled
+    image, labelled by the model's own pseudo-label where its confidence reaches ``threshold``
+    (:mod:`trainers.transfer.own_labels`), its loss counted with the unsupervised part.
 
     The step reports the cross-entropy as ``supervised`` and the weighted penalty as
     ``unsupervised`` (our choice: that field holds "the rest of the loss", so that the two
@@ -77,21 +82,32 @@ class FineTuning(SemiSupervisedAlgorithm):
 
     views: tuple[View, ...] = ()
 
-    def __init__(self, *, bss_weight: float = BSS_WEIGHT, k: int = BSS_K) -> None:
+    def __init__(
+        self,
+        *,
+        bss_weight: float = BSS_WEIGHT,
+        k: int = BSS_K,
+        asymmetric: AsymmetricTerm | None = None,
+        threshold: float = AS_THRESHOLD,
+    ) -> None:
         super().__init__()
         check_weight("bss_weight", bss_weight)
         check_count("k", k)
+        check_unit("threshold", threshold)
         self.bss_weight = float(bss_weight)
         self.k = int(k)
+        self.asymmetric = asymmetric
+        self.threshold = float(threshold)
+        self.views = own_views(asymmetric)
 
     def extra_repr(self) -> str:
         """The settings, in ``print(algorithm)``."""
-        return f"bss_weight={self.bss_weight}, k={self.k}"
+        return f"bss_weight={self.bss_weight}, k={self.k}, threshold={self.threshold}"
 
     def forward(
         self, model: nn.Module, batch: SemiSupervisedBatch, generator: torch.Generator
     ) -> SemiSupervisedStep:
-        """One step: CE on the labelled batch, plus the weighted BSS penalty of its features."""
+        """One step: CE on the labelled batch, the weighted BSS penalty of its features, AS."""
         if self.bss_weight > 0:
             with penultimate_features(model) as captured:
                 logits = model(batch.labelled)
@@ -100,12 +116,12 @@ class FineTuning(SemiSupervisedAlgorithm):
             logits = model(batch.labelled)
             penalty = logits.new_zeros((), dtype=torch.float32)
         supervised = F.cross_entropy(logits, batch.targets)
-        loss = supervised + penalty
-        empty = batch.targets.new_empty(0)
-        return SemiSupervisedStep(
-            loss=loss,
-            supervised=supervised.detach(),
-            unsupervised=penalty.detach(),
-            pseudo_labels=empty,
-            mask=empty.float(),
+        return step_with_own_labels(
+            self.asymmetric,
+            self.threshold,
+            model,
+            batch,
+            generator,
+            supervised=supervised,
+            unsupervised=penalty,
         )

@@ -47,10 +47,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainers.ssl.asymmetric_term import AsymmetricTerm
 from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch, SemiSupervisedStep, View
-from trainers.ssl.checks import check_count, check_positive, check_weight
+from trainers.ssl.checks import check_count, check_positive, check_unit, check_weight
 from trainers.ssl.features import penultimate_features
 from trainers.ssl.pseudo_labels import cross_entropy
+from trainers.transfer.own_labels import AS_THRESHOLD, own_views, step_with_own_labels
 from trainers.weights import read_source_head
 
 __all__ = [
@@ -177,11 +179,16 @@ class CoTuning(SemiSupervisedAlgorithm):
         relationship: p(y_s | y_t), (C_t, C_s) (:func:`category_relationship`); a buffer, so
             checkpoints carry it and ``.to(device)`` moves it.
         weight: lambda, the source term's weight (``CO_TUNING_WEIGHT``).
+        asymmetric: the AS term (Table 6's "Co-Tuning+DM"), or None.
+        threshold: the confidence the model's own pseudo-labels need to take part in it.
 
     The model passed to ``forward`` is the backbone with its target head (C_t outputs). No
-    unlabelled view (``views = ()``). The step reports the target CE as ``supervised`` and the
-    weighted source term as ``unsupervised`` (our choice: "the rest of the loss", so that the
-    parts add up to ``loss``; it uses labelled images only).
+    unlabelled view (``views = ()``), except one weak view with the AS term
+    (:mod:`trainers.transfer.own_labels`, its loss counted with the unsupervised part). The
+    relationship can be replaced before training (:meth:`set_relationship`: the loop learns it
+    from the labelled images once the model is on its device). The step reports the target CE
+    as ``supervised`` and the weighted source term (plus the AS term) as ``unsupervised`` (our
+    choice: "the rest of the loss", so that the parts add up to ``loss``).
 
     """
 
@@ -189,10 +196,17 @@ class CoTuning(SemiSupervisedAlgorithm):
     relationship: Tensor
 
     def __init__(
-        self, source_head: nn.Linear, relationship: Tensor, *, weight: float = CO_TUNING_WEIGHT
+        self,
+        source_head: nn.Linear,
+        relationship: Tensor,
+        *,
+        weight: float = CO_TUNING_WEIGHT,
+        asymmetric: AsymmetricTerm | None = None,
+        threshold: float = AS_THRESHOLD,
     ) -> None:
         super().__init__()
         check_weight("weight", weight)
+        check_unit("threshold", threshold)
         if not isinstance(source_head, nn.Linear):
             raise ValueError(f"source_head must be an nn.Linear; got {type(source_head).__name__}")
         if relationship.dim() != 2 or relationship.shape[1] != source_head.out_features:
@@ -206,6 +220,18 @@ class CoTuning(SemiSupervisedAlgorithm):
         self.source_head = source_head
         self.register_buffer("relationship", relationship.detach().float().clone())
         self.weight = float(weight)
+        self.asymmetric = asymmetric
+        self.threshold = float(threshold)
+        self.views = own_views(asymmetric)
+
+    def set_relationship(self, relationship: Tensor) -> None:
+        """Replace p(y_s | y_t) by ``relationship`` of the same shape (a buffer, in place)."""
+        if relationship.shape != self.relationship.shape:
+            raise ValueError(
+                f"relationship must keep shape {tuple(self.relationship.shape)}; got "
+                f"{tuple(relationship.shape)}"
+            )
+        self.relationship.copy_(relationship)
 
     def extra_repr(self) -> str:
         """The settings, in ``print(algorithm)``."""
@@ -227,11 +253,12 @@ class CoTuning(SemiSupervisedAlgorithm):
         source_logits = self.source_head(captured.get())
         soft_labels = self.relationship[batch.targets]
         unsupervised = self.weight * cross_entropy(source_logits, soft_labels).mean()
-        empty = batch.targets.new_empty(0)
-        return SemiSupervisedStep(
-            loss=supervised + unsupervised,
-            supervised=supervised.detach(),
-            unsupervised=unsupervised.detach(),
-            pseudo_labels=empty,
-            mask=empty.float(),
+        return step_with_own_labels(
+            self.asymmetric,
+            self.threshold,
+            model,
+            batch,
+            generator,
+            supervised=supervised,
+            unsupervised=unsupervised,
         )
