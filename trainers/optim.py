@@ -76,8 +76,9 @@ def with_head_lr(
     two, the head's share getting ``lr * scale`` with the group's other settings; the groups
     without the head come first, so ``param_groups[0]`` still carries the base lr. Call it
     before the first step and before building the scheduler (whose base lrs are the groups').
-    The optimiser is built anew, of the same class with the same defaults; at ``scale == 1``
-    or without a head parameter in it, ``optimizer`` itself is returned.
+    The groups are replaced in place (``add_param_group``, the public way to set groups; an
+    optimiser has no state before its first step) and ``optimizer`` is returned; at
+    ``scale == 1`` or without a head parameter in it, it is left as it is.
     """
     if scale <= 0:
         raise ValueError(f"scale must be > 0; got {scale}")
@@ -94,7 +95,12 @@ def with_head_lr(
             rest.append({**settings, "params": body})
         if top:
             heads.append({**settings, "params": top, "lr": group["lr"] * scale})
-    return type(optimizer)(rest + heads, **optimizer.defaults)
+    if optimizer.state:
+        raise ValueError("set the head's lr before the first step: the optimiser has state")
+    groups.clear()
+    for group in rest + heads:
+        optimizer.add_param_group(group)
+    return optimizer
 
 
 @dataclass
