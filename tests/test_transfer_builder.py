@@ -225,3 +225,34 @@ def test_the_term_adds_its_loss_and_dm_at_eta_0_is_mce(name):
         assert out.loss.item() == pytest.approx(plain.loss.item() + expected.item(), rel=1e-5)
     assert losses["dm0"].item() == pytest.approx(losses["mce"].item(), rel=1e-6)
     assert losses["dm1"] > losses["mce"]
+
+
+def test_the_plan_counts_each_transfer_cells_views():
+    # Imported here: the planner brings the spec machinery, which the other tests never need.
+    from service.plan.planner import workloads
+    from service.spec.reading import spec_from_dict
+
+    raw = {
+        "name": "tl",
+        "grid": {
+            "dataset": ["cub200"],
+            "labels": {"cub200": [0.15]},
+            "backbone": ["resnet50"],
+            "algorithm": ["fine_tuning", "self_tuning"],
+            "method": ["vanilla", "mixup"],
+            "loss": ["ce", "dm_ce"],
+        },
+        "recipe": "transfer",
+        "backbones": {"resnet50": {"weights": "/nowhere/resnet50.pth"}},
+        "semi_supervised": {"steps": 27_000, "eval_every": 1000},
+        "exclude": [{"method": "vanilla", "loss": "dm_ce"}, {"method": "mixup", "loss": "ce"}],
+    }
+    by_cell = {w.cell: w.images_per_epoch for w in workloads(spec_from_dict(raw))}
+    # 1000 steps of 24 labelled images, plus 24 unlabelled ones per view: none for Fine-Tuning
+    # alone, one weak view with its AS term, Self-Tuning's two always.
+    assert by_cell == {
+        "cub200@0.15/resnet50/fine_tuning/vanilla/ce": 1000 * 24,
+        "cub200@0.15/resnet50/fine_tuning/mixup/dm_ce": 1000 * 24 * 2,
+        "cub200@0.15/resnet50/self_tuning/vanilla/ce": 1000 * 24 * 3,
+        "cub200@0.15/resnet50/self_tuning/mixup/dm_ce": 1000 * 24 * 3,
+    }

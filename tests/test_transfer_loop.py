@@ -144,6 +144,24 @@ def test_fine_tuning_from_weights_reports_the_best_top1_and_no_ema(weights):
     assert trial.model.head.weight.shape == (TARGET_CLASSES, 64)
 
 
+def test_a_resumed_co_tuning_keeps_the_checkpoints_relationship(tmp_path, weights):
+    trial = transfer_trial(weights, "co_tuning")
+    interrupted = Recorder(keep=tmp_path / "interrupted", stop_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(trial, interrupted)
+    folder = interrupted.checkpoints[-1]
+    state = load_checkpoint(folder)
+    # Another valid relationship than the one the images give: the checkpoint's must win.
+    chosen = torch.softmax(torch.randn(TARGET_CLASSES, SOURCE_CLASSES), 1)
+    state["algorithm"]["relationship"] = chosen
+    torch.save(state, folder / "state.pt")
+    resumed = Recorder(keep=tmp_path / "resumed")
+    run(trial, resumed, resume_from=folder)
+    assert torch.equal(
+        load_checkpoint(resumed.checkpoints[-1])["algorithm"]["relationship"], chosen
+    )
+
+
 RESUMED_CELLS = [
     ("fine_tuning", None, None, {}),
     ("bss", *AS_CELL, {}),
