@@ -105,7 +105,7 @@ def test_self_tuning_rows(weights):
             "self_tuning",
             {"method": "cutmix", "alpha": 0.2},
             {"name": "mce"},
-            semi_supervised={"steps": 6, "eval_every": 2, "as_side": "off"},
+            semi_supervised={"steps": 6, "eval_every": 2, "as_side": "none"},
         )
     )
     assert off.asymmetric is None

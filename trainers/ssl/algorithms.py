@@ -30,10 +30,10 @@ from trainers.vocabulary import TRANSFER
 def asymmetric_term(config: TrainConfig) -> AsymmetricTerm | None:
     """The AS term of a pseudo-labelling trial, or None where it runs the algorithm alone.
 
-    None also for as_side off (Self-Tuning's cells that mix labelled images among themselves).
+    None also for as_side none (Self-Tuning's cells that mix labelled images among themselves).
     """
     side = config.semi_supervised.as_side
-    if config.mixing.method == "vanilla" or side == "off":
+    if config.mixing.method == "vanilla" or side == "none":
         return None
     term = AsymmetricTerm
     eta = config.loss.eta

@@ -14,7 +14,7 @@ as for the SSL hosts (``trainers.ssl.algorithms.asymmetric_term``). Its pseudo-l
 ``transfer.as_threshold``; the default is FixMatch's 0.95 for the hosts without an unlabelled
 stream of their own (Sec. 4.3: they mix with the rest of the training set, labelled by their
 own confident guesses) and Self-Tuning's 0 (it has no threshold; DMixTuning mixes every
-pseudo-label). Self-Tuning with ``as_side`` off mixes labelled images among themselves with the
+pseudo-label). Self-Tuning with ``as_side`` none mixes labelled images among themselves with the
 cell's policy and loss (Table 9's "+MCE"); beside an AS term it adds that mixing only where
 ``transfer.labelled_mixup`` asks for it.
 """
@@ -51,7 +51,7 @@ def _self_tuning(
     alpha, eta = config.mixing.alpha, config.loss.eta
     mixup_alpha = alpha if alpha is not None else AS_DEFAULT_ALPHA
     mixup_eta = eta if eta is not None else AS_DEFAULT_ETA
-    if config.semi_supervised.as_side == "off":  # Table 9's "+MCE": labelled among themselves
+    if config.semi_supervised.as_side == "none":  # Table 9's "+MCE": labelled among themselves
         loss: LabelledMixup = "dm_ce" if config.loss.name == "dm_ce" else "mce"
         return SelfTuning(
             model,
@@ -78,7 +78,7 @@ def build_transfer_algorithm(
 ) -> SemiSupervisedAlgorithm:
     """``config.algorithm`` for ``model`` on ``num_classes`` classes, with the AS ``term``.
 
-    ``term`` is the cell's AS term (None where the cell has none: vanilla, or as_side off).
+    ``term`` is the cell's AS term (None where the cell has none: vanilla, or as_side none).
     """
     name = config.algorithm
     if name not in TRANSFER:
