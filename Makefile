@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test test-gpu lint bench clean system-packages
+.PHONY: demo test test-gpu lint bench clean system-packages tl-pretrain
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,28 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/throughput.py --threads 2
 	$(BIN)/python bench/sweep_overhead.py
 	$(BIN)/python bench/data_pipeline.py
+
+# The source model of search_spaces/tl_quick.yaml: smallnet trained on five CIFAR-10 classes
+# (search_spaces/trials/tl_source.yaml, a few minutes on 2 CPU cores), its weights (the 5-class
+# head kept) written to $(TL_WEIGHTS), where the spec's relative weights path points. The data
+# root is $DMSWEEP_DATA_ROOT (default ~/dmsweep-data); the shared CIFAR-10 JPEGs are unpacked
+# into its cifar10/ folder first when that is missing.
+DMSWEEP_DATA_ROOT ?= $(HOME)/dmsweep-data
+CIFAR10_ARCHIVE   ?= ../shared/data/cifar10-jpg.tar.gz
+TL_WEIGHTS        := $(DMSWEEP_DATA_ROOT)/weights/smallnet_cifar10_source5.pt
+TL_RUN            := $(DMSWEEP_DATA_ROOT)/weights/.tl-pretrain-run
+
+tl-pretrain: $(VENV)/.installed
+	@test -d "$(DMSWEEP_DATA_ROOT)/cifar10/train" || { \
+		echo "unpacking $(CIFAR10_ARCHIVE) into $(DMSWEEP_DATA_ROOT)/cifar10"; \
+		mkdir -p "$(DMSWEEP_DATA_ROOT)/cifar10" && tar -xzf "$(CIFAR10_ARCHIVE)" \
+			-C "$(DMSWEEP_DATA_ROOT)/cifar10" --strip-components=1 --no-same-owner; }
+	rm -rf "$(TL_RUN)"
+	DMSWEEP_DATA_ROOT="$(DMSWEEP_DATA_ROOT)" $(BIN)/dmsweep train \
+		search_spaces/trials/tl_source.yaml --out "$(TL_RUN)"
+	$(BIN)/python -m trainers.export "$$(ls -d "$(TL_RUN)"/checkpoint_* | sort | tail -n 1)" \
+		"$(TL_WEIGHTS)"
+	rm -rf "$(TL_RUN)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -23,6 +23,7 @@ from trainers.backbones import BACKBONE_OPTIONS, check_options
 from trainers.data.datasets import DATASETS, SYNTHETIC_IMAGES
 from trainers.limits import (
     MAX_BATCH_SIZE,
+    MAX_CLASS_NAME,
     MAX_CLASSES,
     MAX_EPOCHS,
     MAX_IMAGE_SIZE,
@@ -64,6 +65,13 @@ def _fraction_or_count(amount: float) -> float:
     return amount
 
 
+def _distinct(names: list[str]) -> list[str]:
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"class names must be distinct; given more than once: {repeated}")
+    return names
+
+
 class DataSettings(StrictModel):
     """Where a data set lives and which part of it is used (a sweep spec's ``data.<name>``)."""
 
@@ -71,6 +79,19 @@ class DataSettings(StrictModel):
     root: str | None = Field(None, description="default: $DMSWEEP_DATA_ROOT/<name>")
     image_size: int | None = Field(
         None, ge=8, le=MAX_IMAGE_SIZE, description="default: the data set's own"
+    )
+    classes: (
+        Annotated[
+            list[Annotated[str, Field(min_length=1, max_length=MAX_CLASS_NAME)]],
+            AfterValidator(_distinct),
+        ]
+        | None
+    ) = Field(
+        None,
+        min_length=2,
+        max_length=MAX_CLASSES,
+        description="keep only these classes (folder / class names), in every split, labelled "
+        "0..k-1 in this order (transfer between classes of one data set)",
     )
     subset: int | None = Field(
         None, ge=1, le=MAX_IMAGES, description="keep N training images, class-balanced"

@@ -17,6 +17,8 @@ MAX_IMAGE_SIZE = 1_024
 MAX_SYNTHETIC_IMAGES = 1_000_000
 # ImageNet-21k has about 21,000 classes.
 MAX_CLASSES = 100_000
+# A class name in data.classes: a folder name (file systems allow 255 bytes).
+MAX_CLASS_NAME = 255
 # Training images kept by a subset: ImageNet-1k has 1.28 M; ImageNet-21k about 14 M.
 MAX_IMAGES = 100_000_000
 # Seeds are integers of torch.manual_seed's and numpy's common range.

@@ -30,6 +30,7 @@ def open_splits(
         source=data.source,
         root=data.root,
         image_size=data.image_size,
+        classes=data.classes,
         seed=config.seed,
         synthetic=(
             {"num_classes": data.num_classes, "images": data.synthetic_images}

@@ -103,21 +103,28 @@ def train_images(data: DataConfig) -> tuple[int, str | None]:
     """Images a trial trains on per epoch, all workers together, and a note when approximate.
 
     The published train split (``DatasetInfo.train_images``; synthetic data: its
-    ``synthetic_images``), then ``subset``, then only the labelled images of ``label_fraction``
-    (the loop trains on labelled images alone).
+    ``synthetic_images``), then the share of ``classes``, then ``subset``, then only the
+    labelled images of ``label_fraction`` (the loop trains on labelled images alone).
     """
     if is_synthetic(data.name, data.source):
         count = (data.synthetic_images or {}).get("train") or SYNTHETIC_IMAGES["train"]
     else:
         count = DATASETS[data.name].train_images
+    note = None
+    if data.classes is not None:
+        # Assumes classes of equal size (CIFAR's are); the published split is what is known.
+        total = data.num_classes if is_synthetic(data.name, data.source) else None
+        total = total or DATASETS[data.name].num_classes
+        count = max(1, round(count * len(data.classes) / total))
+        note = "approximate: data.classes counted as an equal share of the images"
     if data.subset is not None:
         count = min(count, data.subset)
     fraction = data.label_fraction
     if fraction is None:
-        return count, None
+        return count, note
     if fraction <= 1:
         return max(1, round(count * fraction)), "approximate: label_fraction rounds per class"
-    return min(count, int(fraction)), None
+    return min(count, int(fraction)), note
 
 
 def asha_rule(spec: SweepSpec) -> AshaRule | None:

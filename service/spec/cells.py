@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.spec import defaults
 from trainers.config import MixingSettings, TrainConfig, TransferSettings
+from trainers.data.datasets import resolve_weights
 from trainers.recipes import get_recipe
 from trainers.vocabulary import (
     DEFAULT_AS_SIDE,
@@ -271,6 +272,10 @@ def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
     data = spec.data.get(cell.dataset)
     backbone = spec.backbones.get(cell.backbone)
     data_settings = data.model_dump() if data else {}
+    backbone_settings = backbone.model_dump() if backbone else {}
+    if backbone_settings.get("weights"):
+        # Relative: under $DMSWEEP_DATA_ROOT, as the service puts it under its first data root.
+        backbone_settings["weights"] = str(resolve_weights(backbone_settings["weights"]))
     if cell.labels is not None:  # grid.labels takes over from data.<name>.label_fraction
         data_settings["label_fraction"] = cell.labels
     return TrainConfig.model_validate(
@@ -279,7 +284,7 @@ def train_config(spec: SweepSpec, cell: Cell, seed: int) -> TrainConfig:
             "algorithm": cell.algorithm,
             "semi_supervised": {**spec.semi_supervised.model_dump(), "as_side": cell.as_side},
             "transfer": cell.transfer.model_dump(),
-            "backbone": {"name": cell.backbone, **(backbone.model_dump() if backbone else {})},
+            "backbone": {"name": cell.backbone, **backbone_settings},
             "mixing": {"method": cell.method, "alpha": hp.get("alpha"), **cell.mixing.model_dump()},
             "loss": {
                 "name": cell.loss,
@@ -313,7 +318,10 @@ def comparable(spec: SweepSpec, cell: Cell) -> bool:
         and (cell.method != "samix" or cell.mixing.samix_balance is None)
         and not cell.departures
         and spec.batch_size is None
-        and (data is None or (data.subset is None and data.label_fraction is None))
+        and (
+            data is None
+            or (data.subset is None and data.label_fraction is None and data.classes is None)
+        )
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from service.spec.model import SweepSpec
+from service.spec.weights_check import weights_problems
 from service.storage.bucket_path import BucketPath
 from trainers.data.datasets import DATASETS, data_location, is_synthetic
 from trainers.validation import Location, Problem
@@ -12,7 +13,8 @@ def data_problems(spec: SweepSpec) -> list[Problem]:
     """A problem at ``data.<name>.root`` per data set of the grid whose folder is missing.
 
     Synthetic data needs none; a data set without a root lives at ``$DMSWEEP_DATA_ROOT/<name>``
-    (``trainers.data.datasets.default_root``).
+    (``trainers.data.datasets.default_root``). Then the weights files: each must exist and fit
+    its backbone (``service.spec.weights_check``).
     """
     problems: list[Problem] = []
     for name in spec.grid.dataset:
@@ -32,7 +34,7 @@ def data_problems(spec: SweepSpec) -> list[Problem]:
             problems += _bucket_problems(location, folder, source)
         elif not folder.is_dir():
             problems.append(Problem(location, f"data folder {folder} does not exist"))
-    return problems
+    return problems + weights_problems(spec)
 
 
 def _bucket_problems(location: Location, uri: str, source: str) -> list[Problem]:

@@ -108,18 +108,25 @@ class ImageSet:
 class SourceView:
     """Some images of another source, with their own labels, without copying any pixels.
 
-    ``subset`` and ``label_fraction`` return this for sources that do not hold their images in
-    memory (lazy ImageFolder, Parquet shards): the images stay where they are and ``read`` maps
-    the indices onto the underlying source.
+    ``keep_classes``, ``subset`` and ``label_fraction`` return this for sources that do not
+    hold their images in memory (lazy ImageFolder, Parquet shards): the images stay where they
+    are and ``read`` maps the indices onto the underlying source.
     """
 
-    def __init__(self, base: ImageSource, indices: Tensor, labels: Tensor) -> None:
+    def __init__(
+        self,
+        base: ImageSource,
+        indices: Tensor,
+        labels: Tensor,
+        classes: Sequence[str] | None = None,
+    ) -> None:
         if indices.shape != labels.shape:
             raise ValueError(f"indices {tuple(indices.shape)} and labels {tuple(labels.shape)}")
         self.base = base
         self.indices = indices.to(torch.long)
         self.labels = labels.to(torch.long)
-        self.classes = list(base.classes)
+        # A view of some classes names its own (labels index into them); any other, the base's.
+        self.classes = list(base.classes if classes is None else classes)
 
     @property
     def image_size(self) -> int:

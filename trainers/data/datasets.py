@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ from typing import Any
 from trainers.data.base import SPLITS, ImageSource
 from trainers.data.buckets import is_bucket_uri
 from trainers.data.cifar import CIFAR_SPLITS, IMAGE_SIZE, load_cifar
+from trainers.data.classes import class_indices, keep_classes
 from trainers.data.imagefolder import ImageFiles, hold, list_imagefolder
 from trainers.data.parquet import ParquetShards
 from trainers.data.sampling import label_fraction as keep_labels
@@ -104,6 +105,20 @@ def resolve_root(name: str, root: str | None, base: str | Path | None = None) ->
     return Path(root).expanduser() if root else default_root(name, base)
 
 
+def resolve_weights(value: str, base: str | Path | None = None) -> Path:
+    """A weights file: ``value`` when absolute, else under ``base`` (``$DMSWEEP_DATA_ROOT``).
+
+    The rule the sweep service applies with its first data root
+    (``service.spec.path_policy.resolve_paths``), for a local run; without a base a relative
+    path stays relative to the working folder.
+    """
+    path = Path(value).expanduser()
+    base = base or os.environ.get(ROOT_VARIABLE)
+    if path.is_absolute() or not base or is_bucket_uri(str(base)):
+        return path
+    return Path(base).expanduser() / path
+
+
 def data_location(name: str, root: str | None, base: str | Path | None = None) -> Path | str:
     """As ``resolve_root``, but a bucket prefix (``s3://...``) stays a URI string.
 
@@ -156,6 +171,7 @@ def open_dataset(
     source: str | None = None,
     root: str | Path | None = None,
     image_size: int | None = None,
+    classes: Sequence[str] | None = None,
     subset: int | None = None,
     label_fraction: float | int | None = None,
     seed: int = 0,
@@ -167,8 +183,10 @@ def open_dataset(
     ``source`` defaults to the data set's own (:class:`DatasetInfo`); ``root`` to
     ``$DMSWEEP_DATA_ROOT/<name>`` (synthetic data needs none). ``image_size`` is the load size
     of ImageFolder data (default: the data set's); CIFAR and Parquet images have a fixed size.
-    ``subset`` then ``label_fraction`` are applied to the train split only, drawn with ``seed``
-    (the same arguments can open every split). ``in_memory`` forces how an ImageFolder split is
+    ``classes`` keeps the images of those classes only, labelled by their position in it, in
+    every split (a name the split lacks is an error listing its classes). ``subset`` then
+    ``label_fraction`` are applied to the train split only, drawn with ``seed`` (the same
+    arguments can open every split). ``in_memory`` forces how an ImageFolder split is
     held (see :mod:`trainers.data.imagefolder`; the photo data sets, ``DatasetInfo.originals``,
     stay lazy by default, their files as they are). ``synthetic`` holds the synthetic data set's
     options: ``num_classes``, ``images`` (a count, or counts per split, default train 5000,
@@ -198,6 +216,7 @@ def open_dataset(
         raise ValueError(f"image_size must be >= 1, got {image_size}")
 
     data: ImageSource
+    listed: int | None = None
     if source == "synthetic":
         data = _synthetic(split, image_size, seed, synthetic)
     else:
@@ -213,14 +232,20 @@ def open_dataset(
             data = load_cifar(location, name, split)
         elif source == "imagefolder":
             assert isinstance(location, Path)
-            paths, labels, classes = list_imagefolder(location, split)
-            files = ImageFiles(paths, labels, classes, image_size or info.image_size)
+            paths, labels, names = list_imagefolder(location, split)
+            listed = len(names)  # the folder's classes, before any are dropped
+            if classes is not None:
+                # Drop the other classes' files before anything is decoded.
+                kept, labels = class_indices(labels, names, classes, f"{name} {split} ({location})")
+                paths, names = [paths[i] for i in kept.tolist()], list(classes)
+                classes = None
+            files = ImageFiles(paths, labels, names, image_size or info.image_size)
             if split == "train" and subset is not None:
                 # Choose the subset from the labels, then decode only the kept files: the same
                 # images as decoding all and then choosing, since the draw depends on labels only.
                 keep = subset_indices(files, subset, seed)
                 files = ImageFiles(
-                    [paths[i] for i in keep.tolist()], labels[keep], classes, files.image_size
+                    [paths[i] for i in keep.tolist()], labels[keep], names, files.image_size
                 )
                 subset = None
             data = hold(files, False if in_memory is None and info.originals else in_memory)
@@ -229,12 +254,15 @@ def open_dataset(
             if data.encoding == "original" and image_size is not None:
                 data.image_size = image_size  # originals can be cropped to any training size
             _fixed_size(name, source, data.image_size, image_size)
-        if len(data.classes) != info.num_classes:
+        listed = len(data.classes) if listed is None else listed
+        if listed != info.num_classes:
             warnings.warn(
-                f"{name} {split} in {location} has {len(data.classes)} classes; {name} has "
-                f"{info.num_classes}",
+                f"{name} {split} in {location} has {listed} classes; {name} has {info.num_classes}",
                 stacklevel=2,
             )
+    if classes is not None:
+        where = f"{name} {split}" if source == "synthetic" else f"{name} {split} ({location})"
+        data = keep_classes(data, classes, where)
     if split == "train":
         if subset is not None:
             data = keep_images(data, subset, seed)

@@ -76,7 +76,7 @@ def subset(source: ImageSource, n: int, seed: int = 0) -> ImageSource:
     if isinstance(source, ImageSet):
         return ImageSet(source.images[keep], source.labels[keep], list(source.classes))
     if isinstance(source, SourceView):  # a view of a view reads straight from the base
-        return SourceView(source.base, source.indices[keep], source.labels[keep])
+        return SourceView(source.base, source.indices[keep], source.labels[keep], source.classes)
     return SourceView(source, keep, source.labels[keep])
 
 
@@ -111,5 +111,5 @@ def label_fraction(source: ImageSource, amount: float | int, seed: int = 0) -> I
     if isinstance(source, ImageSet):
         return ImageSet(source.images, labels, list(source.classes))
     if isinstance(source, SourceView):
-        return SourceView(source.base, source.indices, labels)
+        return SourceView(source.base, source.indices, labels, source.classes)
     return SourceView(source, torch.arange(len(source)), labels)
