@@ -11,6 +11,7 @@ from tests.support.training import Recorder, whole_interrupted_resumed
 from tests.support.transfer import SOURCE_CLASSES, TARGET_CLASSES, transfer_trial, write_weights
 from tests.test_ssl_loop import ssl_trial
 from trainers.augment import EvalTransform, mean_std
+from trainers.backbones import SmallNet
 from trainers.checkpoint import load_checkpoint
 from trainers.loop import run
 from trainers.ssl.loop import build_semi_supervised_trial, semi_supervised_step
@@ -204,3 +205,20 @@ def _tensors(tree, prefix: str = "") -> dict[str, torch.Tensor]:
     for key, value in items:
         found |= _tensors(value, f"{prefix}/{key}")
     return found
+
+
+def test_a_source_head_that_fits_the_target_is_not_kept(tmp_path):
+    # A 3-class source for a 3-class target: load_weights would keep the file's head, whose
+    # classes mean nothing to the target's. Every transfer algorithm starts a new one, drawn as
+    # Self-Tuning's (N(0, 0.01), zero bias); the body is the file's.
+    torch.manual_seed(3)
+    source = SmallNet(TARGET_CLASSES)
+    with torch.no_grad():
+        source.head.bias.fill_(5.0)
+    path = tmp_path / "smallnet3.pt"
+    torch.save(source.state_dict(), path)
+    model = build_semi_supervised_trial(transfer_trial(path, "fine_tuning")).model
+    assert torch.equal(model.stages[0][0].weight, source.stages[0][0].weight)
+    assert not torch.equal(model.head.weight, source.head.weight)
+    assert torch.count_nonzero(model.head.bias) == 0
+    assert 0.005 < model.head.weight.std().item() < 0.015

@@ -63,6 +63,7 @@ from trainers.ssl.base import SemiSupervisedAlgorithm, SemiSupervisedBatch
 from trainers.ssl.features import classifier_layer
 from trainers.ssl.streams import Stream
 from trainers.ssl.views import Views
+from trainers.transfer.algorithms import new_head
 from trainers.transfer.co_tuning import CoTuning
 from trainers.transfer.relationship import learn_relationship
 from trainers.vocabulary import TRANSFER
@@ -145,6 +146,8 @@ def build_semi_supervised_trial(config: TrainConfig) -> SemiSupervisedTrial:
         pretrained=config.backbone.pretrained,
         **config.backbone.options,
     ).to(ranks.device)
+    if config.algorithm in TRANSFER:
+        new_head(classifier_layer(model))
     algorithm = build_algorithm(config, model, classes, len(train_set)).to(ranks.device)
     optimizer = with_head_lr(
         build_optimizer(_Trained(model, algorithm), recipe, batch_size),

@@ -33,7 +33,27 @@ from trainers.transfer.own_labels import AS_THRESHOLD
 from trainers.transfer.self_tuning import LabelledMixup, SelfTuning
 from trainers.vocabulary import AS_DEFAULT_ALPHA, AS_DEFAULT_ETA, TRANSFER
 
-__all__ = ["as_threshold", "build_transfer_algorithm", "transfer_views"]
+__all__ = ["as_threshold", "build_transfer_algorithm", "new_head", "transfer_views"]
+
+
+HEAD_INIT_STD = 0.01
+"""The new head's weights ~ N(0, 0.01), biases 0: Self-Tuning ``models/classifier.py``."""
+
+
+def new_head(head: nn.Module) -> None:
+    """Start the target's classifier afresh (Self-Tuning's initialisation, ``HEAD_INIT_STD``).
+
+    Every transfer algorithm learns a new head for the target classes. ``load_weights`` keeps
+    a file's classifier whenever its shape fits, which a source with as many classes as the
+    target (tl_quick's five CIFAR-10 classes) would; the source's class order means nothing
+    to the target's. Co-Tuning's source head is read from the file separately.
+    """
+    with torch.no_grad():
+        for name, parameter in head.named_parameters():
+            if name.endswith("bias"):
+                parameter.zero_()
+            else:
+                parameter.normal_(0.0, HEAD_INIT_STD)
 
 
 def as_threshold(config: TrainConfig) -> float:
